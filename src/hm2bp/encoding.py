@@ -1,0 +1,67 @@
+"""Input spike encoders (spec §2).
+
+The Bernoulli ("Poisson") rate code draws its uniforms from a counter-based hash of
+``(seed, sample index, epoch, time, pixel)``, so a sample's train is a pure function of those keys: the authors'
+"draw once at load time and reuse every epoch" behaviour (``fixed=True``) costs no memory even for MNIST
+(60k × 400 × 784 spikes would be 19 GB as bytes), a redraw per epoch (``fixed=False``) is one flag away, and both are
+identical on CPU and GPU and independent of batch size and order.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Provenance: spec §2 [CODE `readData/readMnistData.cpp:168-223`]: q = pixel / (5.5 · 255), at most 0.1818 per step.
+PIXEL_MAX = 255.0
+RATE_DIVISOR = 5.5
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _hash32(x: torch.Tensor) -> torch.Tensor:
+    """lowbias32 integer hash on int64 tensors holding values in [0, 2^32)."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _MASK32
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & _MASK32
+    return x ^ (x >> 16)
+
+
+def hashed_uniform(seed: int, indices: torch.Tensor, epoch: int, steps: int, n_inputs: int) -> torch.Tensor:
+    """Uniforms in [0, 1), time-major ``(steps, B, n_inputs)``, a pure function of (seed, index, epoch, t, input)."""
+    dev = indices.device
+    base = _hash32((indices.to(torch.int64) & _MASK32) ^ _hash32(torch.tensor(
+        [(seed * 0x9E3779B1 + epoch * 0x85EBCA77) & _MASK32], dtype=torch.int64, device=dev)))
+    cell = torch.arange(steps * n_inputs, dtype=torch.int64, device=dev).view(steps, 1, n_inputs)
+    h = _hash32((cell + _hash32(base).view(1, -1, 1)) & _MASK32)
+    return h.to(torch.float64).div_(2.0**32)
+
+
+def bernoulli_encode(pixels: torch.Tensor, steps: int, *, seed: int, indices: torch.Tensor, epoch: int = 0,
+                     fixed: bool = True, pixel_max: float = PIXEL_MAX, rate_divisor: float = RATE_DIVISOR,
+                     dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Bernoulli rate code: spike at step ``t ≥ 1`` with probability ``q = p/(rate_divisor·pixel_max)`` (spec §2).
+
+    Args:
+        pixels: ``(B, N)`` intensities in ``[0, pixel_max]``.
+        steps: T, number of time steps (``t = 0`` never spikes).
+        seed: encoder seed; indices: ``(B,)`` dataset indices of the samples.
+        epoch: current epoch, used only when ``fixed`` is False (fresh trains each epoch).
+        fixed: authors' behaviour: one realisation per sample, reused in every epoch.
+
+    Returns:
+        ``(B, T, N)`` 0/1 spikes.
+    """
+    if pixels.dim() != 2:
+        raise ValueError(f"pixels must be (batch, inputs), got shape {tuple(pixels.shape)}")
+    if steps <= 0:
+        raise ValueError(f"steps (T) must be > 0, got {steps}")
+    if not (pixel_max > 0 and rate_divisor >= 1):
+        raise ValueError(f"need pixel_max > 0 and rate_divisor >= 1, got {pixel_max}, {rate_divisor}")
+    if pixels.numel() and (float(pixels.min()) < 0 or float(pixels.max()) > pixel_max):
+        raise ValueError(f"pixels must lie in [0, {pixel_max}], got [{float(pixels.min())}, {float(pixels.max())}]")
+    q = pixels.to(torch.float64) / (rate_divisor * pixel_max)
+    u = hashed_uniform(seed, indices, 0 if fixed else epoch, steps, pixels.shape[1])
+    spikes = (u < q.unsqueeze(0)).to(dtype or torch.get_default_dtype())
+    spikes[0] = 0
+    return spikes.transpose(0, 1)  # (B, T, N) view of time-major storage: the layers use it without a copy

@@ -1,0 +1,317 @@
+"""HM2-BP as a custom autograd rule for a spiking fully-connected layer (spec §4–§6, §13).
+
+Forward: input currents for all T in one GEMM, then the LIF scan. Backward receives ``∂L/∂s`` of a loss that depends
+on spike *counts*, so ``δ_i = mean_t ∂L/∂s_i[t] = ∂L/∂o_i``; with ``g_i = δ_i/ν`` it returns
+
+* weight gradient  ``∂L/∂w_ij = Σ_b g_i (1 + S_i) Λ_i ê_ij`` with ``ê_ij = e_ij`` (or ``silent_post_psp`` when
+  ``o_i = 0 < o_j``), side effect ``S_i = (1/ν) Σ_l w_il ρ_il`` (``ρ_il = e_il/o_i``, or ``silent_post_rho`` when
+  ``o_i = 0``) and lateral factor ``Λ_i`` (output layer only);
+* error to the layer below ``δ_j = Σ_i g_i w_ij r_ij`` with effect ratio ``r_ij = e_ij/o_j`` (or
+  ``silent_effect_ratio`` when ``o_i = 0`` or ``o_j = 0``), broadcast over time.
+
+Every sum over ``(i, j)`` pairs is a contraction of the event matrix ``A`` and trace ``X`` of :mod:`hm2bp.spsp`, so no
+``(B, N_out, N_in)`` tensor is formed; memory stays ``O(B·T·N)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from hm2bp.neuron import LIFParams, lif_scan_time_major
+from hm2bp.spsp import (
+    CONVENTIONS,
+    PSP_WINDOW_TAUS,
+    Convention,
+    Events,
+    PSPKernel,
+    contract,
+    post_events,
+    pre_traces,
+)
+
+# Provenance of the defaults: spec §4–§5 [CODE]; each is a flag so it can be ablated (pitfall P3).
+SILENT_POST_PSP = 0.1  # e_ij used when o_i = 0 < o_j (`common/cuBase.cu:77-78`)
+SILENT_POST_RHO = 0.5  # ρ in the side effect when o_i = 0, summed over all inputs ("se=0.5"; `Spiking.cu:1615`)
+SILENT_EFFECT_RATIO = 1.0  # r_ij when o_i = 0 or o_j = 0 (`Spiking.cu:661-671`)
+# Our departure (pitfall P4): the authors never clip the lateral factor's denominator 1 − w0²Σ…; we clamp it at 0.1
+# (Λ ≤ 10) and count how often that happens. Set to None for the authors' unclipped behaviour.
+LATERAL_MIN_DENOMINATOR = 0.1
+# Relative cost of one gathered element against one multiply-add inside a GEMM, measured on the project's CPU
+# machines (bench/bench_strategies.py): used only to pick the cheapest contraction strategy.
+SPARSE_ELEMENT_COST = 20.0
+STRATEGIES = ("auto", "pairs", "dense", "sparse")
+
+
+@dataclass(frozen=True)
+class HM2BPRule:
+    """Switches of the HM2-BP gradient rule; the defaults are the authors' behaviour (except the Λ clamp, P4).
+
+    Attributes:
+        convention: S-PSP convention, ``"original"`` (authors' kernel) or ``"exact"`` (matches the forward pass).
+        psp_window_taus: original convention's look-back window in units of τm (authors: 4); None: no window.
+        effect_ratio: propagate errors with ``w·e/o_pre`` (authors' ``EFFECT_RATIO``); False: plain ``w``.
+        side_effect: multiply weight gradients by ``(1 + S_i)``.
+        silent_post_psp: ``e_ij`` used in the weight gradient when the post neuron is silent and the pre is not.
+        silent_post_rho: ``ρ`` used in the side effect when the post neuron is silent.
+        silent_effect_ratio: ``r_ij`` used when either neuron is silent.
+        silent_target_patch: give a silent target output neuron regular spikes every ⌊T/y⁺⌋ steps before the
+            S-PSPs are computed (`Spiking.cu:1438-1463`).
+        lateral_factor: scale output-layer weight gradients by ``Λ_i`` when lateral inhibition is on.
+        lateral_min_denominator: clamp of Λ's denominator (None: unclipped, as the authors).
+        strategy: how the S-PSP contractions are computed (``"pairs"``, ``"dense"``, ``"sparse"``, or ``"auto"``:
+            the cheapest by :func:`choose_strategy`). All give the same result up to rounding.
+    """
+
+    convention: Convention = "original"
+    psp_window_taus: float | None = PSP_WINDOW_TAUS
+    effect_ratio: bool = True
+    side_effect: bool = True
+    silent_post_psp: float = SILENT_POST_PSP
+    silent_post_rho: float = SILENT_POST_RHO
+    silent_effect_ratio: float = SILENT_EFFECT_RATIO
+    silent_target_patch: bool = True
+    lateral_factor: bool = True
+    lateral_min_denominator: float | None = LATERAL_MIN_DENOMINATOR
+    strategy: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"rule.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.convention not in CONVENTIONS:
+            raise ValueError(f"rule.convention must be one of {CONVENTIONS}, got {self.convention!r}")
+        if self.psp_window_taus is not None and not self.psp_window_taus > 0:
+            raise ValueError(f"rule.psp_window_taus must be > 0 or None, got {self.psp_window_taus!r}")
+        for name in ("silent_post_psp", "silent_post_rho", "silent_effect_ratio"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"rule.{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.lateral_min_denominator is not None and not 0 < self.lateral_min_denominator <= 1:
+            raise ValueError(
+                f"rule.lateral_min_denominator must be in (0, 1] or None, got {self.lateral_min_denominator!r}")
+
+
+@dataclass
+class LayerStats:
+    """Counters a layer accumulates across steps (read and reset by the training loop)."""
+
+    lateral_clamped: int = 0  # output neurons whose Λ denominator hit the clamp
+    lateral_evaluated: int = 0  # output neurons whose Λ was computed
+
+
+@dataclass
+class LayerSetup:
+    """Everything about a layer that the autograd rule needs besides tensors."""
+
+    lif: LIFParams
+    rule: HM2BPRule
+    lateral_w0: float = 0.0
+    is_output: bool = False
+    target_count: int = 35
+    stats: LayerStats = field(default_factory=LayerStats)
+
+    @property
+    def kernel(self) -> PSPKernel:
+        return PSPKernel.for_layer(self.lif.tau_m, self.lif.tau_s, self.lif.t_ref, self.rule.convention,
+                                   self.rule.psp_window_taus)
+
+
+def patch_silent_target(post: torch.Tensor, labels: torch.Tensor, target_count: int) -> torch.Tensor:
+    """Give each sample's silent label neuron regular spikes at ``k·⌊T/y⁺⌋``, ``k ≥ 1`` (spec §5).
+
+    ``post`` is time-major ``(T, B, N)``; returns a patched copy, or ``post`` itself when no target is silent.
+    """
+    T, B, _ = post.shape
+    rows = torch.arange(B, device=post.device)
+    silent = post[:, rows, labels].sum(0) == 0
+    if not bool(silent.any()):
+        return post
+    period = T // target_count
+    times = torch.arange(period, T, period, device=post.device)
+    patched = post.clone()
+    patched[times[:, None], rows[silent][None, :], labels[silent][None, :]] = 1
+    return patched
+
+
+def lateral_factor(post: torch.Tensor, labels: torch.Tensor | None, setup: LayerSetup) -> torch.Tensor:
+    """``Λ_i = 1/(1 − w0² Σ_{l≠i} d_i d_l r_{l←i} r_{i←l})`` (spec §4, §13) from the unpatched output trains.
+
+    ``post`` is time-major ``(T, B, N)``. ``d_x = 1/ν`` if ``o_x > 0`` or ``x`` is the label, else 0;
+    ``r_{l←i} = e_{l|i}/o_i`` (S-PSP of output ``i`` onto output ``l``), 1 if either count is 0. The denominator is
+    clamped at ``rule.lateral_min_denominator`` and the clamp hits are counted in ``setup.stats``.
+    """
+    kernel = setup.kernel
+    o = post.sum(0)
+    e = contract(post_events(post, kernel), pre_traces(post, kernel))  # [b, l (post), i (pre)]
+    both = (o[:, :, None] > 0) & (o[:, None, :] > 0)
+    r = torch.where(both, e / o[:, None, :].clamp(min=1), torch.ones_like(e))
+    active = o > 0
+    if labels is not None:
+        active = active.clone()
+        active[torch.arange(o.shape[0], device=o.device), labels] = True
+    d = active.to(post.dtype) / setup.lif.threshold
+    pair = d[:, :, None] * d[:, None, :] * r * r.transpose(1, 2)
+    pair.diagonal(dim1=1, dim2=2).zero_()
+    denom = 1.0 - setup.lateral_w0**2 * pair.sum(1)
+    floor = setup.rule.lateral_min_denominator
+    if floor is not None:
+        setup.stats.lateral_clamped += int((denom < floor).sum())
+        denom = denom.clamp(min=floor)
+    setup.stats.lateral_evaluated += denom.numel()
+    return 1.0 / denom
+
+
+class _Pairs:
+    """Contractions through the explicit per-sample ``e (B, N_out, N_in)``; only chosen when it is small."""
+
+    def __init__(self, ev: Events, x: torch.Tensor) -> None:
+        self.e = contract(ev, x)
+
+    def side(self, w: torch.Tensor) -> torch.Tensor:
+        return (self.e * w).sum(2)  # a_bi = Σ_j w_ij e_bij
+
+    def weight_grad(self, coef: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("bi,bij->ij", coef, self.e)
+
+    def below(self, g: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("bi,ij,bij->bj", g, w, self.e)  # Σ_i g_bi w_ij e_bij
+
+
+class _Dense:
+    """GEMMs over (time·batch) with a dense event matrix ``A (R, B, N_out)``."""
+
+    def __init__(self, ev: Events, x: torch.Tensor) -> None:
+        self.a, self.x = ev.dense(), x
+
+    def side(self, w: torch.Tensor) -> torch.Tensor:
+        u = (self.x.reshape(-1, self.x.shape[-1]) @ w.t()).view_as(self.a)
+        return (self.a * u).sum(0)
+
+    def weight_grad(self, coef: torch.Tensor) -> torch.Tensor:
+        return (self.a * coef).flatten(0, 1).t() @ self.x.flatten(0, 1)
+
+    def below(self, g: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        h = ((self.a * g).flatten(0, 1) @ w).view_as(self.x)
+        return (h * self.x).sum(0)
+
+
+class _Sparse:
+    """Gathers of trace rows at the post-synaptic events only (``A`` is non-zero at spike and reset times)."""
+
+    def __init__(self, ev: Events, x: torch.Tensor, chunk_elems: int = 1 << 22) -> None:
+        self.ev, self.xf = ev, x.reshape(-1, x.shape[-1])
+        step = max(1, chunk_elems // max(1, self.xf.shape[1]))
+        self.chunks = [slice(lo, lo + step) for lo in range(0, ev.val.numel(), step)]
+        self.flat = ev.flat
+
+    def side(self, w: torch.Tensor) -> torch.Tensor:
+        ev = self.ev
+        a = w.new_zeros(ev.batch, ev.neurons)
+        for c in self.chunks:
+            dots = (self.xf[self.flat[c]] * w[ev.n[c]]).sum(1)
+            a.index_put_((ev.b[c], ev.n[c]), ev.val[c] * dots, accumulate=True)
+        return a
+
+    def weight_grad(self, coef: torch.Tensor) -> torch.Tensor:
+        ev = self.ev
+        gw = coef.new_zeros(ev.neurons, self.xf.shape[1])
+        for c in self.chunks:
+            scale = coef[ev.b[c], ev.n[c]] * ev.val[c]
+            gw.index_add_(0, ev.n[c], self.xf[self.flat[c]] * scale[:, None])
+        return gw
+
+    def below(self, g: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        ev = self.ev
+        out = g.new_zeros(ev.batch, self.xf.shape[1])
+        for c in self.chunks:
+            scale = g[ev.b[c], ev.n[c]] * ev.val[c]
+            out.index_add_(0, ev.b[c], self.xf[self.flat[c]] * w[ev.n[c]] * scale[:, None])
+        return out
+
+
+def choose_strategy(ev: Events, n_in: int) -> str:
+    """Cheapest way to contract ``A`` with ``X`` for this layer and batch (see :data:`SPARSE_ELEMENT_COST`).
+
+    ``pairs`` is allowed only when ``e`` is no larger than the traces (memory stays ``O(B·T·N)``).
+    """
+    rows, batch, n_out = ev.rows, ev.batch, ev.neurons
+    gemm = float(rows) * batch * n_out * n_in
+    costs = {"dense": 3.0 * gemm, "sparse": SPARSE_ELEMENT_COST * 3.0 * ev.val.numel() * n_in}
+    if n_out * n_in <= rows * (n_in + n_out):
+        costs["pairs"] = gemm + 3.0 * batch * n_out * n_in
+    return min(costs, key=costs.__getitem__)
+
+
+def make_contraction(ev: Events, x: torch.Tensor, strategy: str) -> _Pairs | _Dense | _Sparse:
+    if strategy == "auto":
+        strategy = choose_strategy(ev, x.shape[-1])
+    return {"pairs": _Pairs, "dense": _Dense, "sparse": _Sparse}[strategy](ev, x)
+
+
+class HM2BPLinearFunction(torch.autograd.Function):
+    """Spiking linear layer: forward = GEMM + LIF scan, backward = HM2-BP (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx, pre: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor | None,
+                setup: LayerSetup) -> torch.Tensor:
+        B, T, n_in = pre.shape
+        pre_tm = pre.transpose(0, 1).contiguous()  # free when pre is itself a view of a time-major tensor
+        currents = (pre_tm.view(T * B, n_in) @ weight.t()).view(T, B, -1)
+        post_tm = lif_scan_time_major(currents, setup.lif, setup.lateral_w0)
+        ctx.setup = setup
+        ctx.save_for_backward(pre_tm, weight, post_tm, labels)
+        return post_tm.transpose(0, 1)
+
+    @staticmethod
+    def backward(ctx, grad_post: torch.Tensor):
+        pre, weight, post, labels = ctx.saved_tensors  # time-major (T, B, N)
+        setup: LayerSetup = ctx.setup
+        rule = setup.rule
+        kernel = setup.kernel
+        nu = setup.lif.threshold
+        T, B, n_in = pre.shape
+        g = grad_post.mean(1) / nu  # δ/ν, δ = ∂L/∂o
+
+        lam = None
+        if setup.is_output and rule.lateral_factor and setup.lateral_w0 > 0:
+            lam = lateral_factor(post, labels, setup)  # before the patch (spec §13)
+        if setup.is_output and rule.silent_target_patch and labels is not None:
+            post = patch_silent_target(post, labels, setup.target_count)
+
+        o = post.sum(0)
+        o_pre = pre.sum(0)
+        fired = o > 0
+        contraction = make_contraction(post_events(post, kernel), pre_traces(pre, kernel), rule.strategy)
+
+        coef = g
+        if rule.side_effect:
+            rho_silent = rule.silent_post_rho * weight.sum(1)
+            side = torch.where(fired, contraction.side(weight) / o.clamp(min=1), rho_silent) / nu
+            coef = coef * (1.0 + side)
+        if lam is not None:
+            coef = coef * lam
+
+        grad_w = contraction.weight_grad(coef)
+        if rule.silent_post_psp:
+            grad_w += rule.silent_post_psp * ((coef * (~fired)).t() @ (o_pre > 0).to(coef.dtype))
+
+        grad_pre = None
+        if ctx.needs_input_grad[0]:
+            if rule.effect_ratio:
+                pre_fired = o_pre > 0
+                gwe = contraction.below(g, weight)  # Σ_i g_i w_ij e_ij
+                delta = torch.where(pre_fired, gwe / o_pre.clamp(min=1), torch.zeros_like(gwe))
+                if rule.silent_effect_ratio:
+                    # pairs with a silent neuron use r = silent_effect_ratio
+                    silent_pairs = g @ weight - pre_fired * ((g * fired) @ weight)
+                    delta = delta + rule.silent_effect_ratio * silent_pairs
+            else:
+                delta = g @ weight
+            grad_pre = delta.unsqueeze(1).expand(B, T, n_in)
+        return grad_pre, grad_w, None, None
+
+
+def hm2bp_linear(pre: torch.Tensor, weight: torch.Tensor, setup: LayerSetup,
+                 labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Spiking linear layer with the HM2-BP backward; ``pre (B, T, N_in)`` 0/1, ``weight (N_out, N_in)``."""
+    return HM2BPLinearFunction.apply(pre, weight, labels, setup)

@@ -1,0 +1,132 @@
+"""LIF neuron with a first-order current synapse, simulated as the authors' code does (spec §1).
+
+Per neuron, with synaptic state ``c`` and membrane ``v`` both 0 at ``t = 0``, for ``t = 1 .. T-1``:
+
+1. leak (forward Euler):   ``v ← v·(1 − 1/τm)``,  ``c ← c·(1 − 1/τs)``
+2. input, one-step delay:  ``c ← c + I[t−1]``  (minus ``w0`` for every *other* output neuron that spiked at ``t−1``
+   when lateral inhibition is on)
+3. integrate:              ``v ← v + c/τs``
+4. refractory:             if the counter ``r > 0``: ``v ← 0``, ``r ← r − 1``
+5. fire if ``v > ν − eps``: ``s[t] = 1``, ``r ← t_ref``, ``v ← 0``
+
+No neuron spikes at ``t = 0``. The synaptic state is never reset.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+# Provenance of every default below: spec §1 [CODE `layers/Spiking.cu:1470-1538`].
+TAU_M = 64.0  # membrane time constant, in steps
+TAU_S = 8.0  # synaptic time constant, in steps
+T_REF = 2  # refractory period, in steps
+FC_THRESHOLD_EPS = 1e-6  # FC and pooling layers fire at v > ν − 1e-6; conv layers compare with ν exactly
+
+
+@dataclass(frozen=True)
+class LIFParams:
+    """Parameters of one layer of LIF neurons.
+
+    Attributes:
+        threshold: firing threshold ν (> 0).
+        tau_m: membrane time constant τm in steps (> tau_s).
+        tau_s: synaptic time constant τs in steps (> 1, so the Euler decay 1 − 1/τs is positive).
+        t_ref: refractory period in steps (≥ 0): the membrane is held at 0 for ``t_ref`` steps after a spike.
+        threshold_eps: a spike fires when ``v > threshold − threshold_eps``.
+    """
+
+    threshold: float
+    tau_m: float = TAU_M
+    tau_s: float = TAU_S
+    t_ref: int = T_REF
+    threshold_eps: float = FC_THRESHOLD_EPS
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.threshold) and self.threshold > 0):
+            raise ValueError(f"threshold must be a finite number > 0, got {self.threshold!r}")
+        if not (self.tau_s > 1):
+            raise ValueError(f"tau_s must be > 1 step (Euler decay 1 - 1/tau_s > 0), got {self.tau_s!r}")
+        if not (self.tau_m > self.tau_s):
+            raise ValueError(f"tau_m must be > tau_s, got tau_m={self.tau_m!r}, tau_s={self.tau_s!r}")
+        if not (isinstance(self.t_ref, int) and self.t_ref >= 0):
+            raise ValueError(f"t_ref must be an int >= 0, got {self.t_ref!r}")
+        if not (0 <= self.threshold_eps < self.threshold):
+            raise ValueError(f"threshold_eps must be in [0, threshold), got {self.threshold_eps!r}")
+
+    @property
+    def kappa(self) -> float:
+        """κ = τs/τm."""
+        return self.tau_s / self.tau_m
+
+
+def check_spikes(name: str, x: torch.Tensor, ndim: int = 3) -> None:
+    """Raise a clear error unless ``x`` is a floating or bool tensor of rank ``ndim`` holding only 0/1."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dims (batch, time, neurons), got shape {tuple(x.shape)}")
+    if not (x.dtype == torch.bool or x.is_floating_point()):
+        raise TypeError(f"{name} must be bool or floating point, got {x.dtype}")
+    if x.dtype != torch.bool and not bool(((x == 0) | (x == 1)).all()):
+        raise ValueError(f"{name} must hold only 0/1 spikes")
+
+
+def lif_scan(currents: torch.Tensor, params: LIFParams, lateral_w0: float = 0.0) -> torch.Tensor:
+    """Simulate one layer over time (spec §1); the only sequential part of the engine.
+
+    Args:
+        currents: ``(B, T, N)`` input currents ``I[t] = W s_in[t]``.
+        params: the layer's LIF parameters.
+        lateral_w0: strength ``w0 ≥ 0`` of the fixed all-to-all lateral inhibition (output layer); 0 disables it.
+
+    Returns:
+        ``(B, T, N)`` spike trains (0/1) in the dtype of ``currents`` (a view of a time-major tensor).
+    """
+    if currents.dim() != 3:
+        raise ValueError(f"currents must be (batch, time, neurons), got shape {tuple(currents.shape)}")
+    return lif_scan_time_major(currents.transpose(0, 1).contiguous(), params, lateral_w0).transpose(0, 1)
+
+
+def lif_scan_time_major(currents: torch.Tensor, params: LIFParams, lateral_w0: float = 0.0) -> torch.Tensor:
+    """:func:`lif_scan` on time-major ``(T, B, N)`` currents, returning time-major spikes.
+
+    The feed-forward synaptic state is linear, so ``c(t)/τs`` is computed first by a one-op-per-step trace; the
+    sequential loop then only leaks and drives the membrane, holds it through the refractory steps, fires and
+    resets, all as float arithmetic on contiguous ``(B, N)`` slices (bool masks are several times slower on CPU).
+    """
+    if currents.dim() != 3:
+        raise ValueError(f"currents must be (time, batch, neurons), got shape {tuple(currents.shape)}")
+    if not currents.is_floating_point():
+        raise TypeError(f"currents must be floating point, got {currents.dtype}")
+    if lateral_w0 < 0:
+        raise ValueError(f"lateral_w0 must be >= 0, got {lateral_w0}")
+    T = currents.shape[0]
+    decay_m = 1.0 - 1.0 / params.tau_m
+    decay_s = 1.0 - 1.0 / params.tau_s
+    fire_at = params.threshold - params.threshold_eps
+    out = torch.zeros_like(currents)
+    if T < 2:
+        return out
+    # drive[t] = c_ff(t), with c_ff(t) = (1 − 1/τs)·c_ff(t−1) + I[t−1]  (steps 1–2, feed-forward part)
+    drive = torch.empty_like(currents)
+    drive[0].zero_()
+    for t in range(1, T):
+        torch.add(currents[t - 1], drive[t - 1], alpha=decay_s, out=drive[t])
+    drive.mul_(1.0 / params.tau_s)
+    v = torch.zeros_like(currents[0])
+    c_lat = torch.zeros_like(v) if lateral_w0 else None
+    for t in range(1, T):
+        torch.add(drive[t], v, alpha=decay_m, out=v)  # steps 1 and 3: v ← v(1 − 1/τm) + c/τs
+        if c_lat is not None:
+            prev = out[t - 1]
+            # every *other* output neuron that spiked at t−1 adds −w0 to c (step 2)
+            c_lat.mul_(decay_s).sub_(prev.sum(dim=-1, keepdim=True) - prev, alpha=lateral_w0)
+            v.add_(c_lat, alpha=1.0 / params.tau_s)
+        for k in range(1, min(params.t_ref, t) + 1):  # step 4: held at 0 for t_ref steps after a spike
+            v.addcmul_(v, out[t - k], value=-1.0)
+        torch.gt(v, fire_at, out=out[t])  # step 5: fire ...
+        v.addcmul_(v, out[t], value=-1.0)  # ... and reset to 0
+    return out

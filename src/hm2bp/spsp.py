@@ -1,0 +1,252 @@
+"""The spike-train level post-synaptic potential (S-PSP) ``e_ij`` of HM2-BP, in closed form (spec §4, §10, §13).
+
+``e_ij`` sums, over every post spike ``t_k`` of neuron ``i``, the part of ``i``'s membrane at ``t_k`` that pre neuron
+``j`` contributed with unit weight since ``i``'s last reset. Because the membrane is linear and the reset only zeroes
+``v`` (not the synaptic current), the post-reset contribution is a reset-free trace ``P_j`` minus its decayed value at
+the reset: ``e_ij = Σ_k [P_j(t_k) − decay^{t_k − r_k} P_j(r_k)]``. Writing the post side as an *event matrix* ``A``
+(+1 at each spike, −decay at each reset) and the pre side as traces ``X``, every S-PSP is one contraction over time,
+
+    e[b] = A[b]ᵀ · X[b]          A: (B, R, N_out),  X: (B, R, N_in),
+
+so no ``(B, N_out, N_in)`` tensor is needed on the training path: every quantity HM2-BP needs is a contraction of
+``A``, ``X``, the error and ``W`` over (batch, time).
+
+Two conventions:
+
+``"exact"`` (spec §13)
+    Consistent with the discrete forward pass of :mod:`hm2bp.neuron`: kernel ``p(k) = (d_m^k − d_s^k)/(1 − κ)`` with
+    Euler decays ``d = 1 − 1/τ``, reset reference ``r_k = t_{k−1} + t_ref`` (``r_1 = 0``), decay ``d_m^{t_k − r_k}``.
+    Then ``Σ_j w_ij e_ij`` equals the sum of ``i``'s membrane values at its spike times, exactly.
+``"original"`` (spec §4, authors' ``common/cuBase.cu:41-81``)
+    The authors' pairwise kernel ``K(σ, Δ)`` with continuous exponentials, pre spikes shifted by ``t_ref``
+    (pitfall P1), ``r_1 = 1``, and only pre spikes with ``max(1, t_k − L) ≤ t_pre < t_k`` counted, ``L = 4·τm``.
+    ``K(σ, Δ) = ε(Δ) − e^{−σ/τm} ε(Δ − σ)`` with ``ε(x) = (e^{−x/τm} − e^{−x/τs})/(1 − κ)`` for ``x > 0``, else 0.
+    The window makes the kernel depend on ``t_k`` as well, so the pre side keeps the two exponential traces apart
+    (``R = 2T``) and the post side gets extra events at ``t_k − L + t_ref`` that subtract what left the window.
+
+No silent-neuron fallbacks live here (see :mod:`hm2bp.functional`): ``e_ij = 0`` whenever either train is empty.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from hm2bp.neuron import T_REF, TAU_M, TAU_S, check_spikes
+
+Convention = Literal["original", "exact"]
+CONVENTIONS: tuple[str, ...] = ("original", "exact")
+# Authors' S-PSP counts pre spikes at most 4·τm steps before the post spike (`common/cuBase.cu:59`).
+PSP_WINDOW_TAUS = 4.0
+
+
+@dataclass(frozen=True)
+class PSPKernel:
+    """How S-PSPs are computed: time constants, convention and (``"original"`` only) the window ``L`` in steps."""
+
+    tau_m: float = TAU_M
+    tau_s: float = TAU_S
+    t_ref: int = T_REF
+    convention: Convention = "original"
+    window: int | None = int(PSP_WINDOW_TAUS * TAU_M)
+
+    def __post_init__(self) -> None:
+        if self.convention not in CONVENTIONS:
+            raise ValueError(f"convention must be one of {CONVENTIONS}, got {self.convention!r}")
+        if not (self.tau_s > 1 and self.tau_m > self.tau_s):
+            raise ValueError(f"need tau_m > tau_s > 1, got tau_m={self.tau_m!r}, tau_s={self.tau_s!r}")
+        if not (isinstance(self.t_ref, int) and self.t_ref >= 0):
+            raise ValueError(f"t_ref must be an int >= 0, got {self.t_ref!r}")
+        if self.window is not None and not (isinstance(self.window, int) and self.window > self.t_ref):
+            raise ValueError(f"window must be None or an int > t_ref, got {self.window!r}")
+
+    @classmethod
+    def for_layer(cls, tau_m: float, tau_s: float, t_ref: int, convention: Convention,
+                  window_taus: float | None = PSP_WINDOW_TAUS) -> PSPKernel:
+        """Kernel with the window given in units of τm (``None``: no window)."""
+        window = None if window_taus is None else int(round(window_taus * tau_m))
+        return cls(tau_m=tau_m, tau_s=tau_s, t_ref=t_ref, convention=convention, window=window)
+
+    @property
+    def split(self) -> bool:
+        """Whether the two exponential traces must stay apart (``R = 2T``): the original convention's window."""
+        return self.convention == "original" and self.window is not None
+
+    @property
+    def decays(self) -> tuple[float, float]:
+        """Per-step decay of the (membrane, synaptic) exponential: ``e^{−1/τ}`` (original) or ``1 − 1/τ`` (exact)."""
+        if self.convention == "original":
+            return math.exp(-1.0 / self.tau_m), math.exp(-1.0 / self.tau_s)
+        return 1.0 - 1.0 / self.tau_m, 1.0 - 1.0 / self.tau_s
+
+    @property
+    def coeffs(self) -> tuple[float, float]:
+        """Weights of the (membrane, synaptic) traces in the kernel ``Σ_τ c_τ · decay_τ^k``."""
+        one_minus_kappa = 1.0 - self.tau_s / self.tau_m
+        if self.convention == "original":
+            # Pre spike at t_m acts from q = t_m + t_ref; e^{−(t−q)/τ} = e^{−1/τ}·decay^{t − (t_m + t_ref + 1)}.
+            dm, ds = self.decays
+            return dm / one_minus_kappa, -ds / one_minus_kappa
+        return 1.0 / one_minus_kappa, -1.0 / one_minus_kappa
+
+    @property
+    def delay(self) -> int:
+        """Steps by which the pre train is delayed before tracing (``t_ref + 1`` original, 0 exact)."""
+        return self.t_ref + 1 if self.convention == "original" else 0
+
+
+def exp_traces(x: torch.Tensor, decays: tuple[float, float], delay: int = 0) -> torch.Tensor:
+    """Two exponential traces of time-major ``x (T, B, N)``: ``D_τ(t) = decay_τ·D_τ(t−1) + x(t − delay)``.
+
+    Returns ``(T, 2, B, N)`` (index 1: membrane, synaptic decay), zero for ``t < delay``.
+    """
+    T = x.shape[0]
+    out = x.new_zeros(T, 2, *x.shape[1:])
+    if delay >= T:
+        return out
+    dec = torch.tensor(decays, dtype=x.dtype, device=x.device).view(2, 1, 1)
+    xs = x.unsqueeze(1)  # (T, 1, B, N)
+    out[delay] = xs[0]
+    for t in range(delay + 1, T):
+        torch.addcmul(xs[t - delay], out[t - 1], dec, out=out[t])
+    return out
+
+
+def pre_traces(pre: torch.Tensor, kernel: PSPKernel) -> torch.Tensor:
+    """Pre-synaptic side ``X`` of ``e = Aᵀ X`` from time-major ``pre (T, B, N)``.
+
+    Returns ``(R, B, N)``: ``R = T`` (one kernel trace ``P``) or ``R = 2T`` (rows ``2t + k``: trace ``k`` of the
+    split kernel, already weighted by ``c_k``).
+    """
+    x = pre if pre.is_floating_point() else pre.to(torch.get_default_dtype())
+    if kernel.convention == "original" and x.shape[0] > 0 and bool(x[0].any()):
+        # The authors' window starts at max(1, ·): pre spikes at t = 0 never count (`cuBase.cu:59`).
+        x = x.clone()
+        x[0] = 0
+    d = exp_traces(x, kernel.decays, kernel.delay)
+    cm, cs = kernel.coeffs
+    d[:, 0].mul_(cm)
+    if kernel.split:
+        d[:, 1].mul_(cs)
+        return d.flatten(0, 1)
+    return d[:, 0].add_(d[:, 1], alpha=cs)
+
+
+@dataclass(frozen=True)
+class Events:
+    """Sparse post-synaptic side ``A`` of ``e = Aᵀ X``: entry ``val`` at (row ``row``, sample ``b``, neuron ``n``).
+
+    Rows index the ``R`` axis of :func:`pre_traces` (``t``, or ``2t + k`` when split); ``flat = row·B + b`` indexes
+    ``X.view(R·B, N_in)``.
+    """
+
+    b: torch.Tensor
+    n: torch.Tensor
+    row: torch.Tensor
+    val: torch.Tensor
+    rows: int
+    batch: int
+    neurons: int
+
+    @property
+    def flat(self) -> torch.Tensor:
+        return self.row * self.batch + self.b
+
+    def dense(self) -> torch.Tensor:
+        """``A`` as a dense ``(R, B, N_out)`` tensor."""
+        a = self.val.new_zeros(self.rows, self.batch, self.neurons)
+        a.index_put_((self.row, self.b, self.n), self.val, accumulate=True)
+        return a
+
+
+def post_events(post: torch.Tensor, kernel: PSPKernel) -> Events:
+    """Post-synaptic side of ``e = Aᵀ X`` from time-major ``post (T, B, N)``, as a sparse event list.
+
+    Each post spike ``k`` of neuron ``i`` (at ``t_k``, previous reset ``r_k = t_{k−1} + t_ref``, ``σ_k = t_k − r_k``)
+    puts +1 at ``t_k`` and ``−decay_m^{σ_k}`` at ``r_k`` (``k ≥ 2``); with the original window ``L`` the reset event
+    only counts when ``σ_k ≤ L − t_ref − 1``, and ``−(d_τ^{L−t_ref} − [reset counts]·d_m^{σ_k} d_τ^{L−t_ref−σ_k})``
+    goes to ``t_k − L + t_ref`` in trace τ, removing pre spikes older than the window.
+    """
+    x = post if post.is_floating_point() else post.to(torch.get_default_dtype())
+    T, B, N = x.shape
+    b, n, t = x.permute(1, 2, 0).nonzero().unbind(1)  # nonzero of the (B, N, T) view: sorted by (b, n, t)
+    same = (b[1:] == b[:-1]) & (n[1:] == n[:-1])
+    prev_t = torch.full_like(t, -1)
+    prev_t[1:] = torch.where(same, t[:-1], -1)
+    has_prev = prev_t >= 0
+    r = prev_t + kernel.t_ref
+    sigma = (t - r).to(x.dtype)
+    dm, ds = kernel.decays
+    decay_m_sigma = torch.pow(torch.tensor(dm, dtype=x.dtype, device=x.device), sigma)
+    ones = torch.ones_like(sigma)
+    if not kernel.split:
+        keep = has_prev
+        return Events(torch.cat([b, b[keep]]), torch.cat([n, n[keep]]), torch.cat([t, r[keep]]),
+                      torch.cat([ones, -decay_m_sigma[keep]]), T, B, N)
+    window = kernel.window
+    assert window is not None
+    counts = has_prev & (t - r <= window - kernel.t_ref - 1)
+    u = t - window + kernel.t_ref
+    far = u >= 0
+    span = float(window - kernel.t_ref)
+    parts_b, parts_n, parts_row, parts_val = [], [], [], []
+    for k, dk in enumerate((dm, ds)):
+        # span − σ ≥ 1 wherever the reset event counts; elsewhere the term is 0 (masked before the power).
+        kept = torch.where(counts, decay_m_sigma * torch.pow(
+            torch.tensor(dk, dtype=x.dtype, device=x.device), torch.where(counts, span - sigma, 0.0)), 0.0)
+        back = dk**span - kept
+        parts_b += [b, b[counts], b[far]]
+        parts_n += [n, n[counts], n[far]]
+        parts_row += [2 * t + k, 2 * r[counts] + k, 2 * u[far] + k]
+        parts_val += [ones, -decay_m_sigma[counts], -back[far]]
+    return Events(torch.cat(parts_b), torch.cat(parts_n), torch.cat(parts_row), torch.cat(parts_val), 2 * T, B, N)
+
+
+def contract(events: Events, x: torch.Tensor) -> torch.Tensor:
+    """``e[b] = A[b]ᵀ X[b]``: events over ``(R, B, N_out)`` and ``X (R, B, N_in)`` → ``(B, N_out, N_in)``."""
+    return torch.bmm(events.dense().permute(1, 2, 0), x.permute(1, 0, 2))
+
+
+def check_refractory(name: str, post: torch.Tensor, t_ref: int) -> None:
+    """Raise unless every neuron's inter-spike intervals exceed ``t_ref`` (as the LIF forward pass guarantees)."""
+    idx = post.transpose(1, 2).nonzero()
+    if idx.shape[0] < 2:
+        return
+    same = (idx[1:, 0] == idx[:-1, 0]) & (idx[1:, 1] == idx[:-1, 1])
+    gaps = idx[1:, 2] - idx[:-1, 2]
+    if bool((same & (gaps <= t_ref)).any()):
+        raise ValueError(f"{name} has spikes closer than t_ref + 1 = {t_ref + 1} steps; "
+                         "post-synaptic trains must respect the refractory period")
+
+
+def spsp(pre: torch.Tensor, post: torch.Tensor, *, tau_m: float = TAU_M, tau_s: float = TAU_S,
+         t_ref: int = T_REF, convention: Convention = "original",
+         window_taus: float | None = PSP_WINDOW_TAUS) -> torch.Tensor:
+    """S-PSP ``e (B, N_out, N_in)`` of every (post ``i``, pre ``j``) pair, by the pure definition (no fallbacks).
+
+    Args:
+        pre: ``(B, T, N_in)`` 0/1 pre-synaptic spike trains.
+        post: ``(B, T, N_out)`` 0/1 post-synaptic spike trains; inter-spike intervals must exceed ``t_ref``.
+        tau_m, tau_s, t_ref: neuron constants (steps).
+        convention: ``"original"`` (authors' kernel, spec §4) or ``"exact"`` (discrete forward pass, spec §13).
+        window_taus: original convention only: pre spikes older than ``window_taus·τm`` steps before a post spike
+            are ignored (authors: 4); ``None`` disables the window.
+
+    Example:
+        >>> pre = torch.zeros(1, 50, 1); pre[0, 5, 0] = 1
+        >>> post = torch.zeros(1, 50, 1); post[0, 20, 0] = 1
+        >>> spsp(pre, post, convention="exact").shape
+        torch.Size([1, 1, 1])
+    """
+    check_spikes("pre", pre)
+    check_spikes("post", post)
+    if pre.shape[:2] != post.shape[:2]:
+        raise ValueError(f"pre and post must share (batch, time), got {tuple(pre.shape)} and {tuple(post.shape)}")
+    kernel = PSPKernel.for_layer(tau_m, tau_s, t_ref, convention, window_taus)
+    check_refractory("post", post, t_ref)
+    dtype = pre.dtype if pre.is_floating_point() else torch.get_default_dtype()
+    pre_tm, post_tm = pre.to(dtype).transpose(0, 1), post.to(dtype).transpose(0, 1)
+    return contract(post_events(post_tm, kernel), pre_traces(pre_tm, kernel))
