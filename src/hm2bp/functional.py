@@ -15,11 +15,12 @@ Every sum over ``(i, j)`` pairs is a contraction of the event matrix ``A`` and t
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
 
-from hm2bp.neuron import LIFParams, lif_scan_time_major
+from hm2bp.neuron import LIFParams, scan_inplace
 from hm2bp.spsp import (
     CONVENTIONS,
     PSP_WINDOW_TAUS,
@@ -27,9 +28,12 @@ from hm2bp.spsp import (
     Events,
     PSPKernel,
     contract,
+    gathered_traces,
     post_events,
     pre_traces,
+    trace_chunks,
 )
+from hm2bp.workspace import BufferPool
 
 # Provenance of the defaults: spec §4–§5 [CODE]; each is a flag so it can be ablated (pitfall P3).
 SILENT_POST_PSP = 0.1  # e_ij used when o_i = 0 < o_j (`common/cuBase.cu:77-78`)
@@ -109,6 +113,7 @@ class LayerSetup:
     is_output: bool = False
     target_count: int = 35
     stats: LayerStats = field(default_factory=LayerStats)
+    buffers: BufferPool = field(default_factory=BufferPool, repr=False, compare=False)
 
     @property
     def kernel(self) -> PSPKernel:
@@ -142,7 +147,7 @@ def lateral_factor(post: torch.Tensor, labels: torch.Tensor | None, setup: Layer
     """
     kernel = setup.kernel
     o = post.sum(0)
-    e = contract(post_events(post, kernel), pre_traces(post, kernel))  # [b, l (post), i (pre)]
+    e = contract(post_events(post, kernel), pre_traces(post, kernel), kernel)  # [b, l (post), i (pre)]
     both = (o[:, :, None] > 0) & (o[:, None, :] > 0)
     r = torch.where(both, e / o[:, None, :].clamp(min=1), torch.ones_like(e))
     active = o > 0
@@ -164,69 +169,76 @@ def lateral_factor(post: torch.Tensor, labels: torch.Tensor | None, setup: Layer
 class _Pairs:
     """Contractions through the explicit per-sample ``e (B, N_out, N_in)``; only chosen when it is small."""
 
-    def __init__(self, ev: Events, x: torch.Tensor) -> None:
-        self.e = contract(ev, x)
+    def __init__(self, ev: Events, pre: torch.Tensor, kernel: PSPKernel) -> None:
+        a = ev.dense(kernel.coeffs)
+        self.e = a.new_zeros(ev.batch, ev.neurons, pre.shape[2])
+        for t0, t1, d in trace_chunks(pre, kernel):
+            self.e.baddbmm_(a[2 * t0:2 * t1].permute(1, 2, 0), d.flatten(0, 1).permute(1, 0, 2))
 
     def side(self, w: torch.Tensor) -> torch.Tensor:
         return (self.e * w).sum(2)  # a_bi = Σ_j w_ij e_bij
 
-    def weight_grad(self, coef: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("bi,bij->ij", coef, self.e)
-
-    def below(self, g: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("bi,ij,bij->bj", g, w, self.e)  # Σ_i g_bi w_ij e_bij
+    def grads(self, coef: torch.Tensor, g: torch.Tensor, w: torch.Tensor,
+              below: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        grad_w = torch.einsum("bi,bij->ij", coef, self.e)
+        return grad_w, (torch.einsum("bi,ij,bij->bj", g, w, self.e) if below else None)  # Σ_i g w e
 
 
 class _Dense:
-    """GEMMs over (time·batch) with a dense event matrix ``A (R, B, N_out)``."""
+    """GEMMs over (time·batch) with a dense event matrix ``A (2T, B, N_out)``; two passes over the traces."""
 
-    def __init__(self, ev: Events, x: torch.Tensor) -> None:
-        self.a, self.x = ev.dense(), x
+    def __init__(self, ev: Events, pre: torch.Tensor, kernel: PSPKernel) -> None:
+        self.a, self.pre, self.kernel = ev.dense(kernel.coeffs), pre, kernel
+
+    def _chunks(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for t0, t1, d in trace_chunks(self.pre, self.kernel):
+            yield self.a[2 * t0:2 * t1], d.flatten(0, 1)
 
     def side(self, w: torch.Tensor) -> torch.Tensor:
-        u = (self.x.reshape(-1, self.x.shape[-1]) @ w.t()).view_as(self.a)
-        return (self.a * u).sum(0)
+        out = w.new_zeros(self.a.shape[1:])
+        for a, x in self._chunks():
+            out += (a * (x.flatten(0, 1) @ w.t()).view_as(a)).sum(0)
+        return out
 
-    def weight_grad(self, coef: torch.Tensor) -> torch.Tensor:
-        return (self.a * coef).flatten(0, 1).t() @ self.x.flatten(0, 1)
-
-    def below(self, g: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        h = ((self.a * g).flatten(0, 1) @ w).view_as(self.x)
-        return (h * self.x).sum(0)
+    def grads(self, coef: torch.Tensor, g: torch.Tensor, w: torch.Tensor,
+              below: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        grad_w = w.new_zeros(w.shape)
+        out = g.new_zeros(g.shape[0], w.shape[1]) if below else None
+        for a, x in self._chunks():
+            grad_w.addmm_((a * coef).flatten(0, 1).t(), x.flatten(0, 1))
+            if out is not None:
+                out += (((a * g).flatten(0, 1) @ w).view_as(x) * x).sum(0)
+        return grad_w, out
 
 
 class _Sparse:
     """Gathers of trace rows at the post-synaptic events only (``A`` is non-zero at spike and reset times)."""
 
-    def __init__(self, ev: Events, x: torch.Tensor, chunk_elems: int = 1 << 22) -> None:
-        self.ev, self.xf = ev, x.reshape(-1, x.shape[-1])
-        step = max(1, chunk_elems // max(1, self.xf.shape[1]))
+    def __init__(self, ev: Events, pre: torch.Tensor, kernel: PSPKernel, chunk_elems: int = 1 << 20) -> None:
+        self.ev = ev
+        self.rows, self.index = gathered_traces(pre, kernel, ev)
+        step = max(1, chunk_elems // max(1, self.rows.shape[1]))
         self.chunks = [slice(lo, lo + step) for lo in range(0, ev.val.numel(), step)]
-        self.flat = ev.flat
 
     def side(self, w: torch.Tensor) -> torch.Tensor:
         ev = self.ev
         a = w.new_zeros(ev.batch, ev.neurons)
         for c in self.chunks:
-            dots = (self.xf[self.flat[c]] * w[ev.n[c]]).sum(1)
+            dots = (self.rows[self.index[c]] * w[ev.n[c]]).sum(1)
             a.index_put_((ev.b[c], ev.n[c]), ev.val[c] * dots, accumulate=True)
         return a
 
-    def weight_grad(self, coef: torch.Tensor) -> torch.Tensor:
+    def grads(self, coef: torch.Tensor, g: torch.Tensor, w: torch.Tensor,
+              below: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         ev = self.ev
-        gw = coef.new_zeros(ev.neurons, self.xf.shape[1])
+        grad_w = coef.new_zeros(w.shape)
+        out = g.new_zeros(ev.batch, w.shape[1]) if below else None
         for c in self.chunks:
-            scale = coef[ev.b[c], ev.n[c]] * ev.val[c]
-            gw.index_add_(0, ev.n[c], self.xf[self.flat[c]] * scale[:, None])
-        return gw
-
-    def below(self, g: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        ev = self.ev
-        out = g.new_zeros(ev.batch, self.xf.shape[1])
-        for c in self.chunks:
-            scale = g[ev.b[c], ev.n[c]] * ev.val[c]
-            out.index_add_(0, ev.b[c], self.xf[self.flat[c]] * w[ev.n[c]] * scale[:, None])
-        return out
+            x = self.rows[self.index[c]]
+            grad_w.index_add_(0, ev.n[c], x * (coef[ev.b[c], ev.n[c]] * ev.val[c])[:, None])
+            if out is not None:
+                out.index_add_(0, ev.b[c], x.mul_(w[ev.n[c]]).mul_((g[ev.b[c], ev.n[c]] * ev.val[c])[:, None]))
+        return grad_w, out
 
 
 def choose_strategy(ev: Events, n_in: int) -> str:
@@ -234,7 +246,7 @@ def choose_strategy(ev: Events, n_in: int) -> str:
 
     ``pairs`` is allowed only when ``e`` is no larger than the traces (memory stays ``O(B·T·N)``).
     """
-    rows, batch, n_out = ev.rows, ev.batch, ev.neurons
+    rows, batch, n_out = 2 * ev.steps, ev.batch, ev.neurons
     gemm = float(rows) * batch * n_out * n_in
     costs = {"dense": 3.0 * gemm, "sparse": SPARSE_ELEMENT_COST * 3.0 * ev.val.numel() * n_in}
     if n_out * n_in <= rows * (n_in + n_out):
@@ -242,10 +254,11 @@ def choose_strategy(ev: Events, n_in: int) -> str:
     return min(costs, key=costs.__getitem__)
 
 
-def make_contraction(ev: Events, x: torch.Tensor, strategy: str) -> _Pairs | _Dense | _Sparse:
+def make_contraction(ev: Events, pre: torch.Tensor, kernel: PSPKernel, strategy: str) -> _Pairs | _Dense | _Sparse:
+    """The contraction object for one layer's backward (``pre`` time-major)."""
     if strategy == "auto":
-        strategy = choose_strategy(ev, x.shape[-1])
-    return {"pairs": _Pairs, "dense": _Dense, "sparse": _Sparse}[strategy](ev, x)
+        strategy = choose_strategy(ev, pre.shape[-1])
+    return {"pairs": _Pairs, "dense": _Dense, "sparse": _Sparse}[strategy](ev, pre, kernel)
 
 
 class HM2BPLinearFunction(torch.autograd.Function):
@@ -256,8 +269,9 @@ class HM2BPLinearFunction(torch.autograd.Function):
                 setup: LayerSetup) -> torch.Tensor:
         B, T, n_in = pre.shape
         pre_tm = pre.transpose(0, 1).contiguous()  # free when pre is itself a view of a time-major tensor
-        currents = (pre_tm.view(T * B, n_in) @ weight.t()).view(T, B, -1)
-        post_tm = lif_scan_time_major(currents, setup.lif, setup.lateral_w0)
+        buf = setup.buffers.get((T + 1, B, weight.shape[0]), pre_tm)  # row t + 1 ← I[t]/τs, then the spikes
+        torch.mm(pre_tm.view(T * B, n_in), weight.t() / setup.lif.tau_s, out=buf[1:].view(T * B, -1))
+        post_tm = scan_inplace(buf, setup.lif, setup.lateral_w0)
         ctx.setup = setup
         ctx.save_for_backward(pre_tm, weight, post_tm, labels)
         return post_tm.transpose(0, 1)
@@ -281,7 +295,7 @@ class HM2BPLinearFunction(torch.autograd.Function):
         o = post.sum(0)
         o_pre = pre.sum(0)
         fired = o > 0
-        contraction = make_contraction(post_events(post, kernel), pre_traces(pre, kernel), rule.strategy)
+        contraction = make_contraction(post_events(post, kernel), pre, kernel, rule.strategy)
 
         coef = g
         if rule.side_effect:
@@ -291,15 +305,15 @@ class HM2BPLinearFunction(torch.autograd.Function):
         if lam is not None:
             coef = coef * lam
 
-        grad_w = contraction.weight_grad(coef)
+        need_below = ctx.needs_input_grad[0] and rule.effect_ratio
+        grad_w, gwe = contraction.grads(coef, g, weight, need_below)
         if rule.silent_post_psp:
             grad_w += rule.silent_post_psp * ((coef * (~fired)).t() @ (o_pre > 0).to(coef.dtype))
 
         grad_pre = None
         if ctx.needs_input_grad[0]:
-            if rule.effect_ratio:
+            if gwe is not None:  # Σ_i g_i w_ij e_ij
                 pre_fired = o_pre > 0
-                gwe = contraction.below(g, weight)  # Σ_i g_i w_ij e_ij
                 delta = torch.where(pre_fired, gwe / o_pre.clamp(min=1), torch.zeros_like(gwe))
                 if rule.silent_effect_ratio:
                     # pairs with a silent neuron use r = silent_effect_ratio

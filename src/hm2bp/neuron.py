@@ -87,44 +87,50 @@ def lif_scan(currents: torch.Tensor, params: LIFParams, lateral_w0: float = 0.0)
     """
     if currents.dim() != 3:
         raise ValueError(f"currents must be (batch, time, neurons), got shape {tuple(currents.shape)}")
-    return lif_scan_time_major(currents.transpose(0, 1).contiguous(), params, lateral_w0).transpose(0, 1)
-
-
-def lif_scan_time_major(currents: torch.Tensor, params: LIFParams, lateral_w0: float = 0.0) -> torch.Tensor:
-    """:func:`lif_scan` on time-major ``(T, B, N)`` currents, returning time-major spikes.
-
-    The feed-forward synaptic state is linear, so ``c(t)/τs`` is computed first by a one-op-per-step trace; the
-    sequential loop then only leaks and drives the membrane, holds it through the refractory steps, fires and
-    resets, all as float arithmetic on contiguous ``(B, N)`` slices (bool masks are several times slower on CPU).
-    """
-    if currents.dim() != 3:
-        raise ValueError(f"currents must be (time, batch, neurons), got shape {tuple(currents.shape)}")
     if not currents.is_floating_point():
         raise TypeError(f"currents must be floating point, got {currents.dtype}")
+    B, T, N = currents.shape
+    buf = currents.new_empty(T + 1, B, N)
+    torch.mul(currents.transpose(0, 1), 1.0 / params.tau_s, out=buf[1:])
+    return scan_inplace(buf, params, lateral_w0).transpose(0, 1)
+
+
+def scan_inplace(buf: torch.Tensor, params: LIFParams, lateral_w0: float = 0.0) -> torch.Tensor:
+    """The LIF scan on a time-major work buffer, overwritten with the spikes.
+
+    Args:
+        buf: ``(T + 1, B, N)``; row ``t + 1`` holds ``I[t]/τs`` on entry (row 0 is ignored).
+        params: the layer's LIF parameters; lateral_w0: lateral inhibition strength (≥ 0).
+
+    Returns:
+        ``buf[:T]``, now holding the spikes ``s[t]`` (0/1) at row ``t``.
+
+    Row ``t`` is read (the drive for step ``t``) before spike ``s[t]`` is written into it, so one buffer serves
+    the GEMM output and the spike trains. Steps 1–3 of the module docstring become two one-op updates of
+    ``c̃ = c/τs`` and ``v``; refractory hold, firing and reset are float arithmetic on contiguous ``(B, N)`` rows
+    (bool masks are several times slower on CPU).
+    """
+    if buf.dim() != 3 or buf.shape[0] < 1:
+        raise ValueError(f"buf must be (T + 1, batch, neurons), got shape {tuple(buf.shape)}")
     if lateral_w0 < 0:
         raise ValueError(f"lateral_w0 must be >= 0, got {lateral_w0}")
-    T = currents.shape[0]
+    T = buf.shape[0] - 1
     decay_m = 1.0 - 1.0 / params.tau_m
     decay_s = 1.0 - 1.0 / params.tau_s
     fire_at = params.threshold - params.threshold_eps
-    out = torch.zeros_like(currents)
-    if T < 2:
+    lateral = lateral_w0 / params.tau_s
+    out = buf[:T]
+    if T == 0:
         return out
-    # drive[t] = c_ff(t), with c_ff(t) = (1 − 1/τs)·c_ff(t−1) + I[t−1]  (steps 1–2, feed-forward part)
-    drive = torch.empty_like(currents)
-    drive[0].zero_()
+    c = torch.zeros_like(buf[0])  # c/τs
+    v = torch.zeros_like(c)
+    out[0].zero_()  # no spike at t = 0
     for t in range(1, T):
-        torch.add(currents[t - 1], drive[t - 1], alpha=decay_s, out=drive[t])
-    drive.mul_(1.0 / params.tau_s)
-    v = torch.zeros_like(currents[0])
-    c_lat = torch.zeros_like(v) if lateral_w0 else None
-    for t in range(1, T):
-        torch.add(drive[t], v, alpha=decay_m, out=v)  # steps 1 and 3: v ← v(1 − 1/τm) + c/τs
-        if c_lat is not None:
+        torch.add(buf[t], c, alpha=decay_s, out=c)  # steps 1–2: c ← c(1 − 1/τs) + I[t−1]
+        if lateral:
             prev = out[t - 1]
-            # every *other* output neuron that spiked at t−1 adds −w0 to c (step 2)
-            c_lat.mul_(decay_s).sub_(prev.sum(dim=-1, keepdim=True) - prev, alpha=lateral_w0)
-            v.add_(c_lat, alpha=1.0 / params.tau_s)
+            c.sub_(prev.sum(dim=-1, keepdim=True) - prev, alpha=lateral)  # −w0 per other neuron fired at t−1
+        torch.add(c, v, alpha=decay_m, out=v)  # steps 1, 3: v ← v(1 − 1/τm) + c/τs
         for k in range(1, min(params.t_ref, t) + 1):  # step 4: held at 0 for t_ref steps after a spike
             v.addcmul_(v, out[t - k], value=-1.0)
         torch.gt(v, fire_at, out=out[t])  # step 5: fire ...

@@ -30,6 +30,7 @@ No silent-neuron fallbacks live here (see :mod:`hm2bp.functional`): ``e_ij = 0``
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -104,7 +105,8 @@ def exp_traces(x: torch.Tensor, decays: tuple[float, float], delay: int = 0) -> 
     Returns ``(T, 2, B, N)`` (index 1: membrane, synaptic decay), zero for ``t < delay``.
     """
     T = x.shape[0]
-    out = x.new_zeros(T, 2, *x.shape[1:])
+    out = x.new_empty(T, 2, *x.shape[1:])
+    out[:delay].zero_()
     if delay >= T:
         return out
     dec = torch.tensor(decays, dtype=x.dtype, device=x.device).view(2, 1, 1)
@@ -115,99 +117,162 @@ def exp_traces(x: torch.Tensor, decays: tuple[float, float], delay: int = 0) -> 
     return out
 
 
-def pre_traces(pre: torch.Tensor, kernel: PSPKernel) -> torch.Tensor:
-    """Pre-synaptic side ``X`` of ``e = Aᵀ X`` from time-major ``pre (T, B, N)``.
-
-    Returns ``(R, B, N)``: ``R = T`` (one kernel trace ``P``) or ``R = 2T`` (rows ``2t + k``: trace ``k`` of the
-    split kernel, already weighted by ``c_k``).
-    """
+def _traced_input(pre: torch.Tensor, kernel: PSPKernel) -> torch.Tensor:
     x = pre if pre.is_floating_point() else pre.to(torch.get_default_dtype())
     if kernel.convention == "original" and x.shape[0] > 0 and bool(x[0].any()):
         # The authors' window starts at max(1, ·): pre spikes at t = 0 never count (`cuBase.cu:59`).
         x = x.clone()
         x[0] = 0
-    d = exp_traces(x, kernel.decays, kernel.delay)
-    cm, cs = kernel.coeffs
-    d[:, 0].mul_(cm)
-    if kernel.split:
-        d[:, 1].mul_(cs)
-        return d.flatten(0, 1)
-    return d[:, 0].add_(d[:, 1], alpha=cs)
+    return x
+
+
+def pre_traces(pre: torch.Tensor, kernel: PSPKernel) -> torch.Tensor:
+    """Pre-synaptic side ``X`` of ``e = Aᵀ X`` from time-major ``pre (T, B, N)``: the raw traces ``(2T, B, N)``,
+    row ``2t + k`` holding ``D_k(t)`` (k = 0 membrane, 1 synaptic decay). The kernel weights ``c_k`` live in ``A``.
+    """
+    return exp_traces(_traced_input(pre, kernel), kernel.decays, kernel.delay).flatten(0, 1)
+
+
+# Event kinds: which traces an event reads. KERNEL reads P = c_m D_m + c_s D_s; the other two read one weighted
+# exponential trace (the original convention's window correction).
+KERNEL, MEMBRANE, SYNAPTIC = 0, 1, 2
 
 
 @dataclass(frozen=True)
 class Events:
-    """Sparse post-synaptic side ``A`` of ``e = Aᵀ X``: entry ``val`` at (row ``row``, sample ``b``, neuron ``n``).
+    """Sparse post-synaptic side ``A`` of ``e = Aᵀ X``: entry ``val`` at (time ``t``, sample ``b``, neuron ``n``)
+    reading the traces of kind ``kind`` (:data:`KERNEL`, :data:`MEMBRANE` or :data:`SYNAPTIC`)."""
 
-    Rows index the ``R`` axis of :func:`pre_traces` (``t``, or ``2t + k`` when split); ``flat = row·B + b`` indexes
-    ``X.view(R·B, N_in)``.
-    """
-
+    t: torch.Tensor
+    kind: torch.Tensor
     b: torch.Tensor
     n: torch.Tensor
-    row: torch.Tensor
     val: torch.Tensor
-    rows: int
+    steps: int
     batch: int
     neurons: int
 
-    @property
-    def flat(self) -> torch.Tensor:
-        return self.row * self.batch + self.b
+    def weights(self, coeffs: tuple[float, float]) -> torch.Tensor:
+        """``(E, 2)``: what each event puts on the two raw traces, ``val·(c_m, c_s)`` masked by its kind."""
+        return _kind_weights(coeffs, self.val)[self.kind] * self.val[:, None]
 
-    def dense(self) -> torch.Tensor:
-        """``A`` as a dense ``(R, B, N_out)`` tensor."""
-        a = self.val.new_zeros(self.rows, self.batch, self.neurons)
-        a.index_put_((self.row, self.b, self.n), self.val, accumulate=True)
-        return a
+    def dense(self, coeffs: tuple[float, float]) -> torch.Tensor:
+        """``A`` as a dense ``(2T, B, N_out)`` tensor matching :func:`pre_traces` (row ``2t + k``)."""
+        a = self.val.new_zeros(self.steps, 2, self.batch, self.neurons)
+        w = self.weights(coeffs)
+        for k in (0, 1):
+            a[:, k].index_put_((self.t, self.b, self.n), w[:, k], accumulate=True)
+        return a.flatten(0, 1)
+
+
+def _kind_weights(coeffs: tuple[float, float], like: torch.Tensor) -> torch.Tensor:
+    """``(3, 2)``: the weights of the two raw traces read by each event kind."""
+    cm, cs = coeffs
+    return torch.tensor([[cm, cs], [cm, 0.0], [0.0, cs]], dtype=like.dtype, device=like.device)
 
 
 def post_events(post: torch.Tensor, kernel: PSPKernel) -> Events:
     """Post-synaptic side of ``e = Aᵀ X`` from time-major ``post (T, B, N)``, as a sparse event list.
 
     Each post spike ``k`` of neuron ``i`` (at ``t_k``, previous reset ``r_k = t_{k−1} + t_ref``, ``σ_k = t_k − r_k``)
-    puts +1 at ``t_k`` and ``−decay_m^{σ_k}`` at ``r_k`` (``k ≥ 2``); with the original window ``L`` the reset event
-    only counts when ``σ_k ≤ L − t_ref − 1``, and ``−(d_τ^{L−t_ref} − [reset counts]·d_m^{σ_k} d_τ^{L−t_ref−σ_k})``
-    goes to ``t_k − L + t_ref`` in trace τ, removing pre spikes older than the window.
+    reads ``P`` with +1 at ``t_k`` and ``−decay_m^{σ_k}`` at ``r_k`` (``k ≥ 2``). With the original window ``L`` the
+    reset event only counts when ``σ_k ≤ L − t_ref − 1``, and trace τ gets
+    ``−(d_τ^{L−t_ref} − [reset counts]·d_m^{σ_k} d_τ^{L−t_ref−σ_k})`` at ``t_k − L + t_ref``, removing pre spikes
+    older than the window.
     """
     x = post if post.is_floating_point() else post.to(torch.get_default_dtype())
     T, B, N = x.shape
-    b, n, t = x.permute(1, 2, 0).nonzero().unbind(1)  # nonzero of the (B, N, T) view: sorted by (b, n, t)
+    t, b, n = x.nonzero().unbind(1)  # sorted by (t, b, n)
+    order = torch.argsort((b * N + n) * T + t)  # group each neuron's spikes, in time order
+    t, b, n = t[order], b[order], n[order]
     same = (b[1:] == b[:-1]) & (n[1:] == n[:-1])
     prev_t = torch.full_like(t, -1)
     prev_t[1:] = torch.where(same, t[:-1], -1)
-    has_prev = prev_t >= 0
     r = prev_t + kernel.t_ref
     sigma = (t - r).to(x.dtype)
     dm, ds = kernel.decays
     decay_m_sigma = torch.pow(torch.tensor(dm, dtype=x.dtype, device=x.device), sigma)
-    ones = torch.ones_like(sigma)
-    if not kernel.split:
-        keep = has_prev
-        return Events(torch.cat([b, b[keep]]), torch.cat([n, n[keep]]), torch.cat([t, r[keep]]),
-                      torch.cat([ones, -decay_m_sigma[keep]]), T, B, N)
-    window = kernel.window
-    assert window is not None
-    counts = has_prev & (t - r <= window - kernel.t_ref - 1)
-    u = t - window + kernel.t_ref
-    far = u >= 0
-    span = float(window - kernel.t_ref)
-    parts_b, parts_n, parts_row, parts_val = [], [], [], []
-    for k, dk in enumerate((dm, ds)):
-        # span − σ ≥ 1 wherever the reset event counts; elsewhere the term is 0 (masked before the power).
-        kept = torch.where(counts, decay_m_sigma * torch.pow(
-            torch.tensor(dk, dtype=x.dtype, device=x.device), torch.where(counts, span - sigma, 0.0)), 0.0)
-        back = dk**span - kept
-        parts_b += [b, b[counts], b[far]]
-        parts_n += [n, n[counts], n[far]]
-        parts_row += [2 * t + k, 2 * r[counts] + k, 2 * u[far] + k]
-        parts_val += [ones, -decay_m_sigma[counts], -back[far]]
-    return Events(torch.cat(parts_b), torch.cat(parts_n), torch.cat(parts_row), torch.cat(parts_val), 2 * T, B, N)
+    resets = prev_t >= 0
+    if kernel.split:
+        assert kernel.window is not None
+        resets = resets & (t - r <= kernel.window - kernel.t_ref - 1)
+    ts, kinds, bs, ns, vals = [t, r[resets]], [KERNEL, KERNEL], [b, b[resets]], [n, n[resets]], [
+        torch.ones_like(sigma), -decay_m_sigma[resets]]
+    if kernel.split:
+        assert kernel.window is not None
+        u = t - kernel.window + kernel.t_ref
+        far = u >= 0
+        span = float(kernel.window - kernel.t_ref)
+        for kind, dk in ((MEMBRANE, dm), (SYNAPTIC, ds)):
+            # span − σ ≥ 1 wherever the reset event counts; elsewhere the term is 0 (masked before the power).
+            kept = torch.where(resets, decay_m_sigma * torch.pow(
+                torch.tensor(dk, dtype=x.dtype, device=x.device), torch.where(resets, span - sigma, 0.0)), 0.0)
+            ts.append(u[far])
+            kinds.append(kind)
+            bs.append(b[far])
+            ns.append(n[far])
+            vals.append(kept[far] - dk**span)
+    kind_t = torch.cat([torch.full_like(tt, k) for tt, k in zip(ts, kinds, strict=True)])
+    return Events(torch.cat(ts), kind_t, torch.cat(bs), torch.cat(ns), torch.cat(vals), T, B, N)
 
 
-def contract(events: Events, x: torch.Tensor) -> torch.Tensor:
-    """``e[b] = A[b]ᵀ X[b]``: events over ``(R, B, N_out)`` and ``X (R, B, N_in)`` → ``(B, N_out, N_in)``."""
-    return torch.bmm(events.dense().permute(1, 2, 0), x.permute(1, 0, 2))
+# Time steps per chunk of the trace computation are chosen so one chunk stays under this size; small temporaries
+# are reused by the allocator, while large fresh ones cost page faults (measured: ~30 ms per 80 MB here).
+TRACE_CHUNK_BYTES = 8 << 20
+
+
+def trace_chunks(pre: torch.Tensor, kernel: PSPKernel,
+                 chunk_bytes: int = TRACE_CHUNK_BYTES) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """Yield ``(t0, t1, D)``: the raw traces ``D (t1 − t0, 2, B, N)`` of time-major ``pre`` on steps ``t0 .. t1−1``.
+
+    All chunks live in one reused buffer (never the full ``(T, 2, B, N)``): ``D`` is valid until the next chunk.
+    """
+    x = _traced_input(pre, kernel)
+    T, B, n = x.shape
+    step = max(1, chunk_bytes // max(1, 2 * B * n * x.element_size()))
+    buf = x.new_empty(min(step, max(T, 1)), 2, B, n)
+    dec = torch.tensor(kernel.decays, dtype=x.dtype, device=x.device).view(2, 1, 1)
+    xs = x.unsqueeze(1)
+    carry = x.new_zeros(2, B, n)  # the state before the chunk's first step
+    for t0 in range(0, T, step):
+        t1 = min(T, t0 + step)
+        prev = carry
+        for t in range(t0, t1):
+            row = buf[t - t0]
+            if t < kernel.delay:
+                row.zero_()
+            else:
+                torch.addcmul(xs[t - kernel.delay], prev, dec, out=row)
+            prev = row
+        carry.copy_(prev)
+        yield t0, t1, buf[: t1 - t0]
+
+
+def gathered_traces(pre: torch.Tensor, kernel: PSPKernel, events: Events) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weighted trace rows that ``events`` read, without forming the full traces.
+
+    Returns ``(rows (U, N_in), index (E,))`` with ``val[e]·rows[index[e]]`` = event ``e``'s term of ``A[b]ᵀ X[b]``;
+    only the ``U`` distinct (time, kind, sample) rows are kept.
+    """
+    B = pre.shape[1]
+    key = (events.t * 3 + events.kind) * B + events.b
+    uniq, index = torch.unique(key, return_inverse=True)
+    ut = uniq // (3 * B)
+    ub = uniq % B
+    pick = _kind_weights(kernel.coeffs, pre)[(uniq // B) % 3]
+    rows = pre.new_empty(uniq.numel(), pre.shape[2])
+    bounds = torch.searchsorted(ut, torch.arange(pre.shape[0] + 1, device=pre.device)).tolist()
+    for t0, t1, d in trace_chunks(pre, kernel):
+        lo, hi = bounds[t0], bounds[t1]
+        if hi > lo:
+            tt, bb = ut[lo:hi] - t0, ub[lo:hi]
+            torch.mul(d[tt, 0, bb], pick[lo:hi, :1], out=rows[lo:hi]).addcmul_(d[tt, 1, bb], pick[lo:hi, 1:])
+    return rows, index
+
+
+def contract(events: Events, x: torch.Tensor, kernel: PSPKernel) -> torch.Tensor:
+    """``e[b] = A[b]ᵀ X[b]`` with ``X = pre_traces(pre)`` ``(2T, B, N_in)`` → ``(B, N_out, N_in)``."""
+    return torch.bmm(events.dense(kernel.coeffs).permute(1, 2, 0), x.permute(1, 0, 2))
 
 
 def check_refractory(name: str, post: torch.Tensor, t_ref: int) -> None:
@@ -249,4 +314,4 @@ def spsp(pre: torch.Tensor, post: torch.Tensor, *, tau_m: float = TAU_M, tau_s: 
     check_refractory("post", post, t_ref)
     dtype = pre.dtype if pre.is_floating_point() else torch.get_default_dtype()
     pre_tm, post_tm = pre.to(dtype).transpose(0, 1), post.to(dtype).transpose(0, 1)
-    return contract(post_events(post_tm, kernel), pre_traces(pre_tm, kernel))
+    return contract(post_events(post_tm, kernel), pre_traces(pre_tm, kernel), kernel)
