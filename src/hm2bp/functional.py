@@ -113,7 +113,7 @@ class LayerSetup:
     is_output: bool = False
     target_count: int = 35
     stats: LayerStats = field(default_factory=LayerStats)
-    buffers: BufferPool = field(default_factory=BufferPool, repr=False, compare=False)
+    buffers: BufferPool = field(default_factory=lambda: BufferPool(4), repr=False, compare=False)
 
     @property
     def kernel(self) -> PSPKernel:
@@ -169,10 +169,10 @@ def lateral_factor(post: torch.Tensor, labels: torch.Tensor | None, setup: Layer
 class _Pairs:
     """Contractions through the explicit per-sample ``e (B, N_out, N_in)``; only chosen when it is small."""
 
-    def __init__(self, ev: Events, pre: torch.Tensor, kernel: PSPKernel) -> None:
+    def __init__(self, ev: Events, pre: torch.Tensor, kernel: PSPKernel, pool: BufferPool | None = None) -> None:
         a = ev.dense(kernel.coeffs)
         self.e = a.new_zeros(ev.batch, ev.neurons, pre.shape[2])
-        for t0, t1, d in trace_chunks(pre, kernel):
+        for t0, t1, d in trace_chunks(pre, kernel, pool=pool):
             self.e.baddbmm_(a[2 * t0:2 * t1].permute(1, 2, 0), d.flatten(0, 1).permute(1, 0, 2))
 
     def side(self, w: torch.Tensor) -> torch.Tensor:
@@ -187,11 +187,11 @@ class _Pairs:
 class _Dense:
     """GEMMs over (time·batch) with a dense event matrix ``A (2T, B, N_out)``; two passes over the traces."""
 
-    def __init__(self, ev: Events, pre: torch.Tensor, kernel: PSPKernel) -> None:
-        self.a, self.pre, self.kernel = ev.dense(kernel.coeffs), pre, kernel
+    def __init__(self, ev: Events, pre: torch.Tensor, kernel: PSPKernel, pool: BufferPool | None = None) -> None:
+        self.a, self.pre, self.kernel, self.pool = ev.dense(kernel.coeffs), pre, kernel, pool
 
     def _chunks(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for t0, t1, d in trace_chunks(self.pre, self.kernel):
+        for t0, t1, d in trace_chunks(self.pre, self.kernel, pool=self.pool):
             yield self.a[2 * t0:2 * t1], d.flatten(0, 1)
 
     def side(self, w: torch.Tensor) -> torch.Tensor:
@@ -214,17 +214,29 @@ class _Dense:
 class _Sparse:
     """Gathers of trace rows at the post-synaptic events only (``A`` is non-zero at spike and reset times)."""
 
-    def __init__(self, ev: Events, pre: torch.Tensor, kernel: PSPKernel, chunk_elems: int = 1 << 20) -> None:
+    def __init__(self, ev: Events, pre: torch.Tensor, kernel: PSPKernel, pool: BufferPool | None = None,
+                 chunk_elems: int = 1 << 20) -> None:
         self.ev = ev
-        self.rows, self.index = gathered_traces(pre, kernel, ev)
-        step = max(1, chunk_elems // max(1, self.rows.shape[1]))
+        self.rows, self.index = gathered_traces(pre, kernel, ev, pool)
+        n_in = self.rows.shape[1]
+        step = max(1, min(ev.val.numel(), chunk_elems // max(1, n_in)))
         self.chunks = [slice(lo, lo + step) for lo in range(0, ev.val.numel(), step)]
+        self.xbuf = self.rows.new_empty(step, n_in)
+        self.wbuf = self.rows.new_empty(step, n_in)
+
+    def _x(self, c: slice) -> torch.Tensor:
+        idx = self.index[c]
+        return torch.index_select(self.rows, 0, idx, out=self.xbuf[: idx.numel()])
+
+    def _w(self, w: torch.Tensor, c: slice) -> torch.Tensor:
+        idx = self.ev.n[c]
+        return torch.index_select(w, 0, idx, out=self.wbuf[: idx.numel()])
 
     def side(self, w: torch.Tensor) -> torch.Tensor:
         ev = self.ev
         a = w.new_zeros(ev.batch, ev.neurons)
         for c in self.chunks:
-            dots = (self.rows[self.index[c]] * w[ev.n[c]]).sum(1)
+            dots = self._x(c).mul_(self._w(w, c)).sum(1)
             a.index_put_((ev.b[c], ev.n[c]), ev.val[c] * dots, accumulate=True)
         return a
 
@@ -234,10 +246,10 @@ class _Sparse:
         grad_w = coef.new_zeros(w.shape)
         out = g.new_zeros(ev.batch, w.shape[1]) if below else None
         for c in self.chunks:
-            x = self.rows[self.index[c]]
-            grad_w.index_add_(0, ev.n[c], x * (coef[ev.b[c], ev.n[c]] * ev.val[c])[:, None])
+            x = self._x(c)
             if out is not None:
-                out.index_add_(0, ev.b[c], x.mul_(w[ev.n[c]]).mul_((g[ev.b[c], ev.n[c]] * ev.val[c])[:, None]))
+                out.index_add_(0, ev.b[c], x * self._w(w, c) * (g[ev.b[c], ev.n[c]] * ev.val[c])[:, None])
+            grad_w.index_add_(0, ev.n[c], x.mul_((coef[ev.b[c], ev.n[c]] * ev.val[c])[:, None]))
         return grad_w, out
 
 
@@ -254,11 +266,12 @@ def choose_strategy(ev: Events, n_in: int) -> str:
     return min(costs, key=costs.__getitem__)
 
 
-def make_contraction(ev: Events, pre: torch.Tensor, kernel: PSPKernel, strategy: str) -> _Pairs | _Dense | _Sparse:
+def make_contraction(ev: Events, pre: torch.Tensor, kernel: PSPKernel, strategy: str,
+                     pool: BufferPool | None = None) -> _Pairs | _Dense | _Sparse:
     """The contraction object for one layer's backward (``pre`` time-major)."""
     if strategy == "auto":
         strategy = choose_strategy(ev, pre.shape[-1])
-    return {"pairs": _Pairs, "dense": _Dense, "sparse": _Sparse}[strategy](ev, pre, kernel)
+    return {"pairs": _Pairs, "dense": _Dense, "sparse": _Sparse}[strategy](ev, pre, kernel, pool)
 
 
 class HM2BPLinearFunction(torch.autograd.Function):
@@ -295,7 +308,7 @@ class HM2BPLinearFunction(torch.autograd.Function):
         o = post.sum(0)
         o_pre = pre.sum(0)
         fired = o > 0
-        contraction = make_contraction(post_events(post, kernel), pre, kernel, rule.strategy)
+        contraction = make_contraction(post_events(post, kernel), pre, kernel, rule.strategy, setup.buffers)
 
         coef = g
         if rule.side_effect:

@@ -37,6 +37,7 @@ from typing import Literal
 import torch
 
 from hm2bp.neuron import T_REF, TAU_M, TAU_S, check_spikes
+from hm2bp.workspace import BufferPool
 
 Convention = Literal["original", "exact"]
 CONVENTIONS: tuple[str, ...] = ("original", "exact")
@@ -171,6 +172,12 @@ def _kind_weights(coeffs: tuple[float, float], like: torch.Tensor) -> torch.Tens
     return torch.tensor([[cm, cs], [cm, 0.0], [0.0, cs]], dtype=like.dtype, device=like.device)
 
 
+def _as_bits(x: torch.Tensor) -> torch.Tensor:
+    """0/1 floats viewed as same-size integers (nonzero() on them is ~1.7× faster on CPU); 0.0 ↔ 0."""
+    ints = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+    return x.view(ints[x.element_size()]) if x.is_floating_point() and x.element_size() in ints else x
+
+
 def post_events(post: torch.Tensor, kernel: PSPKernel) -> Events:
     """Post-synaptic side of ``e = Aᵀ X`` from time-major ``post (T, B, N)``, as a sparse event list.
 
@@ -182,7 +189,7 @@ def post_events(post: torch.Tensor, kernel: PSPKernel) -> Events:
     """
     x = post if post.is_floating_point() else post.to(torch.get_default_dtype())
     T, B, N = x.shape
-    t, b, n = x.nonzero().unbind(1)  # sorted by (t, b, n)
+    t, b, n = _as_bits(x).nonzero().unbind(1)  # sorted by (t, b, n)
     order = torch.argsort((b * N + n) * T + t)  # group each neuron's spikes, in time order
     t, b, n = t[order], b[order], n[order]
     same = (b[1:] == b[:-1]) & (n[1:] == n[:-1])
@@ -221,16 +228,17 @@ def post_events(post: torch.Tensor, kernel: PSPKernel) -> Events:
 TRACE_CHUNK_BYTES = 8 << 20
 
 
-def trace_chunks(pre: torch.Tensor, kernel: PSPKernel,
-                 chunk_bytes: int = TRACE_CHUNK_BYTES) -> Iterator[tuple[int, int, torch.Tensor]]:
+def trace_chunks(pre: torch.Tensor, kernel: PSPKernel, chunk_bytes: int = TRACE_CHUNK_BYTES,
+                 pool: BufferPool | None = None) -> Iterator[tuple[int, int, torch.Tensor]]:
     """Yield ``(t0, t1, D)``: the raw traces ``D (t1 − t0, 2, B, N)`` of time-major ``pre`` on steps ``t0 .. t1−1``.
 
     All chunks live in one reused buffer (never the full ``(T, 2, B, N)``): ``D`` is valid until the next chunk.
     """
     x = _traced_input(pre, kernel)
     T, B, n = x.shape
-    step = max(1, chunk_bytes // max(1, 2 * B * n * x.element_size()))
-    buf = x.new_empty(min(step, max(T, 1)), 2, B, n)
+    step = max(1, min(T, chunk_bytes // max(1, 2 * B * n * x.element_size())))
+    shape = (step, 2, B, n)
+    buf = pool.get(shape, x) if pool is not None else x.new_empty(shape)
     dec = torch.tensor(kernel.decays, dtype=x.dtype, device=x.device).view(2, 1, 1)
     xs = x.unsqueeze(1)
     carry = x.new_zeros(2, B, n)  # the state before the chunk's first step
@@ -248,26 +256,30 @@ def trace_chunks(pre: torch.Tensor, kernel: PSPKernel,
         yield t0, t1, buf[: t1 - t0]
 
 
-def gathered_traces(pre: torch.Tensor, kernel: PSPKernel, events: Events) -> tuple[torch.Tensor, torch.Tensor]:
+def gathered_traces(pre: torch.Tensor, kernel: PSPKernel, events: Events,
+                    pool: BufferPool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The weighted trace rows that ``events`` read, without forming the full traces.
 
     Returns ``(rows (U, N_in), index (E,))`` with ``val[e]·rows[index[e]]`` = event ``e``'s term of ``A[b]ᵀ X[b]``;
     only the ``U`` distinct (time, kind, sample) rows are kept.
     """
-    B = pre.shape[1]
+    B, n_in = pre.shape[1], pre.shape[2]
     key = (events.t * 3 + events.kind) * B + events.b
     uniq, index = torch.unique(key, return_inverse=True)
     ut = uniq // (3 * B)
     ub = uniq % B
     pick = _kind_weights(kernel.coeffs, pre)[(uniq // B) % 3]
-    rows = pre.new_empty(uniq.numel(), pre.shape[2])
+    rows = pre.new_empty(uniq.numel(), n_in)
+    other = pre.new_empty(uniq.numel(), n_in)
     bounds = torch.searchsorted(ut, torch.arange(pre.shape[0] + 1, device=pre.device)).tolist()
-    for t0, t1, d in trace_chunks(pre, kernel):
+    for t0, t1, d in trace_chunks(pre, kernel, pool=pool):
         lo, hi = bounds[t0], bounds[t1]
         if hi > lo:
-            tt, bb = ut[lo:hi] - t0, ub[lo:hi]
-            torch.mul(d[tt, 0, bb], pick[lo:hi, :1], out=rows[lo:hi]).addcmul_(d[tt, 1, bb], pick[lo:hi, 1:])
-    return rows, index
+            flat = d.reshape(-1, n_in)  # row (t·2 + k)·B + b
+            base = (ut[lo:hi] - t0) * (2 * B) + ub[lo:hi]
+            torch.index_select(flat, 0, base, out=rows[lo:hi])
+            torch.index_select(flat, 0, base + B, out=other[lo:hi])
+    return rows.mul_(pick[:, :1]).addcmul_(other, pick[:, 1:]), index
 
 
 def contract(events: Events, x: torch.Tensor, kernel: PSPKernel) -> torch.Tensor:

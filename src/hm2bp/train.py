@@ -165,3 +165,63 @@ def run_epoch(model: SpikingMLP, split: StaticSplit, *, epoch: int, batch_size: 
     stats.firing_rates = [s / max(n, 1) for s in spike_sums]
     stats.silent_fraction = [s / max(n, 1) for s in silent_sums]
     return stats
+
+
+@dataclass
+class FitResult:
+    """Per-epoch history and summary of :func:`fit`."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def test_acc(self) -> float:
+        return self.history[-1]["test_acc"]
+
+    @property
+    def best_test_acc(self) -> float:
+        return max(h["test_acc"] for h in self.history)
+
+    @property
+    def best_epoch(self) -> int:
+        return max(range(len(self.history)), key=lambda k: self.history[k]["test_acc"])
+
+    @property
+    def last10_test_acc(self) -> float:
+        tail = self.history[-10:]
+        return sum(h["test_acc"] for h in tail) / len(tail)
+
+    @property
+    def train_samples_per_second(self) -> float:
+        return sum(h["train_samples"] for h in self.history) / sum(h["train_seconds"] for h in self.history)
+
+
+def fit(model: SpikingMLP, train: StaticSplit, test: StaticSplit, *, epochs: int, batch_size: int, lr: float,
+        seed: int = 0, boosting: bool = True, regularizer: Regularizer | None = None,
+        loss_fn: SpikeCountLoss | None = None, log: bool = False) -> FitResult:
+    """Train with Adam and the ``1/√max(e, 1)`` schedule, evaluating on ``test`` after every epoch (spec §7).
+
+    The shuffle order comes from ``seed``; the encoders' seeds are part of the splits.
+    """
+    if epochs <= 0 or not lr > 0:
+        raise ValueError(f"need epochs > 0 and lr > 0, got {epochs}, {lr}")
+    loss_fn = loss_fn or SpikeCountLoss()
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, inverse_sqrt_lr)
+    boost = BoostingWeights(len(train)) if boosting else None
+    generator = torch.Generator().manual_seed(seed)
+    result = FitResult()
+    for epoch in range(epochs):
+        tr = run_epoch(model, train, epoch=epoch, batch_size=batch_size, loss_fn=loss_fn, optimizer=optimizer,
+                       boosting=boost, regularizer=regularizer, generator=generator)
+        te = run_epoch(model, test, epoch=epoch, batch_size=batch_size, loss_fn=loss_fn)
+        schedule.step()
+        row = {"epoch": epoch, "train_loss": tr.loss, "train_acc": tr.accuracy, "test_loss": te.loss,
+               "test_acc": te.accuracy, "train_seconds": tr.seconds, "train_samples": tr.samples,
+               "test_silent_outputs": te.silent_outputs}
+        row.update({f"rate_layer{k}": r for k, r in enumerate(tr.firing_rates)})
+        row.update({f"silent_layer{k}": r for k, r in enumerate(tr.silent_fraction)})
+        result.history.append(row)
+        if log:
+            print(f"epoch {epoch:3d}  train acc {tr.accuracy:.4f}  test acc {te.accuracy:.4f}  "
+                  f"loss {tr.loss:.2f}  {tr.samples / tr.seconds:.0f} samples/s", flush=True)
+    return result

@@ -1,0 +1,26 @@
+"""Shared helpers for the tests: random spike trains that respect the refractory period."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+
+def refractory_trains(rng: np.random.Generator, batch: int, steps: int, neurons: int, rate: float,
+                      t_ref: int = 2) -> torch.Tensor:
+    """``(B, T, N)`` float64 0/1 trains with inter-spike intervals > ``t_ref`` and no spike at t = 0."""
+    out = np.zeros((batch, steps, neurons))
+    for b in range(batch):
+        for n in range(neurons):
+            last = -(t_ref + 1)
+            for t in range(1, steps):
+                if t - last > t_ref and rng.random() < rate:
+                    out[b, t, n] = 1.0
+                    last = t
+    return torch.from_numpy(out)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)

@@ -1,0 +1,129 @@
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from hm2bp.functional import HM2BPRule, LayerSetup, choose_strategy, hm2bp_linear, patch_silent_target
+from hm2bp.neuron import LIFParams
+from hm2bp.reference import hm2bp_layer_reference
+from hm2bp.spsp import post_events
+
+FLAG_SETS = {
+    "authors": {},
+    "no_fallbacks": dict(silent_post_psp=0.0, silent_post_rho=0.0, silent_effect_ratio=0.0,
+                         silent_target_patch=False),
+    "no_effect_ratio": dict(effect_ratio=False),
+    "no_side_effect_no_lateral": dict(side_effect=False, lateral_factor=False),
+    "unclamped": dict(lateral_min_denominator=None),
+    "no_window": dict(psp_window_taus=None),
+}
+
+
+def _run_layer(rng, rule, output, steps=300, batch=4, n_in=7, n_out=5, lateral=1.0):
+    pre = (torch.from_numpy(rng.random((batch, steps, n_in))) < 0.12).double()
+    pre[:, 0] = 0
+    pre[0, :, 3] = 0  # a silent input
+    weight = torch.from_numpy(rng.uniform(-0.6, 1.4, size=(n_out, n_in)))
+    weight[-1] = -weight[-1].abs()  # a silent post neuron (and, at the output, a silent target)
+    weight.requires_grad_()
+    pre.requires_grad_()
+    setup = LayerSetup(lif=LIFParams(threshold=1.5), rule=rule, lateral_w0=lateral if output else 0.0,
+                       is_output=output, target_count=10)
+    labels = torch.tensor([0, n_out - 1, 1, n_out - 1])[:batch] if output else None
+    post = hm2bp_linear(pre, weight, setup, labels)
+    delta = torch.from_numpy(rng.normal(size=(batch, n_out)))
+    (post.sum(1) * delta).sum().backward()
+    return pre, weight, post, delta, setup, labels
+
+
+def _reference(pre, weight, post, delta, setup, labels):
+    dw = np.zeros(tuple(weight.shape))
+    below = []
+    for b in range(pre.shape[0]):
+        d, bl = hm2bp_layer_reference(pre[b].detach().numpy(), post[b].detach().numpy(), weight.detach().numpy(),
+                                      delta[b].numpy(), setup, None if labels is None else int(labels[b]))
+        dw += d
+        below.append(bl)
+    return dw, np.stack(below)
+
+
+@pytest.mark.parametrize("strategy", ["pairs", "dense", "sparse", "auto"])
+@pytest.mark.parametrize("convention", ["original", "exact"])
+@pytest.mark.parametrize("output", [True, False])
+@pytest.mark.parametrize("flags", list(FLAG_SETS))
+def test_batched_rule_equals_per_sample_reference(strategy, convention, output, flags, rng):
+    rule = HM2BPRule(convention=convention, strategy=strategy, **FLAG_SETS[flags])
+    steps = 300 if flags == "authors" else 100  # T > 256 exercises the original convention's window
+    pre, weight, post, delta, setup, labels = _run_layer(rng, rule, output, steps=steps)
+    counts = post.detach().sum(1)
+    assert (counts == 0).any() and (counts > 0).any()  # silent and active neurons both occur
+    dw, below = _reference(pre, weight, post, delta, setup, labels)
+    np.testing.assert_allclose(weight.grad.numpy(), dw, rtol=1e-9, atol=1e-9)
+    # the error to the layer below is the same at every time step
+    for t in (0, steps // 2, steps - 1):
+        np.testing.assert_allclose(pre.grad[:, t].numpy(), below, rtol=1e-9, atol=1e-12)
+
+
+def test_float32_matches_float64(rng):
+    rule = HM2BPRule()
+    pre, weight, post, delta, setup, labels = _run_layer(rng, rule, True)
+    setup32 = dataclasses.replace(setup)
+    w32 = weight.detach().float().requires_grad_()
+    pre32 = pre.detach().float().requires_grad_()
+    post32 = hm2bp_linear(pre32, w32, setup32, labels)
+    assert torch.equal(post32.double(), post.detach())
+    (post32.sum(1) * delta.float()).sum().backward()
+    np.testing.assert_allclose(w32.grad.double().numpy(), weight.grad.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_silent_target_patch():
+    post = torch.zeros(400, 2, 3)
+    post[50, 0, 1] = 1  # sample 0: label 1 is active; sample 1: label 2 is silent
+    patched = patch_silent_target(post, torch.tensor([1, 2]), 35)
+    assert torch.equal(patched[:, 0], post[:, 0])
+    times = patched[:, 1, 2].nonzero().squeeze(1)
+    assert times.tolist() == list(range(11, 400, 11))  # spec §5: t = 11, 22, …, 396 (36 spikes)
+    assert post[:, 1, 2].sum() == 0  # the input is not modified
+
+
+def test_lateral_clamp_counts_and_bounds(rng):
+    # Strong lateral coupling and small thresholds drive Λ's denominator below the clamp.
+    rule = HM2BPRule(lateral_min_denominator=0.1)
+    pre = (torch.from_numpy(rng.random((6, 200, 10))) < 0.3).double()
+    weight = torch.full((4, 10), 1.0, dtype=torch.float64, requires_grad=True)
+    setup = LayerSetup(lif=LIFParams(threshold=0.3), rule=rule, lateral_w0=3.0, is_output=True, target_count=10)
+    post = hm2bp_linear(pre, weight, setup, torch.zeros(6, dtype=torch.long))
+    post.sum().backward()
+    assert setup.stats.lateral_evaluated == 24
+    assert setup.stats.lateral_clamped > 0
+    assert torch.isfinite(weight.grad).all()
+
+
+def test_auto_strategy_prefers_sparse_for_sparse_wide_layers():
+    post = torch.zeros(400, 64, 800)
+    post[torch.arange(10, 400, 97)] = 0  # almost silent
+    post[100, :, :5] = 1
+    ev = post_events(post, LayerSetup(LIFParams(1.0), HM2BPRule()).kernel)
+    assert choose_strategy(ev, 64) == "sparse"
+
+
+def test_input_gradient_not_computed_when_not_needed(rng):
+    rule = HM2BPRule()
+    pre = (torch.from_numpy(rng.random((2, 100, 5))) < 0.2).double()
+    weight = torch.from_numpy(rng.uniform(0, 1, size=(3, 5))).requires_grad_()
+    setup = LayerSetup(lif=LIFParams(threshold=1.0), rule=rule)
+    hm2bp_linear(pre, weight, setup).sum().backward()
+    assert pre.grad is None and weight.grad is not None
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(convention="paper"), "convention"),
+    (dict(strategy="fastest"), "strategy"),
+    (dict(silent_post_psp=-1.0), "silent_post_psp"),
+    (dict(lateral_min_denominator=0.0), "lateral_min_denominator"),
+    (dict(psp_window_taus=0.0), "psp_window_taus"),
+])
+def test_bad_rule(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        HM2BPRule(**kwargs)
