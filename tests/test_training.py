@@ -75,6 +75,6 @@ def test_buffer_pool_never_aliases_live_tensors():
     c = pool.get((3, 4), like)
     c.fill_(3)
     assert torch.all(view == 2)  # a view keeps the buffer busy
-    ptr = a.data_ptr()
-    del a
+    ptr = c.data_ptr()
+    del c
     assert pool.get((3, 4), like).data_ptr() == ptr  # released buffers are reused

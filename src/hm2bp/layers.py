@@ -70,9 +70,10 @@ class SpikingLinear(nn.Module):
             if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.out_features):
                 raise ValueError(f"labels must lie in [0, {self.out_features}), got range "
                                  f"[{int(labels.min())}, {int(labels.max())}]")
-            if self.setup.rule.silent_target_patch and spikes.shape[1] // self.setup.target_count <= self.setup.lif.t_ref:
-                raise ValueError(f"T = {spikes.shape[1]} is too short for target_count {self.setup.target_count}: the "
-                                 "silent-target patch needs floor(T/target_count) > t_ref")
+            period = spikes.shape[1] // self.setup.target_count
+            if self.setup.rule.silent_target_patch and period <= self.setup.lif.t_ref:
+                raise ValueError(f"T = {spikes.shape[1]} is too short for target_count {self.setup.target_count}: "
+                                 "the silent-target patch needs floor(T/target_count) > t_ref")
         return hm2bp_linear(spikes, self.weight, self.setup, labels if self.setup.is_output else None)
 
     def extra_repr(self) -> str:

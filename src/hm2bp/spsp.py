@@ -69,7 +69,7 @@ class PSPKernel:
     def for_layer(cls, tau_m: float, tau_s: float, t_ref: int, convention: Convention,
                   window_taus: float | None = PSP_WINDOW_TAUS) -> PSPKernel:
         """Kernel with the window given in units of τm (``None``: no window)."""
-        window = None if window_taus is None else int(round(window_taus * tau_m))
+        window = None if window_taus is None else round(window_taus * tau_m)
         return cls(tau_m=tau_m, tau_s=tau_s, t_ref=t_ref, convention=convention, window=window)
 
     @property
