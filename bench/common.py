@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import re
 from pathlib import Path
 
 import torch
+
+from hm2bp.io import atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -22,13 +23,6 @@ def machine() -> dict[str, object]:
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "python": platform.python_version()}
 
 
-def write_json(path: Path, data: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def update_section(name: str, body: str) -> None:
     """Replace the text between ``<!-- name:start -->`` and ``<!-- name:end -->`` in BENCHMARKS.md."""
     text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else "# Benchmarks\n"
@@ -38,6 +32,4 @@ def update_section(name: str, body: str) -> None:
         text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
-    tmp = BENCHMARKS_MD.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, BENCHMARKS_MD)
+    atomic_write_text(BENCHMARKS_MD, text)

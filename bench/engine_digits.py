@@ -31,7 +31,7 @@ THRESHOLDS = [10.0, 8.0]  # see README "digits settings": hidden ν scaled to 64
 def run_seed(seed: int, epochs: int, convention: str, strategy: str) -> dict:
     from hm2bp import HM2BPRule, SpikingMLP
     from hm2bp.data.digits import load_digits_split
-    from hm2bp.train import Encoder, Regularizer, StaticSplit, fit
+    from hm2bp.train import Encoder, Regularizer, StaticSplit, fit, summarize
 
     torch.set_num_threads(2)
     torch.manual_seed(seed)
@@ -39,13 +39,10 @@ def run_seed(seed: int, epochs: int, convention: str, strategy: str) -> dict:
     encoder = Encoder(STEPS, seed=seed)
     model = SpikingMLP(SIZES, THRESHOLDS, rule=HM2BPRule(convention=convention, strategy=strategy))
     start = time.perf_counter()
-    result = fit(model, StaticSplit(x_tr, y_tr, encoder), StaticSplit(x_te, y_te, encoder, key_offset=len(x_tr)),
+    history = fit(model, StaticSplit(x_tr, y_tr, encoder), StaticSplit(x_te, y_te, encoder, key_offset=len(x_tr)),
                  epochs=epochs, batch_size=BATCH, lr=LR, seed=seed, regularizer=Regularizer())
-    return {"seed": seed, "test_acc": result.test_acc, "best_test_acc": result.best_test_acc,
-            "last10_test_acc": result.last10_test_acc, "train_samples_per_second": result.train_samples_per_second,
-            "wall_seconds": time.perf_counter() - start,
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "history": result.history}
+    return {"seed": seed, **summarize(history), "wall_seconds": time.perf_counter() - start,
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "history": history}
 
 
 def main() -> None:

@@ -94,12 +94,15 @@ class BoostingWeights:
         self._labels.fill_(-1)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"weights": self.weights.clone()}
+        """Weights and the not yet applied record of the current epoch (so a resumed run continues exactly)."""
+        return {"weights": self.weights.clone(), "wrong": self._wrong.clone(), "labels": self._labels.clone()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         if state["weights"].shape != self.weights.shape:
             raise ValueError(f"boosting state has {state['weights'].numel()} samples, expected {self.weights.numel()}")
         self.weights = state["weights"].clone()
+        self._wrong = state.get("wrong", torch.zeros_like(self._wrong)).clone()
+        self._labels = state.get("labels", torch.full_like(self._labels, -1)).clone()
 
 
 # Regulariser settings per config (spec §7): MNIST λ=10, β=0.04; N-MNIST λ=10, β=0.01; CNN λ=0; L = WEIGHT_LIMIT = 8.

@@ -1,0 +1,64 @@
+"""Checks of a composed run configuration, before any work starts (the error names the key and the value)."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from hm2bp.data.registry import DATASETS
+from hm2bp.functional import STRATEGIES
+from hm2bp.spsp import CONVENTIONS
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names the key, the value and what is allowed."""
+
+
+def _positive(key: str, value: object, integer: bool = False) -> None:
+    ok = isinstance(value, int) if integer else isinstance(value, int | float)
+    if not ok or isinstance(value, bool) or not value > 0:
+        kind = "an integer" if integer else "a number"
+        raise ConfigError(f"{key} must be {kind} > 0, got {value!r}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` for values that would fail later (or silently train the wrong thing)."""
+    ds, model, tr = cfg.dataset, cfg.model, cfg.trainer
+    if ds.name not in DATASETS:
+        raise ConfigError(f"dataset.name={ds.name!r} is unknown; valid choices: {sorted(DATASETS)}")
+    info = DATASETS[ds.name]
+    _positive("dataset.steps", ds.steps, integer=True)
+    sizes = list(model.sizes)
+    if len(sizes) < 2 or not all(isinstance(s, int) and s > 0 for s in sizes):
+        raise ConfigError(f"model.sizes must list at least two positive layer sizes, got {sizes}")
+    if sizes[0] != info.n_inputs:
+        raise ConfigError(f"model.sizes[0]={sizes[0]} does not match dataset {ds.name!r}, which has "
+                          f"{info.n_inputs} inputs")
+    if sizes[-1] != info.n_classes:
+        raise ConfigError(f"model.sizes[-1]={sizes[-1]} does not match dataset {ds.name!r}, which has "
+                          f"{info.n_classes} classes")
+    if len(model.thresholds) != len(sizes) - 1:
+        raise ConfigError(f"model.thresholds needs one value per layer ({len(sizes) - 1}), "
+                          f"got {list(model.thresholds)}")
+    for k, th in enumerate(model.thresholds):
+        _positive(f"model.thresholds[{k}]", th)
+    for key in ("tau_m", "tau_s", "init_scale"):
+        _positive(f"model.{key}", model[key])
+    if model.rule.convention not in CONVENTIONS:
+        raise ConfigError(f"model.rule.convention={model.rule.convention!r}; valid choices: {list(CONVENTIONS)}")
+    if model.rule.strategy not in STRATEGIES:
+        raise ConfigError(f"model.rule.strategy={model.rule.strategy!r}; valid choices: {list(STRATEGIES)}")
+    t = model.targets
+    if not (0 <= t.undesired < t.desired) or t.margin < 0:
+        raise ConfigError(f"model.targets needs 0 <= undesired < desired and margin >= 0, got {dict(t)}")
+    if ds.steps // t.desired <= model.t_ref and model.rule.silent_target_patch:
+        raise ConfigError(f"dataset.steps={ds.steps} is too short for model.targets.desired={t.desired}: the "
+                          "silent-target patch needs steps // desired > t_ref")
+    _positive("trainer.lr", tr.lr)
+    _positive("trainer.batch_size", tr.batch_size, integer=True)
+    _positive("trainer.max_epochs", tr.max_epochs, integer=True)
+    if tr.lr_schedule not in ("inverse_sqrt", "constant"):
+        raise ConfigError(f"trainer.lr_schedule={tr.lr_schedule!r}; valid choices: ['inverse_sqrt', 'constant']")
+    if cfg.logger.name not in ("wandb", "csv", "none"):
+        raise ConfigError(f"logger.name={cfg.logger.name!r}; valid choices: ['wandb', 'csv', 'none']")
+    if cfg.logger.name == "wandb" and cfg.logger.mode not in ("online", "offline", "disabled"):
+        raise ConfigError(f"logger.mode={cfg.logger.mode!r}; valid choices: ['online', 'offline', 'disabled']")

@@ -1,0 +1,90 @@
+"""LightningDataModule for static-image datasets: batches of spike trains, labels and sample indices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from hm2bp.data.registry import get_dataset
+from hm2bp.train import Encoder, StaticSplit
+
+
+class EpochPermutation(Sampler[int]):
+    """A full random permutation per epoch, a pure function of ``(seed, epoch)`` (so resumed runs repeat it).
+
+    Lightning calls :meth:`set_epoch` before every epoch. The authors shuffle with 5000 random swaps per epoch (P7);
+    a full permutation is our documented departure.
+    """
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+
+class StaticImageData(L.LightningDataModule):
+    """Train and test splits of a registered static-image dataset, Bernoulli-encoded (spec §2).
+
+    Batches are ``(spikes (B, T, N), labels (B,), indices (B,))``; the indices feed the boosting weights. The
+    "validation" loop of Lightning runs on the test split, as the authors evaluate after every epoch.
+    """
+
+    def __init__(self, name: str, data_dir: str | Path, steps: int, batch_size: int, seed: int,
+                 fixed_trains: bool = True) -> None:
+        super().__init__()
+        self.info = get_dataset(name)
+        self.data_dir, self.steps, self.batch_size, self.seed = Path(data_dir), steps, batch_size, seed
+        self.fixed_trains = fixed_trains
+        self.train: StaticSplit | None = None
+        self.test: StaticSplit | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train is not None:
+            return
+        x_tr, y_tr, x_te, y_te = self.info.load(self.data_dir)
+        encoder = Encoder(self.steps, seed=self.seed, fixed=self.fixed_trains)
+        self.train = StaticSplit(x_tr, y_tr, encoder)
+        self.test = StaticSplit(x_te, y_te, encoder, key_offset=len(x_tr))
+
+    @property
+    def n_train(self) -> int:
+        self.setup()
+        assert self.train is not None
+        return len(self.train)
+
+    def _epoch(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return int(trainer.current_epoch) if trainer is not None else 0
+
+    def _collate(self, split: StaticSplit):
+        def collate(indices: list[int]):
+            idx = torch.tensor(indices)
+            return split.spikes(idx, self._epoch()), split.labels[idx], idx
+        return collate
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.train is not None
+        return DataLoader(range(len(self.train)), batch_size=self.batch_size,
+                          sampler=EpochPermutation(len(self.train), self.seed), collate_fn=self._collate(self.train))
+
+    def val_dataloader(self) -> DataLoader:
+        assert self.test is not None
+        return DataLoader(range(len(self.test)), batch_size=self.batch_size, shuffle=False,
+                          collate_fn=self._collate(self.test))
+
+    def example(self, index: int = 0) -> tuple[torch.Tensor, int]:
+        """One test sample's spike train ``(1, T, N)`` and label (for the raster figure)."""
+        assert self.test is not None
+        idx = torch.tensor([index])
+        return self.test.spikes(idx, 0), int(self.test.labels[index])

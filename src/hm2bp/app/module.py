@@ -1,0 +1,154 @@
+"""LightningModule training a spiking MLP with the HM2-BP rule (automatic optimization)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import lightning as L
+import torch
+import torchmetrics
+
+from hm2bp.functional import HM2BPRule
+from hm2bp.layers import SpikingMLP
+from hm2bp.loss import BoostingWeights, SpikeCountLoss, predict
+from hm2bp.train import Regularizer, inverse_sqrt_lr
+
+
+class NonFiniteError(RuntimeError):
+    """Raised when a loss, weight or gradient stops being finite."""
+
+
+class HM2BPModule(L.LightningModule):
+    """HM2-BP training of :class:`~hm2bp.layers.SpikingMLP` with the authors' training rules (spec §3, §7).
+
+    Per epoch it records train/test accuracy and loss, per-layer firing rate and silent fraction, the lateral-clamp
+    count and the number of all-silent test outputs in :attr:`history`, and logs them. The learning rate is set at
+    the start of every epoch from the epoch number (``lr·1/√max(e, 1)``), so resumed runs follow the same schedule.
+    """
+
+    def __init__(self, sizes: Sequence[int], thresholds: Sequence[float], *, n_train: int, lr: float,
+                 rule: dict | None = None, tau_m: float = 64.0, tau_s: float = 8.0, t_ref: int = 2,
+                 lateral_w0: float = 1.0, init_scale: float = 1.0, desired: float = 35, undesired: float = 5,
+                 margin: float = 5, lr_schedule: str = "inverse_sqrt", boosting: bool = True,
+                 regularizer: dict | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if lr_schedule not in ("inverse_sqrt", "constant"):
+            raise ValueError(f"lr_schedule must be 'inverse_sqrt' or 'constant', got {lr_schedule!r}")
+        self.net = SpikingMLP(sizes, thresholds, tau_m=tau_m, tau_s=tau_s, t_ref=t_ref, rule=HM2BPRule(**(rule or {})),
+                              lateral_w0=lateral_w0, target_count=int(desired), init_scale=init_scale)
+        self.loss_fn = SpikeCountLoss(desired, undesired, margin)
+        self.boost = BoostingWeights(n_train) if boosting else None
+        self.reg = Regularizer(**(regularizer or {"lam": 0.0}))
+        classes = sizes[-1]
+        self.train_acc = torchmetrics.Accuracy(task="multiclass", num_classes=classes)
+        self.test_acc = torchmetrics.Accuracy(task="multiclass", num_classes=classes)
+        self.history: list[dict[str, float]] = []
+        self._reset_activity()
+
+    def _reset_activity(self) -> None:
+        n = len(self.hparams.sizes) - 1
+        self._act = {"rate": [0.0] * n, "silent": [0.0] * n, "samples": 0, "loss": 0.0, "test_loss": 0.0,
+                     "test_samples": 0, "test_silent": 0, "seconds": 0.0}
+
+    def forward(self, spikes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(spikes, labels)
+
+    # -- training ---------------------------------------------------------------------------------------------
+    def on_train_epoch_start(self) -> None:
+        if self.boost is not None:
+            self.boost.end_epoch()  # applies the previous epoch's record (kept in checkpoints until then)
+        factor = inverse_sqrt_lr(self.current_epoch) if self.hparams.lr_schedule == "inverse_sqrt" else 1.0
+        for group in self.optimizers().param_groups:
+            group["lr"] = self.hparams.lr * factor
+        self._reset_activity()
+        for layer in self.net.layers:
+            layer.stats.lateral_clamped = layer.stats.lateral_evaluated = 0
+        self._epoch_start = time.perf_counter()
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, y, idx = batch
+        outs = self.net.forward_all(x, y)
+        counts = outs[-1].sum(1)
+        weights = self.boost(idx).to(counts) if self.boost is not None else None
+        loss = self.loss_fn(counts, y, weights)
+        total = loss
+        reg = self.reg(self.net)
+        if reg is not None:
+            total = loss + reg
+        if not torch.isfinite(total):
+            raise NonFiniteError(f"non-finite training loss {float(total)} at epoch {self.current_epoch}, "
+                                 f"step {batch_idx}")
+        pred = predict(counts.detach())
+        if self.boost is not None:
+            self.boost.record(idx, y, pred == y)
+        self.train_acc(pred, y)
+        self._accumulate(outs, len(y))
+        self._act["loss"] += float(loss.detach()) * len(y)
+        self.log("train/loss", loss.detach(), on_step=False, on_epoch=True, batch_size=len(y))
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
+        return total
+
+    def on_after_backward(self) -> None:
+        for k, layer in enumerate(self.net.layers):
+            for what, t in (("weight", layer.weight), ("gradient", layer.weight.grad)):
+                if t is not None and not bool(torch.isfinite(t).all()):
+                    raise NonFiniteError(f"non-finite {what} in layer {k} at epoch {self.current_epoch}, "
+                                         f"step {self.global_step}")
+
+    def _accumulate(self, outs: list[torch.Tensor], batch: int) -> None:
+        self._act["samples"] += batch
+        for k, s in enumerate(outs):
+            c = s.detach().sum(1)
+            self._act["rate"][k] += float(c.sum()) / s.shape[1] / s.shape[2]
+            self._act["silent"][k] += float((c == 0).float().mean(1).sum())
+
+    # -- evaluation on the test split (the authors' per-epoch test) --------------------------------------------
+    def validation_step(self, batch, batch_idx: int) -> None:
+        x, y, _ = batch
+        counts = self.net(x).sum(1)
+        loss = self.loss_fn(counts, y)
+        pred = predict(counts)
+        self.test_acc(pred, y)
+        self._act["test_loss"] += float(loss) * len(y)
+        self._act["test_samples"] += len(y)
+        self._act["test_silent"] += int((counts.sum(1) == 0).sum())
+        self.log("test/acc", self.test_acc, on_step=False, on_epoch=True, prog_bar=True)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking or self._act["samples"] == 0:
+            return
+        n = self._act["samples"]
+        row = {"epoch": self.current_epoch, "train_loss": self._act["loss"] / n,
+               "train_acc": float(self.train_acc.compute()), "test_acc": float(self.test_acc.compute()),
+               "test_loss": self._act["test_loss"] / max(1, self._act["test_samples"]),
+               "test_silent_outputs": self._act["test_silent"], "train_samples": n,
+               "train_seconds": time.perf_counter() - self._epoch_start,
+               "lr": self.optimizers().param_groups[0]["lr"]}
+        for k, layer in enumerate(self.net.layers):
+            row[f"rate_layer{k}"] = self._act["rate"][k] / n
+            row[f"silent_layer{k}"] = self._act["silent"][k] / n
+            if layer.setup.is_output:
+                row["lateral_clamped"] = layer.stats.lateral_clamped
+        self.history.append(row)
+        best = max(h["test_acc"] for h in self.history)
+        logged = {f"epoch/{k}": float(v) for k, v in row.items() if k != "epoch"}
+        logged["test/acc_best"] = best
+        self.log_dict(logged)
+
+    # -- optimizer and checkpoint state -----------------------------------------------------------------------
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.net.parameters(), lr=self.hparams.lr, betas=(0.9, 0.999), eps=1e-8)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["hm2bp_history"] = self.history
+        if self.boost is not None:
+            checkpoint["hm2bp_boosting"] = self.boost.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.history = list(checkpoint.get("hm2bp_history", []))
+        if self.boost is not None and "hm2bp_boosting" in checkpoint:
+            self.boost.load_state_dict(checkpoint["hm2bp_boosting"])
+
+

@@ -1,0 +1,146 @@
+"""The experiment app: Hydra composition, validation, a real run, multirun + report, resume, skipping."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from hm2bp.app.config import ConfigError, validate
+from hm2bp.metrics import METRICS_KEYS
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF = ROOT / "conf"
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+# A short but real budget: 2 training batches of 32 and one test batch per epoch, T = 400.
+SMOKE = ["trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.batch_size=32",
+         "trainer.progress_bar=false"]
+
+
+def _compose(overrides: list[str], hydra_config: bool = False):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides, return_hydra_config=hydra_config)
+
+
+def _run(args: list[str], cwd: Path, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    proc = subprocess.run([sys.executable, str(ROOT / "src" / "run.py"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"run.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_validates(experiment):
+    cfg = _compose([f"experiment={experiment}"])
+    validate(cfg)
+    assert cfg.experiment_name == experiment
+    OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+
+
+@pytest.mark.parametrize("launcher", ["basic", "joblib", "slurm"])
+def test_launchers_compose(launcher):
+    cfg = _compose([f"hydra/launcher={launcher}"], hydra_config=True)
+    assert cfg.hydra.launcher._target_
+
+
+@pytest.mark.parametrize("override, message", [
+    (["model.sizes=[60,800,10]"], "model.sizes\\[0\\]=60 does not match dataset 'digits', which has 64 inputs"),
+    (["model.sizes=[64,800,9]"], "model.sizes\\[-1\\]=9 does not match"),
+    (["dataset.steps=0"], "dataset.steps must be an integer > 0, got 0"),
+    (["model.thresholds=[0,8]"], "model.thresholds\\[0\\] must be a number > 0"),
+    (["trainer.lr=-1"], "trainer.lr must be a number > 0, got -1"),
+    (["trainer.batch_size=0"], "trainer.batch_size must be an integer > 0, got 0"),
+    (["model.thresholds=[10]"], "one value per layer"),
+    (["model.rule.convention=paper"], "valid choices"),
+    (["logger.mode=sometimes"], "logger.mode='sometimes'; valid choices"),
+])
+def test_bad_values_are_named(override, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(_compose(override))
+
+
+def test_unknown_group_option_and_misspelled_key(tmp_path):
+    proc = _run(["dataset=mnistt", f"output_root={tmp_path}"], tmp_path, check=False)
+    assert proc.returncode != 0
+    assert "dataset/mnistt" in proc.stderr and "Available options" in proc.stderr and "digits" in proc.stderr
+    proc = _run(["trainer.max_epoch=3", f"output_root={tmp_path}"], tmp_path, check=False)
+    assert proc.returncode != 0 and "max_epoch" in proc.stderr
+    assert not any(tmp_path.rglob("metrics.json"))
+
+
+def test_run_writes_metrics_figures_and_offline_wandb(tmp_path):
+    _run([*SMOKE, "trainer.max_epochs=2", f"output_root={tmp_path}"], tmp_path)
+    run_dir = tmp_path / "digits-mlp64-800-10" / "seed0"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert all(k in metrics for k in METRICS_KEYS)
+    assert metrics["epochs"] == 2 and 0 <= metrics["test_acc"] <= 1
+    assert metrics["best_test_acc"] >= metrics["test_acc"]
+    assert (run_dir / "learning_curves.png").stat().st_size > 1000
+    assert (run_dir / "raster.png").stat().st_size > 1000
+    assert (run_dir / "checkpoints" / "last.ckpt").exists()
+    offline = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert offline and offline[0].stat().st_size > 0
+    history = json.loads((run_dir / "history.json").read_text())
+    assert {"rate_layer0", "silent_layer1", "lateral_clamped", "test_silent_outputs"} <= set(history[0])
+
+
+def test_multirun_then_report(tmp_path):
+    _run(["-m", "seed=0,1", *SMOKE, "trainer.max_epochs=1", "logger=csv", f"output_root={tmp_path}"], tmp_path)
+    runs = [json.loads(p.read_text()) for p in sorted(tmp_path.rglob("metrics.json"))]
+    assert [r["seed"] for r in runs] == [0, 1]
+    proc = subprocess.run([sys.executable, "-m", "hm2bp.report", str(tmp_path)], capture_output=True, text=True,
+                          check=True)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    s = summary["digits-mlp64-800-10"]
+    accs = [100 * r["test_acc"] for r in runs]
+    assert s["n_seeds"] == 2 and s["seeds"] == [0, 1]
+    assert s["final_mean"] == pytest.approx(sum(accs) / 2)
+    assert s["best_of_best"] == pytest.approx(max(100 * r["best_test_acc"] for r in runs))
+    assert "digits-mlp64-800-10" in proc.stdout and (tmp_path / "summary.png").exists()
+    assert (tmp_path / "digits-mlp64-800-10" / "seed0" / "csv" / "metrics.csv").exists()
+
+
+def test_joblib_multirun_and_finished_seeds_are_skipped(tmp_path):
+    args = ["-m", "seed=0,1", *SMOKE, "trainer.max_epochs=1", "logger=none", f"output_root={tmp_path}"]
+    _run([*args, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], tmp_path)
+    files = sorted(tmp_path.rglob("metrics.json"))
+    assert len(files) == 2
+    before = [(p.read_bytes(), p.stat().st_mtime_ns) for p in files]
+    proc = _run(args, tmp_path)
+    assert proc.stdout.count("is complete") == 2
+    assert [(p.read_bytes(), p.stat().st_mtime_ns) for p in files] == before
+
+
+def _history(run_dir: Path) -> list[dict]:
+    return [{k: v for k, v in h.items() if k not in ("train_seconds",)}
+            for h in json.loads((run_dir / "history.json").read_text())]
+
+
+def test_killed_run_resumes_and_matches_uninterrupted(tmp_path):
+    args = [*SMOKE, "trainer.max_epochs=8", "logger=none"]
+    reference = tmp_path / "reference"
+    _run([*args, f"output_root={reference}"], tmp_path)
+    killed = tmp_path / "killed"
+    run_dir = killed / "digits-mlp64-800-10" / "seed0"
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "src" / "run.py"), *args, f"output_root={killed}"],
+                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (run_dir / "checkpoints" / "last.ckpt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "metrics.json").exists(), "the run finished before it could be killed"
+    resumed = _run([*args, f"output_root={killed}"], tmp_path)
+    assert "Restoring states from the checkpoint" in resumed.stdout + resumed.stderr
+    assert _history(run_dir) == _history(reference / "digits-mlp64-800-10" / "seed0")
