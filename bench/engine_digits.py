@@ -18,7 +18,8 @@ import time
 
 import torch
 
-from common import RESULTS, machine, update_section, write_json
+from common import RESULTS, machine, update_section
+from hm2bp.io import atomic_write_json
 
 # Digits protocol (issue: engine benchmark): fixed stratified 80/20 split, random_state 0; 64-800-10; T = 400.
 SIZES = [64, 800, 10]
@@ -75,7 +76,7 @@ def main() -> None:
     data = {"benchmark": "engine_digits", "sizes": SIZES, "steps": STEPS, "batch": BATCH, "lr": LR,
             "thresholds": THRESHOLDS, "epochs": args.epochs, "convention": args.convention,
             "strategy": args.strategy, "machine": machine(), "summary": summary, "runs": runs}
-    write_json(RESULTS / "engine_digits.json", data)
+    atomic_write_json(RESULTS / "engine_digits.json", data)
     rows = "\n".join(
         f"| {r['seed']} | {100 * r['test_acc']:.2f} | {100 * r['best_test_acc']:.2f} | "
         f"{r['train_samples_per_second']:.0f} | {r['peak_rss_mib']:.0f} |" for r in runs)

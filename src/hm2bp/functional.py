@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from hm2bp.neuron import LIFParams, scan_inplace
+from hm2bp import ops
+from hm2bp.neuron import LIFParams
 from hm2bp.spsp import (
     CONVENTIONS,
     PSP_WINDOW_TAUS,
@@ -284,7 +285,7 @@ class HM2BPLinearFunction(torch.autograd.Function):
         pre_tm = pre.transpose(0, 1).contiguous()  # free when pre is itself a view of a time-major tensor
         buf = setup.buffers.get((T + 1, B, weight.shape[0]), pre_tm)  # row t + 1 ← I[t]/τs, then the spikes
         torch.mm(pre_tm.view(T * B, n_in), weight.t() / setup.lif.tau_s, out=buf[1:].view(T * B, -1))
-        post_tm = scan_inplace(buf, setup.lif, setup.lateral_w0)
+        post_tm = ops.scan(buf, setup.lif, setup.lateral_w0)
         ctx.setup = setup
         ctx.save_for_backward(pre_tm, weight, post_tm, labels)
         return post_tm.transpose(0, 1)

@@ -110,15 +110,21 @@ def scan_inplace(buf: torch.Tensor, params: LIFParams, lateral_w0: float = 0.0) 
     ``c̃ = c/τs`` and ``v``; refractory hold, firing and reset are float arithmetic on contiguous ``(B, N)`` rows
     (bool masks are several times slower on CPU).
     """
-    if buf.dim() != 3 or buf.shape[0] < 1:
-        raise ValueError(f"buf must be (T + 1, batch, neurons), got shape {tuple(buf.shape)}")
     if lateral_w0 < 0:
         raise ValueError(f"lateral_w0 must be >= 0, got {lateral_w0}")
+    return scan_core(buf, params.threshold - params.threshold_eps, 1.0 - 1.0 / params.tau_m,
+                     1.0 - 1.0 / params.tau_s, params.t_ref, lateral_w0 / params.tau_s)
+
+
+def scan_core(buf: torch.Tensor, fire_at: float, decay_m: float, decay_s: float, t_ref: int,
+              lateral: float) -> torch.Tensor:
+    """:func:`scan_inplace` on primitive arguments: fire at ``v > fire_at``, decays ``1 − 1/τ``, ``lateral = w0/τs``.
+
+    This is the pure-PyTorch kernel that the compiled kernels of :mod:`hm2bp.ops` reproduce spike for spike.
+    """
+    if buf.dim() != 3 or buf.shape[0] < 1:
+        raise ValueError(f"buf must be (T + 1, batch, neurons), got shape {tuple(buf.shape)}")
     T = buf.shape[0] - 1
-    decay_m = 1.0 - 1.0 / params.tau_m
-    decay_s = 1.0 - 1.0 / params.tau_s
-    fire_at = params.threshold - params.threshold_eps
-    lateral = lateral_w0 / params.tau_s
     out = buf[:T]
     if T == 0:
         return out
@@ -131,7 +137,7 @@ def scan_inplace(buf: torch.Tensor, params: LIFParams, lateral_w0: float = 0.0) 
             prev = out[t - 1]
             c.sub_(prev.sum(dim=-1, keepdim=True) - prev, alpha=lateral)  # −w0 per other neuron fired at t−1
         torch.add(c, v, alpha=decay_m, out=v)  # steps 1, 3: v ← v(1 − 1/τm) + c/τs
-        for k in range(1, min(params.t_ref, t) + 1):  # step 4: held at 0 for t_ref steps after a spike
+        for k in range(1, min(t_ref, t) + 1):  # step 4: held at 0 for t_ref steps after a spike
             v.addcmul_(v, out[t - k], value=-1.0)
         torch.gt(v, fire_at, out=out[t])  # step 5: fire ...
         v.addcmul_(v, out[t], value=-1.0)  # ... and reset to 0

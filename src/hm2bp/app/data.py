@@ -41,18 +41,18 @@ class StaticImageData(L.LightningDataModule):
     """
 
     def __init__(self, name: str, data_dir: str | Path, steps: int, batch_size: int, seed: int,
-                 fixed_trains: bool = True) -> None:
+                 fixed_trains: bool = True, download: bool = False) -> None:
         super().__init__()
         self.info = get_dataset(name)
         self.data_dir, self.steps, self.batch_size, self.seed = Path(data_dir), steps, batch_size, seed
-        self.fixed_trains = fixed_trains
+        self.fixed_trains, self.download = fixed_trains, download
         self.train: StaticSplit | None = None
         self.test: StaticSplit | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.train is not None:
             return
-        x_tr, y_tr, x_te, y_te = self.info.load(self.data_dir)
+        x_tr, y_tr, x_te, y_te = self.info.load(self.data_dir, self.download)
         encoder = Encoder(self.steps, seed=self.seed, fixed=self.fixed_trains)
         self.train = StaticSplit(x_tr, y_tr, encoder)
         self.test = StaticSplit(x_te, y_te, encoder, key_offset=len(x_tr))

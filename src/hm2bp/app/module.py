@@ -91,8 +91,10 @@ class HM2BPModule(L.LightningModule):
         return total
 
     def on_after_backward(self) -> None:
-        for k, layer in enumerate(self.net.layers):
-            for what, t in (("weight", layer.weight), ("gradient", layer.weight.grad)):
+        # weights first: a bad weight makes the gradients of every layer below it bad too
+        for what in ("weight", "gradient"):
+            for k, layer in enumerate(self.net.layers):
+                t = layer.weight if what == "weight" else layer.weight.grad
                 if t is not None and not bool(torch.isfinite(t).all()):
                     raise NonFiniteError(f"non-finite {what} in layer {k} at epoch {self.current_epoch}, "
                                          f"step {self.global_step}")
@@ -105,6 +107,9 @@ class HM2BPModule(L.LightningModule):
             self._act["silent"][k] += float((c == 0).float().mean(1).sum())
 
     # -- evaluation on the test split (the authors' per-epoch test) --------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self._train_seconds = time.perf_counter() - self._epoch_start  # training part of the epoch only
+
     def validation_step(self, batch, batch_idx: int) -> None:
         x, y, _ = batch
         counts = self.net(x).sum(1)
@@ -124,7 +129,7 @@ class HM2BPModule(L.LightningModule):
                "train_acc": float(self.train_acc.compute()), "test_acc": float(self.test_acc.compute()),
                "test_loss": self._act["test_loss"] / max(1, self._act["test_samples"]),
                "test_silent_outputs": self._act["test_silent"], "train_samples": n,
-               "train_seconds": time.perf_counter() - self._epoch_start,
+               "train_seconds": self._train_seconds,
                "lr": self.optimizers().param_groups[0]["lr"]}
         for k, layer in enumerate(self.net.layers):
             row[f"rate_layer{k}"] = self._act["rate"][k] / n

@@ -91,7 +91,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         torch.set_num_threads(int(tr.num_threads))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     data = StaticImageData(cfg.dataset.name, cfg.data_dir, cfg.dataset.steps, tr.batch_size, cfg.seed,
-                           cfg.dataset.fixed_trains)
+                           cfg.dataset.fixed_trains, cfg.dataset.get("download", False))
+    data.setup()  # loads the files now: a missing or corrupt file fails here, before any training
     model_cfg = cfg.model
     module = HM2BPModule(
         list(model_cfg.sizes), list(model_cfg.thresholds), n_train=data.n_train, lr=tr.lr,
@@ -106,6 +107,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     trainer = L.Trainer(max_epochs=tr.max_epochs, accelerator=tr.accelerator, devices=tr.devices, logger=loggers,
                         callbacks=[checkpoint], enable_progress_bar=tr.progress_bar, num_sanity_val_steps=0,
                         deterministic=tr.deterministic, default_root_dir=str(run_dir), enable_model_summary=False,
+                        log_every_n_steps=1,
                         **limits)
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
 
@@ -124,7 +126,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                              f"{name}: test sample 0 (label {label})"))
     for lg in loggers:
         if type(lg).__name__ == "WandbLogger":
-            lg.log_image("figures", [str(f) for f in figs])
+            for fig in figs:
+                lg.log_image(fig.stem, [str(fig)])
             lg.experiment.summary.update({k: v for k, v in metrics.items() if isinstance(v, int | float)})
             lg.experiment.finish()
     atomic_write_json(metrics_path, metrics)  # last: its presence marks the seed finished

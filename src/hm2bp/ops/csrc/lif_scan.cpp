@@ -1,0 +1,128 @@
+// CPU kernel of the fused LIF scan: neurons in parallel, a loop over time per chunk of neurons.
+// The arithmetic mirrors the pure-PyTorch path op for op (fused multiply-adds where PyTorch's vectorised
+// add-with-alpha uses them), so both give the same spikes.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <vector>
+
+#include "lif_scan.h"
+
+namespace {
+
+#if HM2BP_FMA
+template <typename T>
+inline T madd(T a, T b, T c) { return std::fma(a, b, c); }
+#else
+template <typename T>
+inline T madd(T a, T b, T c) { return a * b + c; }
+#endif
+
+template <typename scalar_t>
+void scan_chunk(scalar_t* buf, int64_t T, int64_t stride, int64_t begin, int64_t len, scalar_t fire_at,
+                scalar_t dm, scalar_t ds, int64_t t_ref) {
+  // Branch-free body over contiguous neurons so the compiler vectorises it; the refractory counter is kept in
+  // scalar_t so every array has one element width.
+  std::vector<scalar_t> c(len, 0), v(len, 0), ref(len, 0);
+  scalar_t* cp = c.data();
+  scalar_t* vp = v.data();
+  scalar_t* rp = ref.data();
+  const scalar_t hold = static_cast<scalar_t>(t_ref);
+  scalar_t* row0 = buf + begin;
+  for (int64_t i = 0; i < len; ++i) row0[i] = 0;  // no spike at t = 0
+  for (int64_t t = 1; t < T; ++t) {
+    scalar_t* row = buf + t * stride + begin;
+    for (int64_t i = 0; i < len; ++i) {
+      const scalar_t ci = madd(cp[i], ds, row[i]);  // c <- c(1 - 1/tau_s) + I[t-1]/tau_s
+      scalar_t vi = madd(vp[i], dm, ci);            // v <- v(1 - 1/tau_m) + c
+      const bool held = rp[i] > scalar_t(0);        // refractory hold
+      vi = held ? scalar_t(0) : vi;
+      scalar_t ri = held ? rp[i] - scalar_t(1) : rp[i];
+      const bool fire = vi > fire_at;
+      cp[i] = ci;
+      vp[i] = fire ? scalar_t(0) : vi;
+      rp[i] = fire ? hold : ri;
+      row[i] = fire ? scalar_t(1) : scalar_t(0);
+    }
+  }
+}
+
+template <typename scalar_t>
+void scan_lateral_sample(scalar_t* buf, int64_t T, int64_t stride, int64_t b, int64_t N, scalar_t fire_at,
+                         scalar_t dm, scalar_t ds, int64_t t_ref, scalar_t lateral) {
+  std::vector<scalar_t> c(N, 0), v(N, 0), prev(N, 0);
+  std::vector<int64_t> ref(N, 0);
+  scalar_t* row0 = buf + b * N;
+  for (int64_t i = 0; i < N; ++i) row0[i] = 0;
+  for (int64_t t = 1; t < T; ++t) {
+    scalar_t* row = buf + t * stride + b * N;
+    scalar_t total = 0;
+    for (int64_t i = 0; i < N; ++i) total += prev[i];
+    for (int64_t i = 0; i < N; ++i) {
+      c[i] = madd(c[i], ds, row[i]);
+      c[i] = madd(-lateral, total - prev[i], c[i]);  // -w0/tau_s per other neuron that fired at t-1
+      v[i] = madd(v[i], dm, c[i]);
+      if (ref[i] > 0) {
+        v[i] = 0;
+        ref[i] -= 1;
+      }
+      const bool fire = v[i] > fire_at;
+      if (fire) {
+        v[i] = 0;
+        ref[i] = t_ref;
+      }
+      row[i] = fire ? scalar_t(1) : scalar_t(0);
+    }
+    for (int64_t i = 0; i < N; ++i) prev[i] = row[i];
+  }
+}
+
+}  // namespace
+
+void lif_scan_cpu(torch::Tensor buf, double fire_at, double decay_m, double decay_s, int64_t t_ref,
+                  double lateral) {
+  TORCH_CHECK(buf.dim() == 3 && buf.is_contiguous(), "buf must be a contiguous (T + 1, B, N) tensor");
+  TORCH_CHECK(buf.device().is_cpu(), "lif_scan_cpu needs a CPU tensor");
+  const int64_t T = buf.size(0) - 1, B = buf.size(1), N = buf.size(2);
+  if (T <= 0) return;
+  AT_DISPATCH_FLOATING_TYPES(buf.scalar_type(), "lif_scan_cpu", [&] {
+    scalar_t* data = buf.data_ptr<scalar_t>();
+    const scalar_t fa = static_cast<scalar_t>(fire_at), dm = static_cast<scalar_t>(decay_m),
+                   ds = static_cast<scalar_t>(decay_s), lat = static_cast<scalar_t>(lateral);
+    if (lateral == 0.0) {
+      at::parallel_for(0, B * N, 2048, [&](int64_t begin, int64_t end) {
+        scan_chunk<scalar_t>(data, T, B * N, begin, end - begin, fa, dm, ds, t_ref);
+      });
+    } else {
+      at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t b = begin; b < end; ++b) {
+          scan_lateral_sample<scalar_t>(data, T, B * N, b, N, fa, dm, ds, t_ref, lat);
+        }
+      });
+    }
+  });
+}
+
+#ifdef HM2BP_WITH_CUDA
+void lif_scan_cuda(torch::Tensor buf, double fire_at, double decay_m, double decay_s, int64_t t_ref,
+                   double lateral) {
+  TORCH_CHECK(buf.dim() == 3 && buf.is_contiguous() && buf.is_cuda(), "buf must be a contiguous CUDA tensor");
+  const int64_t T = buf.size(0) - 1, B = buf.size(1), N = buf.size(2);
+  if (T <= 0) return;
+  TORCH_CHECK(lateral == 0.0 || N <= 8192, "lif_scan_cuda: lateral inhibition supports at most 8192 neurons");
+  if (buf.scalar_type() == torch::kFloat) {
+    hm2bp_lif_scan_cuda_f32(buf.data_ptr<float>(), T, B, N, fire_at, decay_m, decay_s, t_ref, lateral);
+  } else {
+    TORCH_CHECK(buf.scalar_type() == torch::kDouble, "lif_scan_cuda supports float32 and float64");
+    hm2bp_lif_scan_cuda_f64(buf.data_ptr<double>(), T, B, N, fire_at, decay_m, decay_s, t_ref, lateral);
+  }
+}
+#endif
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("lif_scan_cpu", &lif_scan_cpu, "fused LIF scan, in place (CPU)");
+#ifdef HM2BP_WITH_CUDA
+  m.def("lif_scan_cuda", &lif_scan_cuda, "fused LIF scan, in place (CUDA)");
+#endif
+}

@@ -1,0 +1,104 @@
+"""MNIST / EMNIST IDX loaders on fixture files written in the real on-disk format."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hm2bp.data.idx import DatasetFileError, load_emnist_balanced, load_mnist, read_idx
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool) -> Path:
+    """IDX: two zero bytes, type code 0x08 (uint8), ndim, big-endian int32 dims, then the data."""
+    data = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    data += array.astype(np.uint8).tobytes()
+    if compress:
+        path = path.with_name(path.name + ".gz")
+        data = gzip.compress(data)
+    path.write_bytes(data)
+    return path
+
+
+def make_mnist(root: Path, n_train: int = 20, n_test: int = 10, compress: bool = True, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    folder = root / "mnist"
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        write_idx(folder / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)), compress)
+        write_idx(folder / f"{split}-labels-idx1-ubyte", np.arange(n) % 10, compress)
+
+
+def make_emnist(root: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    folder = root / "emnist"
+    folder.mkdir(parents=True, exist_ok=True)
+    stored = images.transpose(0, 2, 1)  # EMNIST stores images transposed
+    for split in ("train", "test"):
+        write_idx(folder / f"emnist-balanced-{split}-images-idx3-ubyte", stored, True)
+        write_idx(folder / f"emnist-balanced-{split}-labels-idx1-ubyte", labels, False)
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_mnist_shapes_and_labels(tmp_path, compress):
+    make_mnist(tmp_path, compress=compress)
+    x_tr, y_tr, x_te, _ = load_mnist(tmp_path)
+    assert x_tr.shape == (20, 784) and x_te.shape == (10, 784)
+    assert y_tr.tolist() == [k % 10 for k in range(20)]
+    assert float(x_tr.min()) >= 0 and float(x_tr.max()) <= 255
+
+
+def test_emnist_is_transposed_back_upright(tmp_path):
+    img = np.zeros((2, 28, 28), dtype=np.uint8)
+    img[0, 0, :] = 255  # a horizontal bar in the top row
+    img[1, :, 0] = 200  # a vertical bar in the left column
+    make_emnist(tmp_path, img, np.array([46, 3]))
+    x_tr, y_tr, x_te, _ = load_emnist_balanced(tmp_path)
+    up = x_tr.view(-1, 28, 28)
+    assert up[0, 0].sum() == 255 * 28 and up[0, 1:].sum() == 0
+    assert up[1, :, 0].sum() == 200 * 28 and up[1, :, 1:].sum() == 0
+    assert y_tr.tolist() == [46, 3] and x_te.shape == (2, 784)
+
+
+def test_missing_files_name_the_files_and_where_to_get_them(tmp_path):
+    with pytest.raises(DatasetFileError, match=r"MNIST files not found in .*mnist: missing train-images-idx3-ubyte"
+                                               r"\[\.gz\].*yann\.lecun\.com.*dataset\.download=true"):
+        load_mnist(tmp_path)
+    with pytest.raises(DatasetFileError, match="EMNIST-balanced files not found"):
+        load_emnist_balanced(tmp_path)
+
+
+def test_corrupt_files_are_named(tmp_path):
+    make_mnist(tmp_path, compress=False)
+    images = tmp_path / "mnist" / "train-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:-7])  # truncated
+    with pytest.raises(DatasetFileError, match=f"corrupt IDX file {images}"):
+        load_mnist(tmp_path)
+    bad = tmp_path / "x.gz"
+    bad.write_bytes(b"not gzip at all")
+    with pytest.raises(DatasetFileError, match="corrupt IDX file"):
+        read_idx(bad)
+    wrong_magic = tmp_path / "y"
+    wrong_magic.write_bytes(b"\x01\x02\x03\x04")
+    with pytest.raises(DatasetFileError, match="bad magic number"):
+        read_idx(wrong_magic)
+
+
+def test_app_trains_on_mnist_fixture(tmp_path):
+    from test_app import SMOKE, _run
+
+    make_mnist(tmp_path / "data", n_train=64, n_test=32)
+    _run(["dataset=mnist", "model=mnist_mlp", f"data_dir={tmp_path / 'data'}", *SMOKE, "trainer.max_epochs=1",
+          "logger=none", f"output_root={tmp_path / 'out'}"], tmp_path)
+    assert (tmp_path / "out" / "mnist-mlp784-800-10" / "seed0" / "metrics.json").exists()
+
+
+def test_app_missing_data_fails_before_training(tmp_path):
+    from test_app import SMOKE, _run
+
+    proc = _run(["dataset=mnist", "model=mnist_mlp", f"data_dir={tmp_path}", *SMOKE, "logger=none",
+                 f"output_root={tmp_path / 'out'}"], tmp_path, check=False)
+    assert proc.returncode != 0 and "MNIST files not found" in proc.stderr
+    assert not (tmp_path / "out" / "mnist-mlp784-800-10" / "seed0" / "checkpoints").exists()

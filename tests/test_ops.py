@@ -1,0 +1,99 @@
+"""The fused LIF scan op: compiled kernels equal the pure-PyTorch path spike for spike."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+from hm2bp import HM2BPRule, SpikeCountLoss, SpikingMLP, ops
+from hm2bp.neuron import LIFParams, scan_inplace
+from hm2bp.ops import CSRC
+
+
+def _buffers(T, B, N, dtype, device="cpu", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    buf = (torch.rand(T + 1, B, N, generator=g, dtype=dtype) * 0.4 - 0.05).to(device)
+    buf[1::7] = 0.125  # identical drive rows: many neurons reach the threshold on the same steps
+    return buf, buf.clone()
+
+
+def _compiled_equal(device):
+    ops.set_backend("compiled")
+    try:
+        for dtype in (torch.float32, torch.float64):
+            for w0 in (0.0, 1.0):
+                for T, B, N in ((400, 64, 50), (30, 1, 7), (5, 200, 3)):
+                    ref, fast = _buffers(T, B, N, dtype, device)
+                    params = LIFParams(threshold=1.0, t_ref=2)
+                    expected = scan_inplace(ref, params, w0)
+                    got = ops.scan(fast, params, w0)
+                    assert torch.equal(expected, got), (dtype, w0, T, B, N)
+                    assert expected.sum() > 0
+    finally:
+        ops.set_backend("auto")
+
+
+def test_cpu_kernel_equals_torch_path():
+    if ops.load_extension("cpu") is None:
+        pytest.skip("no C++ compiler on this machine: the op falls back to the pure-PyTorch scan")
+    _compiled_equal("cpu")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU and a CUDA build of torch")
+def test_cuda_kernel_equals_torch_path():
+    _compiled_equal("cuda")
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")
+def test_cuda_source_compiles_with_nvcc(tmp_path):
+    proc = subprocess.run(["nvcc", "-c", str(CSRC / "lif_scan.cu"), "-o", str(tmp_path / "lif_scan.o")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_fallback_when_the_build_is_impossible(monkeypatch, caplog):
+    monkeypatch.setitem(ops._built, "cpu", None)  # as if the build had failed
+    ops.set_backend("compiled")
+    try:
+        with pytest.raises(RuntimeError, match="could not be built"):
+            ops.scan(torch.zeros(5, 1, 2), LIFParams(1.0))
+        ops.set_backend("auto")
+        buf = torch.rand(6, 2, 3)
+        expected = scan_inplace(buf.clone(), LIFParams(1.0))
+        torch.ops.hm2bp.lif_scan_(buf, 1.0 - 1e-6, 1 - 1 / 64, 1 - 1 / 8, 2, 0.0)
+        assert torch.equal(buf[:5], expected)
+    finally:
+        ops.set_backend("auto")
+
+
+def test_op_schema_and_fake_implementation():
+    buf = torch.rand(8, 2, 3)
+    torch.library.opcheck(torch.ops.hm2bp.lif_scan_.default, (buf, 0.5, 0.9, 0.8, 2, 0.0),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+def test_end_to_end_gradients_same_with_compiled_op():
+    if ops.load_extension("cpu") is None:
+        pytest.skip("no C++ compiler on this machine")
+    grads = []
+    for backend in ("torch", "compiled"):
+        ops.set_backend(backend)
+        try:
+            torch.manual_seed(0)
+            net = SpikingMLP([12, 30, 4], [2.0, 2.0], rule=HM2BPRule(), target_count=10)
+            x = (torch.rand(5, 120, 12, generator=torch.Generator().manual_seed(1)) < 0.2).float()
+            y = torch.tensor([0, 1, 2, 3, 0])
+            SpikeCountLoss(10, 1, 1)(net(x, y).sum(1), y).backward()
+            grads.append([p.grad.clone() for p in net.parameters()])
+        finally:
+            ops.set_backend("auto")
+    assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))
+
+
+def test_bad_backend():
+    with pytest.raises(ValueError, match="backend must be one of"):
+        ops.set_backend("fastest")

@@ -1,0 +1,201 @@
+"""Faults, bad input and reproducibility (README "Reliability" lists which test proves which row)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hm2bp import HM2BPRule, SpikeCountLoss, SpikingMLP, predict
+from hm2bp.app.data import StaticImageData
+from hm2bp.app.module import HM2BPModule, NonFiniteError
+from hm2bp.io import atomic_write_text
+from hm2bp.neuron import LIFParams, lif_scan
+from hm2bp.spsp import spsp
+
+ROOT = Path(__file__).resolve().parent.parent
+SMOKE = ["trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.batch_size=32",
+         "trainer.progress_bar=false", "trainer.max_epochs=1", "logger=none"]
+
+
+def _run(args, cwd, env=None, check=True):
+    env = {**os.environ, "WANDB_MODE": "offline", **(env or {})}
+    proc = subprocess.run([sys.executable, str(ROOT / "src" / "run.py"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(proc.stdout[-3000:] + proc.stderr[-3000:])
+    return proc
+
+
+def test_partially_finished_multirun_trains_only_missing_seeds(tmp_path):
+    _run(["-m", "seed=0,1", *SMOKE, f"output_root={tmp_path}"], tmp_path)
+    done = sorted(tmp_path.rglob("metrics.json"))
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in done}
+    proc = _run(["-m", "seed=0,1,2", *SMOKE, f"output_root={tmp_path}"], tmp_path)
+    assert proc.stdout.count("is complete") == 2
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in done} == before
+    assert (tmp_path / "digits-mlp64-800-10" / "seed2" / "metrics.json").exists()
+
+
+def test_same_seed_twice_gives_identical_metrics(tmp_path):
+    for root in ("a", "b"):
+        _run([*SMOKE, f"output_root={tmp_path / root}"], tmp_path)
+    timing = {"train_seconds", "train_samples_per_second"}
+
+    def load(root):
+        m = json.loads((tmp_path / root / "digits-mlp64-800-10" / "seed0" / "metrics.json").read_text())
+        return {k: v for k, v in m.items() if k not in timing}
+
+    assert load("a") == load("b")
+
+
+def test_corrupt_checkpoint_gives_clear_error_and_deletes_nothing(tmp_path):
+    run_dir = tmp_path / "digits-mlp64-800-10" / "seed0"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    ckpt.write_bytes(b"PK\x03\x04 truncated")
+    keep = run_dir / "notes.txt"
+    keep.write_text("mine")
+    proc = _run([*SMOKE, f"output_root={tmp_path}"], tmp_path, check=False)
+    assert proc.returncode != 0
+    assert f"cannot resume from {ckpt}" in proc.stderr and "resume=false" in proc.stderr
+    assert ckpt.read_bytes() == b"PK\x03\x04 truncated" and keep.read_text() == "mine"
+    _run([*SMOKE, f"output_root={tmp_path}", "resume=false"], tmp_path)  # the way out the message names
+    assert (run_dir / "metrics.json").exists()
+
+
+def test_online_wandb_without_key_fails_clearly_or_falls_back_when_asked(tmp_path):
+    env = {"HOME": str(tmp_path), "WANDB_API_KEY": "", "NETRC": str(tmp_path / "none")}
+    args = [*SMOKE[:-1], "logger=wandb", "logger.mode=online", f"output_root={tmp_path}"]
+    proc = _run(args, tmp_path, env=env, check=False)
+    assert proc.returncode != 0 and "no wandb API key" in proc.stderr
+    assert not any(tmp_path.rglob("metrics.json"))
+    proc = _run([*args, "logger.fallback_offline=true"], tmp_path, env=env)
+    assert "logging offline" in proc.stdout
+    assert list(tmp_path.rglob("offline-run-*"))
+
+
+def test_unwritable_output_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    proc = _run([*SMOKE, f"output_root={blocker}/sub"], tmp_path, check=False)
+    assert proc.returncode != 0 and str(blocker) in proc.stderr
+
+
+def test_atomic_write_keeps_previous_content_on_failure(tmp_path, monkeypatch):
+    target = tmp_path / "metrics.json"
+    target.write_text("previous")
+
+    def disk_full(*_):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", disk_full)
+    with pytest.raises(OSError, match=f"cannot write {target}: No space left on device"):
+        atomic_write_text(target, "new")
+    assert target.read_text() == "previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temp file left behind
+
+
+def _tiny_module(n_train=32):
+    data = StaticImageData("digits", "data", steps=60, batch_size=16, seed=0)
+    data.setup()
+    module = HM2BPModule([64, 20, 10], [4.0, 4.0], n_train=data.n_train, lr=1e-2, desired=10, undesired=1,
+                         margin=1)
+    return data, module
+
+
+def test_non_finite_weights_stop_training_with_location(tmp_path):
+    data, module = _tiny_module()
+    with torch.no_grad():
+        module.net.layers[1].weight[0, 0] = float("nan")
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=0, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    with pytest.raises(NonFiniteError, match="non-finite weight in layer 1 at epoch 0, step 0"):
+        trainer.fit(module, datamodule=data)
+
+
+def test_all_silent_outputs_predict_class_zero_and_stay_finite():
+    net = SpikingMLP([8, 6, 4], [1.0, 1.0], target_count=10)
+    with torch.no_grad():
+        net.layers[1].weight.fill_(-1.0)  # the output layer can never fire
+    x = (torch.rand(3, 60, 8) < 0.3).float()
+    labels = torch.tensor([0, 2, 3])
+    counts = net(x, labels).sum(1)
+    assert counts.sum() == 0 and predict(counts).tolist() == [0, 0, 0]
+    loss = SpikeCountLoss(10, 1, 1)(counts, labels)
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in net.parameters())
+    assert net.layers[1].weight.grad.abs().sum() > 0  # silent neurons still learn (fallbacks)
+
+
+# -- properties of the engine ---------------------------------------------------------------------------------
+binary = st.lists(st.integers(0, 1), min_size=1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 3), st.integers(2, 80), st.integers(1, 4), st.integers(0, 3), st.floats(-2.0, 5.0),
+       st.integers(0, 2**31 - 1))
+def test_spike_count_bound(batch, steps, neurons, t_ref, drive, seed):
+    g = torch.Generator().manual_seed(seed)
+    currents = torch.rand(batch, steps, neurons, generator=g, dtype=torch.float64) * drive
+    out = lif_scan(currents, LIFParams(threshold=0.5, t_ref=t_ref))
+    bound = (steps - 1 + t_ref) // (t_ref + 1)  # first spike at t ≥ 1, then at most one per t_ref + 1 steps
+    assert int(out.sum(1).max()) <= bound
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(2, 300), st.sampled_from(["original", "exact"]), st.integers(0, 2**31 - 1),
+       st.floats(0.0, 0.5))
+def test_spsp_non_negative_and_zero_for_empty_pre(steps, convention, seed, rate):
+    g = torch.Generator().manual_seed(seed)
+    pre = (torch.rand(2, steps, 3, generator=g) < rate).double()
+    pre[1] = 0
+    post = lif_scan(torch.rand(2, steps, 2, generator=g, dtype=torch.float64), LIFParams(threshold=1.0))
+    e = spsp(pre, post, convention=convention)
+    assert bool((e >= -1e-12).all())
+    assert bool((e[1] == 0).all())
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 3), st.integers(30, 120), st.integers(0, 2**31 - 1), st.floats(0.0, 1.0),
+       st.sampled_from(["pairs", "dense", "sparse"]))
+def test_gradients_finite_for_any_binary_input(batch, steps, seed, rate, strategy):
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    net = SpikingMLP([5, 7, 3], [1.0, 1.0], rule=HM2BPRule(strategy=strategy, lateral_min_denominator=0.1),
+                     target_count=5)
+    x = (torch.rand(batch, steps, 5, generator=g) < rate).float()
+    labels = torch.randint(0, 3, (batch,), generator=g)
+    loss = SpikeCountLoss(5, 1, 1)(net(x, labels).sum(1), labels)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters())
+
+
+@pytest.mark.slow
+def test_soak_50_epochs_memory_flat(tmp_path):
+    data = StaticImageData("digits", "data", steps=400, batch_size=64, seed=0)
+    data.setup()
+    module = HM2BPModule([64, 800, 10], [10.0, 8.0], n_train=data.n_train, lr=1e-2,
+                         regularizer={"lam": 10.0, "beta": 0.04, "limit": 8.0})
+    rss: list[float] = []
+
+    class Probe(L.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            rss.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+    trainer = L.Trainer(max_epochs=50, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        callbacks=[Probe()], num_sanity_val_steps=0, default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=data)
+    assert len(rss) == 50
+    assert rss[-1] - rss[4] < 50  # MiB: peak RSS stops growing after warm-up
+    assert module.history[-1]["test_acc"] > 0.95
