@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hm2bp import HM2BPRule, SpikeCountLoss, SpikingMLP, predict
-from hm2bp.app.data import StaticImageData
+from hm2bp.app.data import SpikeData
 from hm2bp.app.module import HM2BPModule, NonFiniteError
 from hm2bp.io import atomic_write_text
 from hm2bp.neuron import LIFParams, lif_scan
@@ -107,7 +107,7 @@ def test_atomic_write_keeps_previous_content_on_failure(tmp_path, monkeypatch):
 
 
 def _tiny_module(n_train=32):
-    data = StaticImageData("digits", "data", steps=60, batch_size=16, seed=0)
+    data = SpikeData("digits", "data", steps=60, batch_size=16, seed=0)
     data.setup()
     module = HM2BPModule([64, 20, 10], [4.0, 4.0], n_train=data.n_train, lr=1e-2, desired=10, undesired=1,
                          margin=1)
@@ -183,7 +183,7 @@ def test_gradients_finite_for_any_binary_input(batch, steps, seed, rate, strateg
 
 @pytest.mark.slow
 def test_soak_50_epochs_memory_flat(tmp_path):
-    data = StaticImageData("digits", "data", steps=400, batch_size=64, seed=0)
+    data = SpikeData("digits", "data", steps=400, batch_size=64, seed=0)
     data.setup()
     module = HM2BPModule([64, 800, 10], [10.0, 8.0], n_train=data.n_train, lr=1e-2,
                          regularizer={"lam": 10.0, "beta": 0.04, "limit": 8.0})

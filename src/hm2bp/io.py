@@ -13,6 +13,11 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
     Raises ``OSError`` with the path named when the folder is not writable or the disk is full.
     """
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Bytes version of :func:`atomic_write_text`."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -20,8 +25,8 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     except OSError as err:
         raise OSError(err.errno, f"cannot write {path}: {err.strerror}") from err
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

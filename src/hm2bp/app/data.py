@@ -8,6 +8,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from hm2bp.data.nmnist import EventSplit
 from hm2bp.data.registry import get_dataset
 from hm2bp.train import Encoder, StaticSplit
 
@@ -33,24 +34,28 @@ class EpochPermutation(Sampler[int]):
         return iter(torch.randperm(self.n, generator=g).tolist())
 
 
-class StaticImageData(L.LightningDataModule):
-    """Train and test splits of a registered static-image dataset, Bernoulli-encoded (spec §2).
+class SpikeData(L.LightningDataModule):
+    """Train and test splits of a registered dataset as spike trains: static images Bernoulli-encoded (spec §2),
+    event datasets binned (N-MNIST).
 
     Batches are ``(spikes (B, T, N), labels (B,), indices (B,))``; the indices feed the boosting weights. The
     "validation" loop of Lightning runs on the test split, as the authors evaluate after every epoch.
     """
 
     def __init__(self, name: str, data_dir: str | Path, steps: int, batch_size: int, seed: int,
-                 fixed_trains: bool = True, download: bool = False) -> None:
+                 fixed_trains: bool = True, download: bool = False, options: dict | None = None) -> None:
         super().__init__()
         self.info = get_dataset(name)
         self.data_dir, self.steps, self.batch_size, self.seed = Path(data_dir), steps, batch_size, seed
-        self.fixed_trains, self.download = fixed_trains, download
-        self.train: StaticSplit | None = None
-        self.test: StaticSplit | None = None
+        self.fixed_trains, self.download, self.options = fixed_trains, download, dict(options or {})
+        self.train: StaticSplit | EventSplit | None = None
+        self.test: StaticSplit | EventSplit | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.train is not None:
+            return
+        if self.info.kind == "events":
+            self.train, self.test = self.info.load(self.data_dir, self.download, steps=self.steps, **self.options)
             return
         x_tr, y_tr, x_te, y_te = self.info.load(self.data_dir, self.download)
         encoder = Encoder(self.steps, seed=self.seed, fixed=self.fixed_trains)
@@ -67,7 +72,7 @@ class StaticImageData(L.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         return int(trainer.current_epoch) if trainer is not None else 0
 
-    def _collate(self, split: StaticSplit):
+    def _collate(self, split: StaticSplit | EventSplit):
         def collate(indices: list[int]):
             idx = torch.tensor(indices)
             return split.spikes(idx, self._epoch()), split.labels[idx], idx

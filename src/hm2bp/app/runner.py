@@ -81,7 +81,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from hm2bp.app.data import StaticImageData
+    from hm2bp.app.data import SpikeData
     from hm2bp.app.figures import learning_curves, spike_raster
     from hm2bp.app.module import HM2BPModule
     from hm2bp.train import summarize
@@ -90,8 +90,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     if tr.num_threads:
         torch.set_num_threads(int(tr.num_threads))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    data = StaticImageData(cfg.dataset.name, cfg.data_dir, cfg.dataset.steps, tr.batch_size, cfg.seed,
-                           cfg.dataset.fixed_trains, cfg.dataset.get("download", False))
+    data = SpikeData(cfg.dataset.name, cfg.data_dir, cfg.dataset.steps, tr.batch_size, cfg.seed,
+                           cfg.dataset.get("fixed_trains", True), cfg.dataset.get("download", False),
+                           cfg.dataset.get("options", None))
     data.setup()  # loads the files now: a missing or corrupt file fails here, before any training
     model_cfg = cfg.model
     module = HM2BPModule(

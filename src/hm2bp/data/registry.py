@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -18,8 +19,8 @@ class DatasetInfo:
     name: str
     n_inputs: int
     n_classes: int
-    kind: str  # "static": pixel intensities in [0, 255], Bernoulli-encoded
-    load: Callable[[Path, bool], Splits]  # (data_dir, download) → splits
+    kind: str  # "static": pixel intensities in [0, 255], Bernoulli-encoded; "events": spike trains
+    load: Callable[..., Any]  # (data_dir, download) → Splits (static) or (train, test) EventSplits
     source: str  # where the files come from (shown in errors)
 
 
@@ -41,10 +42,38 @@ def _emnist(data_dir: Path, download: bool) -> Splits:
     return load_emnist_balanced(data_dir, download)
 
 
+def _nmnist(data_dir: Path, download: bool, stabilize: bool = True, steps: int = 540):
+    from hm2bp.data.nmnist import load_nmnist
+
+    return load_nmnist(data_dir, download, stabilize=stabilize, steps=steps)
+
+
+def _speech(folder: str, n_classes: int):
+    def load(data_dir: Path, download: bool, steps: int = 1000):
+        from hm2bp.data.idx import DatasetFileError
+        from hm2bp.data.speech import load_speech
+
+        if download:
+            raise DatasetFileError(f"{folder} cannot be downloaded: TI46 is distributed by the LDC (LDC93S9). Put "
+                                   f"its files under {Path(data_dir) / folder} (see hm2bp.data.speech)")
+        train, test = load_speech(Path(data_dir) / folder, steps)
+        found = int(max(train.labels.max(), test.labels.max())) + 1
+        if found != n_classes:
+            raise DatasetFileError(f"{Path(data_dir) / folder} holds {found} word classes, expected {n_classes}")
+        return train, test
+
+    return load
+
+
 DATASETS: dict[str, DatasetInfo] = {
     "digits": DatasetInfo("digits", 64, 10, "static", _digits, "bundled with scikit-learn (offline)"),
     "mnist": DatasetInfo("mnist", 784, 10, "static", _mnist, "IDX files under <data_dir>/mnist"),
     "emnist": DatasetInfo("emnist", 784, 47, "static", _emnist, "EMNIST-balanced IDX files under <data_dir>/emnist"),
+    "nmnist": DatasetInfo("nmnist", 2312, 10, "events", _nmnist, "N-MNIST .bin files under <data_dir>/NMNIST"),
+    "ti46_alpha": DatasetInfo("ti46_alpha", 78, 26, "events", _speech("ti46_alpha", 26),
+                              "TI46-Alpha audio under <data_dir>/ti46_alpha (LDC93S9)"),
+    "ti46_digits": DatasetInfo("ti46_digits", 78, 10, "events", _speech("ti46_digits", 10),
+                               "TI46 digits audio under <data_dir>/ti46_digits (LDC93S9)"),
 }
 
 

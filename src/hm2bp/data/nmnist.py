@@ -1,0 +1,130 @@
+"""N-MNIST through tonic, binned into spike trains the way the authors prepared it (spec §2).
+
+Files: tonic's layout, ``<data_dir>/NMNIST/{Train,Test}/<digit>/*.bin`` (the unzipped ``train.zip``/``test.zip`` of
+https://www.garrickorchard.com/datasets/n-mnist). Each event record is 5 bytes: x, y, (p << 7) | (t >> 16 & 127),
+(t >> 8) & 255, t & 255, with t in µs.
+
+Conversion (authors' ``nmnist/NMNIST_Converter.m`` + ``readData/readNMnistData.cpp``): channel ``x·34 + y`` for
+ON events and ``+ 1156`` for OFF events (34×34×2 = 2312 inputs; the authors' ``(x−1)·34 + y`` with 1-based
+coordinates), time bins of 600 µs with bin ``⌈t/600⌉`` → spike time ``bin + 1``, spikes at or after T = 540
+dropped, several events of one channel in one bin collapse into one spike. Saccade stabilization (the authors'
+``stabilize.m``) is tonic's ``stabilize=True``. The binned trains are cached on disk (``.npz``) keyed by these
+parameters, so the ``.bin`` files are read once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hm2bp.data.idx import DatasetFileError
+from hm2bp.io import atomic_write_bytes
+
+SENSOR = 34  # N-MNIST sensor is 34 × 34 pixels, 2 polarities
+N_INPUTS = SENSOR * SENSOR * 2  # 2312
+OFF_OFFSET = SENSOR * SENSOR  # polarity-2 (OFF) events add 1156 (spec §2)
+BIN_US = 600  # data dir 2312_600_stable: 600 µs bins (spec §2)
+STEPS = 540  # END_TIME of Config/NMnistConfig.txt (spec §1)
+
+
+def bin_events(events: np.ndarray, steps: int = STEPS, bin_us: int = BIN_US) -> tuple[np.ndarray, np.ndarray]:
+    """``(times, channels)`` of the unique spikes of one sample from tonic's ``(x, y, t, p)`` events."""
+    t = np.ceil(events["t"].astype(np.float64) / bin_us).astype(np.int64) + 1
+    ch = events["x"].astype(np.int64) * SENSOR + events["y"].astype(np.int64) + OFF_OFFSET * (events["p"] > 0)
+    inside = (t < steps) & (events["x"] >= 0) & (events["x"] < SENSOR) & (events["y"] >= 0) & (events["y"] < SENSOR)
+    key = np.unique(t[inside] * N_INPUTS + ch[inside])
+    return (key // N_INPUTS).astype(np.int32), (key % N_INPUTS).astype(np.int32)
+
+
+class EventSplit:
+    """Spike trains of one split, kept sparse: flat ``(time, channel)`` arrays with per-sample offsets."""
+
+    def __init__(self, times: np.ndarray, channels: np.ndarray, offsets: np.ndarray, labels: np.ndarray,
+                 steps: int, n_inputs: int) -> None:
+        self.times = torch.from_numpy(times.astype(np.int64))
+        self.channels = torch.from_numpy(channels.astype(np.int64))
+        self.offsets = torch.from_numpy(offsets.astype(np.int64))
+        self.labels = torch.from_numpy(labels.astype(np.int64))
+        self.steps, self.n_inputs = steps, n_inputs
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def spikes(self, idx: torch.Tensor, epoch: int = 0) -> torch.Tensor:
+        """``(B, T, N)`` 0/1 trains (a view of time-major storage); the same in every epoch."""
+        out = torch.zeros(self.steps, len(idx), self.n_inputs)
+        for row, k in enumerate(idx.tolist()):
+            lo, hi = int(self.offsets[k]), int(self.offsets[k + 1])
+            out[self.times[lo:hi], row, self.channels[lo:hi]] = 1.0
+        return out.transpose(0, 1)
+
+
+def _tonic_dataset(root: Path, train: bool, stabilize: bool, download: bool):
+    import tonic
+
+    folder = root / "NMNIST" / ("Train" if train else "Test")
+
+    class NMNIST(tonic.datasets.NMNIST):  # same class name: tonic reads from <save_to>/NMNIST
+        def _check_exists(self) -> bool:  # the unzipped folder is all we need
+            return folder.is_dir() and any(folder.rglob("*.bin"))
+
+        def download(self) -> None:
+            if not download:
+                raise DatasetFileError(
+                    f"N-MNIST files not found: expected {folder}/<digit>/*.bin (the unzipped "
+                    f"{'train' if train else 'test'}.zip of https://www.garrickorchard.com/datasets/n-mnist, "
+                    f"tonic's layout). Put them there, or set dataset.download=true to let tonic fetch them.")
+            super().download()
+
+    return NMNIST(str(root), train=train, stabilize=stabilize)
+
+
+def _convert(root: Path, train: bool, stabilize: bool, download: bool, steps: int, bin_us: int) -> EventSplit:
+    ds = _tonic_dataset(root, train, stabilize, download)
+    times, channels, offsets, labels = [], [], [0], []
+    for k in range(len(ds)):
+        path = Path(ds.data[k])
+        if path.stat().st_size % 5:
+            raise DatasetFileError(f"corrupt N-MNIST event file {path}: {path.stat().st_size} bytes is not a whole "
+                                   "number of 5-byte events (truncated?); replace it from the original archive")
+        try:
+            events, label = ds[k]
+        except Exception as err:
+            raise DatasetFileError(f"corrupt N-MNIST event file {path}: {type(err).__name__}: {err}") from err
+        t, c = bin_events(events, steps, bin_us)
+        times.append(t)
+        channels.append(c)
+        offsets.append(offsets[-1] + len(t))
+        labels.append(label)
+    return EventSplit(_cat(times), _cat(channels), np.asarray(offsets), np.asarray(labels), steps, N_INPUTS)
+
+
+def _cat(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros(0, np.int32)
+
+
+def load_nmnist(data_dir: str | Path, download: bool = False, stabilize: bool = True, steps: int = STEPS,
+                bin_us: int = BIN_US) -> tuple[EventSplit, EventSplit]:
+    """``(train, test)`` N-MNIST spike trains, converted once and cached under ``<data_dir>/NMNIST/``."""
+    root = Path(data_dir)
+    params = {"stabilize": stabilize, "steps": steps, "bin_us": bin_us, "format": 1}
+    tag = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
+    splits = []
+    for train in (True, False):
+        cache = root / "NMNIST" / f"hm2bp_{'train' if train else 'test'}_{tag}.npz"
+        if cache.exists():
+            z = np.load(cache)
+            split = EventSplit(z["times"], z["channels"], z["offsets"], z["labels"], steps, N_INPUTS)
+        else:
+            split = _convert(root, train, stabilize, download, steps, bin_us)
+            buf = io.BytesIO()
+            np.savez(buf, times=split.times.numpy(), channels=split.channels.numpy(),
+                     offsets=split.offsets.numpy(), labels=split.labels.numpy())
+            atomic_write_bytes(cache, buf.getvalue())
+        splits.append(split)
+    return splits[0], splits[1]
