@@ -65,6 +65,16 @@ def _speech(folder: str, n_classes: int):
     return load
 
 
+def _spoken_synth(data_dir: Path, download: bool, steps: int = 1000):
+    from hm2bp.data.speech import load_speech
+    from hm2bp.data.synth_speech import generate
+
+    root = Path(data_dir) / "spoken_synth"
+    if not (root / "test").is_dir():
+        generate(root)  # made locally with espeak-ng: nothing to download
+    return load_speech(root, steps)
+
+
 DATASETS: dict[str, DatasetInfo] = {
     "digits": DatasetInfo("digits", 64, 10, "static", _digits, "bundled with scikit-learn (offline)"),
     "mnist": DatasetInfo("mnist", 784, 10, "static", _mnist, "IDX files under <data_dir>/mnist"),
@@ -72,6 +82,8 @@ DATASETS: dict[str, DatasetInfo] = {
     "nmnist": DatasetInfo("nmnist", 2312, 10, "events", _nmnist, "N-MNIST .bin files under <data_dir>/NMNIST"),
     "ti46_alpha": DatasetInfo("ti46_alpha", 78, 26, "events", _speech("ti46_alpha", 26),
                               "TI46-Alpha audio under <data_dir>/ti46_alpha (LDC93S9)"),
+    "spoken_synth": DatasetInfo("spoken_synth", 78, 26, "events", _spoken_synth,
+                                "generated with espeak-ng under <data_dir>/spoken_synth"),
     "ti46_digits": DatasetInfo("ti46_digits", 78, 10, "events", _speech("ti46_digits", 10),
                                "TI46 digits audio under <data_dir>/ti46_digits (LDC93S9)"),
 }
