@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -97,3 +99,13 @@ def test_end_to_end_gradients_same_with_compiled_op():
 def test_bad_backend():
     with pytest.raises(ValueError, match="backend must be one of"):
         ops.set_backend("fastest")
+
+
+def test_gpu_epoch_script_runs_on_cpu(tmp_path):
+    """Keeps bench/gpu_epoch.py (the GPU check's timing script) from rotting where no GPU exists."""
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "epoch.json"
+    subprocess.run([sys.executable, str(root / "bench" / "gpu_epoch.py"), "--device", "cpu",
+                    "--samples", "8", "--batch", "4", "--steps", "120", "--out", str(out)], check=True,
+                   capture_output=True)
+    assert '"samples_per_second"' in out.read_text()
