@@ -8,7 +8,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from hm2bp.data.nmnist import EventSplit
+from hm2bp.data.events import EventSplit
 from hm2bp.data.registry import get_dataset
 from hm2bp.train import Encoder, StaticSplit
 

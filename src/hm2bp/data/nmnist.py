@@ -15,15 +15,13 @@ parameters, so the ``.bin`` files are read once.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from hm2bp.data.events import EventSplit
 from hm2bp.data.idx import DatasetFileError
-from hm2bp.io import atomic_write_bytes
 
 SENSOR = 34  # N-MNIST sensor is 34 × 34 pixels, 2 polarities
 N_INPUTS = SENSOR * SENSOR * 2  # 2312
@@ -39,29 +37,6 @@ def bin_events(events: np.ndarray, steps: int = STEPS, bin_us: int = BIN_US) -> 
     inside = (t < steps) & (events["x"] >= 0) & (events["x"] < SENSOR) & (events["y"] >= 0) & (events["y"] < SENSOR)
     key = np.unique(t[inside] * N_INPUTS + ch[inside])
     return (key // N_INPUTS).astype(np.int32), (key % N_INPUTS).astype(np.int32)
-
-
-class EventSplit:
-    """Spike trains of one split, kept sparse: flat ``(time, channel)`` arrays with per-sample offsets."""
-
-    def __init__(self, times: np.ndarray, channels: np.ndarray, offsets: np.ndarray, labels: np.ndarray,
-                 steps: int, n_inputs: int) -> None:
-        self.times = torch.from_numpy(times.astype(np.int64))
-        self.channels = torch.from_numpy(channels.astype(np.int64))
-        self.offsets = torch.from_numpy(offsets.astype(np.int64))
-        self.labels = torch.from_numpy(labels.astype(np.int64))
-        self.steps, self.n_inputs = steps, n_inputs
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def spikes(self, idx: torch.Tensor, epoch: int = 0) -> torch.Tensor:
-        """``(B, T, N)`` 0/1 trains (a view of time-major storage); the same in every epoch."""
-        out = torch.zeros(self.steps, len(idx), self.n_inputs)
-        for row, k in enumerate(idx.tolist()):
-            lo, hi = int(self.offsets[k]), int(self.offsets[k + 1])
-            out[self.times[lo:hi], row, self.channels[lo:hi]] = 1.0
-        return out.transpose(0, 1)
 
 
 def _tonic_dataset(root: Path, train: bool, stabilize: bool, download: bool):
@@ -86,7 +61,7 @@ def _tonic_dataset(root: Path, train: bool, stabilize: bool, download: bool):
 
 def _convert(root: Path, train: bool, stabilize: bool, download: bool, steps: int, bin_us: int) -> EventSplit:
     ds = _tonic_dataset(root, train, stabilize, download)
-    times, channels, offsets, labels = [], [], [0], []
+    samples, labels = [], []
     for k in range(len(ds)):
         path = Path(ds.data[k])
         if path.stat().st_size % 5:
@@ -96,16 +71,9 @@ def _convert(root: Path, train: bool, stabilize: bool, download: bool, steps: in
             events, label = ds[k]
         except Exception as err:
             raise DatasetFileError(f"corrupt N-MNIST event file {path}: {type(err).__name__}: {err}") from err
-        t, c = bin_events(events, steps, bin_us)
-        times.append(t)
-        channels.append(c)
-        offsets.append(offsets[-1] + len(t))
+        samples.append(bin_events(events, steps, bin_us))
         labels.append(label)
-    return EventSplit(_cat(times), _cat(channels), np.asarray(offsets), np.asarray(labels), steps, N_INPUTS)
-
-
-def _cat(parts: list[np.ndarray]) -> np.ndarray:
-    return np.concatenate(parts) if parts else np.zeros(0, np.int32)
+    return EventSplit.from_samples(samples, labels, steps, N_INPUTS)
 
 
 def load_nmnist(data_dir: str | Path, download: bool = False, stabilize: bool = True, steps: int = STEPS,
@@ -118,13 +86,9 @@ def load_nmnist(data_dir: str | Path, download: bool = False, stabilize: bool = 
     for train in (True, False):
         cache = root / "NMNIST" / f"hm2bp_{'train' if train else 'test'}_{tag}.npz"
         if cache.exists():
-            z = np.load(cache)
-            split = EventSplit(z["times"], z["channels"], z["offsets"], z["labels"], steps, N_INPUTS)
+            split = EventSplit.load(cache, steps, N_INPUTS)
         else:
             split = _convert(root, train, stabilize, download, steps, bin_us)
-            buf = io.BytesIO()
-            np.savez(buf, times=split.times.numpy(), channels=split.channels.numpy(),
-                     offsets=split.offsets.numpy(), labels=split.labels.numpy())
-            atomic_write_bytes(cache, buf.getvalue())
+            split.save(cache)
         splits.append(split)
     return splits[0], splits[1]

@@ -21,7 +21,6 @@ Encoded trains are cached in ``<root>/hm2bp_cache_<hash>.npz``, keyed by every p
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import re
 from math import gcd
@@ -29,9 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hm2bp.data.events import EventSplit
 from hm2bp.data.idx import DatasetFileError
-from hm2bp.data.nmnist import EventSplit
-from hm2bp.io import atomic_write_bytes
 
 # Provenance: spec §2 [CODE readData/readSpeechData.cpp:12-160; SRC2 TI46_Lyon_ear.m].
 LYON_RATE = 12_500  # Hz, TI46's own sampling rate
@@ -140,23 +138,15 @@ def load_speech(root: str | Path, steps: int = STEPS, classes: list[str] | None 
     for split, items in files.items():
         cache = root / f"hm2bp_cache_{split}_{tag}.npz"
         if cache.exists():
-            z = np.load(cache)
-            out.append(EventSplit(z["times"], z["channels"], z["offsets"], z["labels"], steps, CHANNELS))
+            out.append(EventSplit.load(cache, steps, CHANNELS))
             continue
-        times, chans, offsets, labels = [], [], [0], []
+        samples, labels = [], []
         for path, label in items:
             if label not in index:
                 raise DatasetFileError(f"{path}: label {label!r} is not one of the classes {names}")
-            t, c = encode_audio(*read_audio(path), steps)
-            times.append(t)
-            chans.append(c)
-            offsets.append(offsets[-1] + len(t))
+            samples.append(encode_audio(*read_audio(path), steps))
             labels.append(index[label])
-        split_obj = EventSplit(np.concatenate(times), np.concatenate(chans), np.asarray(offsets),
-                               np.asarray(labels), steps, CHANNELS)
-        buf = io.BytesIO()
-        np.savez(buf, times=split_obj.times.numpy(), channels=split_obj.channels.numpy(),
-                 offsets=split_obj.offsets.numpy(), labels=split_obj.labels.numpy())
-        atomic_write_bytes(cache, buf.getvalue())
+        split_obj = EventSplit.from_samples(samples, labels, steps, CHANNELS)
+        split_obj.save(cache)
         out.append(split_obj)
     return out[0], out[1]
