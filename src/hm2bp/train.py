@@ -25,8 +25,6 @@ from hm2bp.loss import (
     weight_regularizer,
 )
 
-LR_AUTHORS = 1e-3  # Adam at batch 1 (spec §7)
-
 
 def inverse_sqrt_lr(epoch: int) -> float:
     """Learning-rate multiplier ``1/√max(e, 1)`` of the MLP configs (spec §7): epochs 0 and 1 use the base rate."""

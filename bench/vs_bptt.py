@@ -1,0 +1,145 @@
+"""HM2-BP vs surrogate-gradient BPTT (snnTorch) on scikit-learn digits: same network, T, batch and epochs.
+
+64-800-10, T = 400, batch 64, 2 threads. The BPTT peer uses snnTorch ``Synaptic`` neurons with the same time
+constants (α = 1 − 1/τs, β = 1 − 1/τm), zero reset, a fast-sigmoid surrogate and ``mse_count_loss`` with the same
+target counts (35 / 5 of T), trained with Adam at the same learning rate. Each run is its own process so peak RSS
+is its own. Writes bench/results/vs_bptt.json and the ``vs-bptt`` section of BENCHMARKS.md.
+
+    python bench/vs_bptt.py [--epochs 5] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+from common import RESULTS, machine, update_section
+from hm2bp.io import atomic_write_json
+
+STEPS, BATCH, LR = 400, 64, 1e-2
+SIZES, THRESHOLDS = [64, 800, 10], [10.0, 8.0]
+
+
+def _splits(seed: int):
+    from hm2bp.data.digits import load_digits_split
+    from hm2bp.train import Encoder, StaticSplit
+
+    x_tr, y_tr, x_te, y_te = load_digits_split()
+    enc = Encoder(STEPS, seed=seed)
+    return StaticSplit(x_tr, y_tr, enc), StaticSplit(x_te, y_te, enc, key_offset=len(x_tr))
+
+
+def run_hm2bp(epochs: int, seed: int) -> dict:
+    from hm2bp import SpikingMLP
+    from hm2bp.train import Regularizer, fit, summarize
+
+    torch.manual_seed(seed)
+    train, test = _splits(seed)
+    history = fit(SpikingMLP(SIZES, THRESHOLDS), train, test, epochs=epochs, batch_size=BATCH, lr=LR, seed=seed,
+                  regularizer=Regularizer())
+    return summarize(history)
+
+
+def run_bptt(epochs: int, seed: int) -> dict:
+    import snntorch as snn
+    from snntorch import functional as SF
+    from snntorch import surrogate
+
+    from hm2bp.loss import predict
+
+    torch.manual_seed(seed)
+    train, test = _splits(seed)
+    alpha, beta = 1 - 1 / 8, 1 - 1 / 64
+    fc1, fc2 = torch.nn.Linear(64, 800, bias=False), torch.nn.Linear(800, 10, bias=False)
+    grad = surrogate.fast_sigmoid()
+    # snnTorch integrates mem ← β·mem + syn where hm2bp integrates v ← v(1 − 1/τm) + c/τs: mem = τs·v, so the
+    # same neuron fires at mem > τs·ν.
+    lif1 = snn.Synaptic(alpha=alpha, beta=beta, threshold=THRESHOLDS[0] * 8, spike_grad=grad, reset_mechanism="zero")
+    lif2 = snn.Synaptic(alpha=alpha, beta=beta, threshold=THRESHOLDS[1] * 8, spike_grad=grad, reset_mechanism="zero")
+    params = list(fc1.parameters()) + list(fc2.parameters())
+    opt = torch.optim.Adam(params, lr=LR)
+    loss_fn = SF.mse_count_loss(correct_rate=35 / STEPS, incorrect_rate=5 / STEPS)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:  # x (B, T, N) → output spikes (T, B, 10)
+        syn1, mem1 = lif1.init_synaptic()
+        syn2, mem2 = lif2.init_synaptic()
+        cur1 = fc1(x.transpose(0, 1))
+        out = []
+        for t in range(x.shape[1]):
+            s1, syn1, mem1 = lif1(cur1[t], syn1, mem1)
+            s2, syn2, mem2 = lif2(fc2(s1), syn2, mem2)
+            out.append(s2)
+        return torch.stack(out)
+
+    history = []
+    gen = torch.Generator().manual_seed(seed)
+    for epoch in range(epochs):
+        order = torch.randperm(len(train), generator=gen)
+        start, seen = time.perf_counter(), 0
+        for lo in range(0, len(train), BATCH):
+            idx = order[lo:lo + BATCH]
+            spk = forward(train.spikes(idx, epoch))
+            loss = loss_fn(spk, train.labels[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            seen += len(idx)
+        seconds = time.perf_counter() - start
+        with torch.no_grad():
+            correct = sum(int((predict(forward(test.spikes(torch.arange(lo, min(len(test), lo + 256)), epoch))
+                                       .sum(0)) == test.labels[lo:lo + 256]).sum())
+                          for lo in range(0, len(test), 256))
+        history.append({"test_acc": correct / len(test), "train_seconds": seconds, "train_samples": seen})
+    from hm2bp.train import summarize
+
+    return summarize(history)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--child", choices=["hm2bp", "bptt"], help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        torch.set_num_threads(2)
+        result = (run_hm2bp if args.child == "hm2bp" else run_bptt)(args.epochs, args.seed)
+        result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(result))
+        return
+    results = {}
+    for method in ("hm2bp", "bptt"):
+        out = subprocess.run([sys.executable, __file__, "--child", method, "--epochs", str(args.epochs), "--seed",
+                              str(args.seed)], check=True, capture_output=True, text=True).stdout
+        results[method] = json.loads(out.strip().splitlines()[-1])
+        print(method, results[method], flush=True)
+    h, b = results["hm2bp"], results["bptt"]
+    atomic_write_json(RESULTS / "vs_bptt.json", {"benchmark": "vs_bptt", "epochs": args.epochs, "seed": args.seed,
+                                                 "machine": machine(), "results": results})
+    m = machine()
+    def row(name: str, r: dict) -> str:
+        return (f"| {name} | {r['train_samples_per_second']:.0f} | {r['peak_rss_mib']:.0f} | "
+                f"{100 * r['test_acc']:.2f} | {100 * r['best_test_acc']:.2f} |")
+
+    speed = h["train_samples_per_second"] / b["train_samples_per_second"]
+    update_section("vs-bptt", f"""## HM2-BP vs surrogate-gradient BPTT (snnTorch)
+
+`python bench/vs_bptt.py --epochs {args.epochs}` — scikit-learn digits, 64-800-10, T = {STEPS}, batch {BATCH},
+Adam {LR}, {args.epochs} epochs, seed {args.seed}, {m['threads']} threads; both in the same run.
+
+| method | train samples/s | peak RSS MiB | final test acc % | best test acc % |
+|---|---|---|---|---|
+{row("HM2-BP (hm2bp, pure PyTorch)", h)}
+{row("BPTT (snnTorch `Synaptic`)", b)}
+| **HM2-BP / BPTT** | **{speed:.2f}×** | {h['peak_rss_mib'] / b['peak_rss_mib']:.2f}× | | |
+""")
+
+
+if __name__ == "__main__":
+    main()
