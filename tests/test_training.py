@@ -78,3 +78,20 @@ def test_buffer_pool_never_aliases_live_tensors():
     ptr = c.data_ptr()
     del c
     assert pool.get((3, 4), like).data_ptr() == ptr  # released buffers are reused
+
+
+def test_layer_and_split_input_errors():
+    import pytest
+
+    net = SpikingMLP([8, 6, 3], [1.0, 1.0], target_count=10)
+    x = torch.zeros(2, 60, 8)
+    with pytest.raises(ValueError, match=r"expected input spikes \(batch, time, 8\), got \(2, 60, 7\)"):
+        net.layers[0](torch.zeros(2, 60, 7))
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+        net(x, torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match="T = 20 is too short for target_count 10"):
+        net(torch.zeros(2, 20, 8), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="one threshold per layer"):
+        SpikingMLP([8, 6, 3], [1.0])
+    with pytest.raises(ValueError, match=r"need pixels \(n, N\) and labels \(n,\)"):
+        StaticSplit(torch.zeros(4, 3), torch.zeros(5, dtype=torch.long), Encoder(steps=10))
