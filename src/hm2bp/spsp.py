@@ -6,7 +6,11 @@
 the reset: ``e_ij = Σ_k [P_j(t_k) − decay^{t_k − r_k} P_j(r_k)]``. Writing the post side as an *event matrix* ``A``
 (+1 at each spike, −decay at each reset) and the pre side as traces ``X``, every S-PSP is one contraction over time,
 
-    e[b] = A[b]ᵀ · X[b]          A: (B, R, N_out),  X: (B, R, N_in),
+    e[b] = A[b]ᵀ · X[b]          A: (2T, B, N_out),  X: (2T, B, N_in)  (time-major, row 2t + k),
+
+where ``X`` holds the two raw exponential traces (membrane, synaptic) of the pre train and ``A`` the events weighted
+by the kernel coefficients ``c_k``; the training path keeps ``A`` as a sparse event list (:class:`Events`) and
+never forms ``X`` in full (:func:`trace_chunks`, :func:`gathered_traces`),
 
 so no ``(B, N_out, N_in)`` tensor is needed on the training path: every quantity HM2-BP needs is a contraction of
 ``A``, ``X``, the error and ``W`` over (batch, time).
@@ -21,8 +25,8 @@ Two conventions:
     The authors' pairwise kernel ``K(σ, Δ)`` with continuous exponentials, pre spikes shifted by ``t_ref``
     (pitfall P1), ``r_1 = 1``, and only pre spikes with ``max(1, t_k − L) ≤ t_pre < t_k`` counted, ``L = 4·τm``.
     ``K(σ, Δ) = ε(Δ) − e^{−σ/τm} ε(Δ − σ)`` with ``ε(x) = (e^{−x/τm} − e^{−x/τs})/(1 − κ)`` for ``x > 0``, else 0.
-    The window makes the kernel depend on ``t_k`` as well, so the pre side keeps the two exponential traces apart
-    (``R = 2T``) and the post side gets extra events at ``t_k − L + t_ref`` that subtract what left the window.
+    The window makes the kernel depend on ``t_k`` as well, so the post side gets extra events at ``t_k − L + t_ref``
+    that read the two exponential traces separately and subtract what left the window.
 
 No silent-neuron fallbacks live here (see :mod:`hm2bp.functional`): ``e_ij = 0`` whenever either train is empty.
 """
@@ -74,7 +78,7 @@ class PSPKernel:
 
     @property
     def split(self) -> bool:
-        """Whether the two exponential traces must stay apart (``R = 2T``): the original convention's window."""
+        """Whether the kernel has the original convention's window (extra events reading one trace each)."""
         return self.convention == "original" and self.window is not None
 
     @property
