@@ -47,6 +47,9 @@ LATERAL_MIN_DENOMINATOR = 0.1
 # machines (bench/bench_strategies.py): used only to pick the cheapest contraction strategy.
 SPARSE_ELEMENT_COST = 20.0
 STRATEGIES = ("auto", "pairs", "dense", "sparse")
+# Spiking pooling passes δ_p/k² down (`PoolingSpiking.cu:443-450, 504-510`, pitfall P5); "threshold" uses δ_p/ν_pool,
+# the chain rule of the linear layer (the two agree when ν_pool = k², as for the paper's pool2).
+POOL_ERROR_SCALES = ("window", "threshold")
 
 
 @dataclass(frozen=True)
@@ -65,8 +68,11 @@ class HM2BPRule:
             S-PSPs are computed (`Spiking.cu:1438-1463`).
         lateral_factor: scale output-layer weight gradients by ``Λ_i`` when lateral inhibition is on.
         lateral_min_denominator: clamp of Λ's denominator (None: unclipped, as the authors).
-        strategy: how the S-PSP contractions are computed (``"pairs"``, ``"dense"``, ``"sparse"``, or ``"auto"``:
-            the cheapest by :func:`choose_strategy`). All give the same result up to rounding.
+        strategy: how the S-PSP contractions of linear layers are computed (``"pairs"``, ``"dense"``,
+            ``"sparse"``, or ``"auto"``: the cheapest by :func:`choose_strategy`). All give the same result up to
+            rounding. Conv and pooling layers always use convolutions over time chunks (:mod:`hm2bp.conv`).
+        pool_error_scale: spiking pooling divides the error it passes down by ``"window"`` (k², authors) or
+            ``"threshold"`` (ν_pool, chain rule).
     """
 
     convention: Convention = "original"
@@ -80,10 +86,13 @@ class HM2BPRule:
     lateral_factor: bool = True
     lateral_min_denominator: float | None = LATERAL_MIN_DENOMINATOR
     strategy: str = "auto"
+    pool_error_scale: str = "window"
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"rule.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.pool_error_scale not in POOL_ERROR_SCALES:
+            raise ValueError(f"rule.pool_error_scale must be one of {POOL_ERROR_SCALES}, got {self.pool_error_scale!r}")
         if self.convention not in CONVENTIONS:
             raise ValueError(f"rule.convention must be one of {CONVENTIONS}, got {self.convention!r}")
         if self.psp_window_taus is not None and not self.psp_window_taus > 0:

@@ -1,16 +1,22 @@
-"""``nn.Module`` wrappers: :class:`SpikingLinear` and :class:`SpikingMLP` trained by the HM2-BP rule."""
+"""``nn.Module`` wrappers trained by the HM2-BP rule: :class:`SpikingLinear`, :class:`SpikingConv2d`,
+:class:`SpikingPool2d` and :class:`SpikingMLP` (conv/pool/linear stacks: :class:`hm2bp.arch.SpikingNet`)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
+from hm2bp.arch import arch_from_sizes, parse_arch
+from hm2bp.conv import hm2bp_conv2d, hm2bp_pool2d
 from hm2bp.functional import HM2BPRule, LayerSetup, LayerStats, hm2bp_linear
 from hm2bp.neuron import T_REF, TAU_M, TAU_S, LIFParams, check_spikes
 
 FC_INIT_SCALE = 1.0  # FC weights ~ U(−1, 1): the configs' "Bernoulli" init with initW = 1 (spec §7, pitfall P8)
+CONV_INIT_SCALE = 0.5  # conv weights ~ U(−0.5, 0.5): initW = 0.5 of the CNN config (spec §7)
+CONV_THRESHOLD_EPS = 0.0  # conv neurons fire at v > ν exactly; FC and pooling at v > ν − 1e-6 (spec §1)
 LATERAL_W0 = 1.0  # fixed output-layer lateral inhibition strength `localInbStrength` (spec §1)
 DESIRED_COUNT = 35  # y⁺, spikes wanted from the label neuron (spec §3); also sets the silent-target patch period
 
@@ -80,7 +86,173 @@ class SpikingLinear(nn.Module):
         return f"{self.in_features}, {self.out_features}, threshold={self.threshold}, output={self.setup.is_output}"
 
 
-class SpikingMLP(nn.Module):
+def _check_maps(name: str, spikes: torch.Tensor, channels: int) -> None:
+    if spikes.dim() != 5 or spikes.shape[2] != channels:
+        raise ValueError(f"{name} expects input spikes (batch, time, {channels}, height, width), "
+                         f"got {tuple(spikes.shape)}")
+
+
+class SpikingConv2d(nn.Module):
+    """Convolution layer of LIF neurons: "valid" cross-correlation, stride 1, no bias (spec §6).
+
+    ``(B, T, C_in, H, W)`` spikes → ``(B, T, C_out, H − K + 1, W − K + 1)`` spikes; backward = HM2-BP with shared
+    weights (:mod:`hm2bp.conv`). Never an output layer (no lateral inhibition, no margin).
+
+    Example:
+        >>> conv = SpikingConv2d(1, 4, 3, threshold=5.0)
+        >>> conv(torch.zeros(2, 50, 1, 8, 8)).shape
+        torch.Size([2, 50, 4, 6, 6])
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, threshold: float, *,
+                 tau_m: float = TAU_M, tau_s: float = TAU_S, t_ref: int = T_REF, rule: HM2BPRule | None = None,
+                 init_scale: float = CONV_INIT_SCALE) -> None:
+        super().__init__()
+        if min(in_channels, out_channels, kernel_size) <= 0:
+            raise ValueError(f"channels and kernel size must be > 0, got {in_channels}, {out_channels}, "
+                             f"{kernel_size}")
+        if not init_scale > 0:
+            raise ValueError(f"init_scale must be > 0, got {init_scale}")
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
+        self.init_scale = init_scale
+        self.setup = LayerSetup(lif=LIFParams(threshold, tau_m, tau_s, t_ref, threshold_eps=CONV_THRESHOLD_EPS),
+                                rule=rule or HM2BPRule())
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.uniform_(self.weight, -self.init_scale, self.init_scale)
+
+    @property
+    def stats(self) -> LayerStats:
+        return self.setup.stats
+
+    @property
+    def threshold(self) -> float:
+        return self.setup.lif.threshold
+
+    def forward(self, spikes: torch.Tensor) -> torch.Tensor:
+        _check_maps("SpikingConv2d", spikes, self.in_channels)
+        if min(spikes.shape[3:]) < self.kernel_size:
+            raise ValueError(f"input maps {tuple(spikes.shape[3:])} are smaller than the kernel {self.kernel_size}")
+        return hm2bp_conv2d(spikes.to(self.weight.dtype), self.weight, self.setup)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"threshold={self.threshold}")
+
+
+class SpikingPool2d(nn.Module):
+    """Spiking pooling (spec §6): one LIF neuron per non-overlapping ``size×size`` window, driven by the sum of
+    the window's spikes with fixed weight 1, with its own threshold; nothing is trainable.
+
+    Example:
+        >>> SpikingPool2d(2, threshold=2.0)(torch.zeros(1, 50, 4, 6, 6)).shape
+        torch.Size([1, 50, 4, 3, 3])
+    """
+
+    def __init__(self, size: int, threshold: float, *, tau_m: float = TAU_M, tau_s: float = TAU_S,
+                 t_ref: int = T_REF, rule: HM2BPRule | None = None) -> None:
+        super().__init__()
+        if size <= 0:
+            raise ValueError(f"pooling size must be > 0, got {size}")
+        self.size = size
+        self.setup = LayerSetup(lif=LIFParams(threshold, tau_m, tau_s, t_ref), rule=rule or HM2BPRule())
+
+    @property
+    def stats(self) -> LayerStats:
+        return self.setup.stats
+
+    @property
+    def threshold(self) -> float:
+        return self.setup.lif.threshold
+
+    def forward(self, spikes: torch.Tensor) -> torch.Tensor:
+        if spikes.dim() != 5:
+            raise ValueError(f"SpikingPool2d expects input spikes (batch, time, channels, height, width), "
+                             f"got {tuple(spikes.shape)}")
+        if spikes.shape[3] % self.size or spikes.shape[4] % self.size:
+            raise ValueError(f"input maps {tuple(spikes.shape[3:])} are not divisible by the pooling size "
+                             f"{self.size}")
+        dtype = spikes.dtype if spikes.is_floating_point() else torch.get_default_dtype()
+        return hm2bp_pool2d(spikes.to(dtype), self.size, self.setup)
+
+    def extra_repr(self) -> str:
+        return f"{self.size}, threshold={self.threshold}"
+
+
+class SpikingNet(nn.Module):
+    """A feed-forward stack of spiking conv, pooling and fully-connected layers from the paper's notation
+    (:mod:`hm2bp.arch`), e.g. ``SpikingNet("15C5-P2-40C5-P2-300-10", (1, 28, 28), [5, 2, 12, 4, 10, 10])``.
+
+    Input and every layer's output are flat spike trains ``(B, T, N)`` (images channel-major); the last layer is
+    the output layer (lateral inhibition, labels for the silent-target patch and Λ).
+
+    Args:
+        arch: layers after the input, in the paper's notation.
+        input_shape: ``(C, H, W)`` for image input (required by conv/pooling), or ``(N,)``.
+        thresholds: one ν per layer, pooling included.
+        rule: HM2-BP switches shared by all layers.
+        lateral_w0: output-layer lateral inhibition strength (authors: 1; 0 disables).
+        target_count: y⁺ of the count loss (sets the silent-target patch period).
+        init_scale: fully-connected weights ~ U(−a, a); conv_init_scale: conv weights ~ U(−a, a).
+
+    Example:
+        >>> net = SpikingNet("4C3-P2-10", (1, 8, 8), [5.0, 2.0, 8.0])
+        >>> net(torch.zeros(1, 50, 64)).shape
+        torch.Size([1, 50, 10])
+    """
+
+    def __init__(self, arch: str, input_shape: Sequence[int], thresholds: Sequence[float], *, tau_m: float = TAU_M,
+                 tau_s: float = TAU_S, t_ref: int = T_REF, rule: HM2BPRule | None = None,
+                 lateral_w0: float = LATERAL_W0, target_count: int = DESIRED_COUNT,
+                 init_scale: float = FC_INIT_SCALE, conv_init_scale: float = CONV_INIT_SCALE) -> None:
+        super().__init__()
+        specs = parse_arch(arch, input_shape)
+        if len(thresholds) != len(specs):
+            raise ValueError(f"need one threshold per layer ({len(specs)} in {arch!r}), got {len(thresholds)}")
+        rule = rule or HM2BPRule()
+        self.arch, self.input_shape, self.specs = arch, tuple(int(s) for s in input_shape), specs
+        neuron = dict(tau_m=tau_m, tau_s=tau_s, t_ref=t_ref, rule=rule)
+        layers: list[nn.Module] = []
+        for k, (spec, th) in enumerate(zip(specs, thresholds, strict=True)):
+            if spec.kind == "conv":
+                layers.append(SpikingConv2d(spec.in_shape[0], spec.size, spec.kernel, float(th), **neuron,
+                                            init_scale=conv_init_scale))
+            elif spec.kind == "pool":
+                layers.append(SpikingPool2d(spec.size, float(th), **neuron))
+            else:
+                last = k == len(specs) - 1
+                layers.append(SpikingLinear(math.prod(spec.in_shape), spec.size, float(th), **neuron, output=last,
+                                            lateral_w0=lateral_w0 if last else 0.0, target_count=target_count,
+                                            init_scale=init_scale))
+        self.layers = nn.ModuleList(layers)
+
+    @property
+    def n_inputs(self) -> int:
+        return math.prod(self.input_shape)
+
+    def forward_all(self, spikes: torch.Tensor, labels: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Flat spike trains ``(B, T, N)`` of every layer, input excluded."""
+        check_spikes("input spikes", spikes)
+        if spikes.shape[2] != self.n_inputs:
+            raise ValueError(f"expected input spikes (batch, time, {self.n_inputs}) for input shape "
+                             f"{self.input_shape}, got {tuple(spikes.shape)}")
+        outs = []
+        x = spikes
+        for spec, layer in zip(self.specs, self.layers, strict=True):
+            B, T = x.shape[:2]
+            args = (x.reshape(B, T, -1), labels) if spec.kind == "linear" else (x.reshape(B, T, *spec.in_shape),)
+            x = layer(*args)
+            outs.append(x.reshape(B, T, -1))
+        return outs
+
+    def forward(self, spikes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Output spike trains ``(B, T, N_out)``; pass ``labels`` when training (silent-target patch, Λ)."""
+        return self.forward_all(spikes, labels)[-1]
+
+
+class SpikingMLP(SpikingNet):
     """A stack of :class:`SpikingLinear` layers; the last is the output layer (lateral inhibition, labels).
 
     Args:
@@ -100,32 +272,14 @@ class SpikingMLP(nn.Module):
                  tau_s: float = TAU_S, t_ref: int = T_REF, rule: HM2BPRule | None = None,
                  lateral_w0: float = LATERAL_W0, target_count: int = DESIRED_COUNT,
                  init_scale: float = FC_INIT_SCALE) -> None:
-        super().__init__()
-        if len(sizes) < 2:
-            raise ValueError(f"sizes needs at least input and output sizes, got {list(sizes)}")
+        if len(sizes) < 2 or any(int(s) <= 0 for s in sizes):
+            raise ValueError(f"sizes needs at least input and output sizes, all > 0, got {list(sizes)}")
         if len(thresholds) != len(sizes) - 1:
             raise ValueError(f"need one threshold per layer ({len(sizes) - 1}), got {len(thresholds)}")
-        rule = rule or HM2BPRule()
-        last = len(sizes) - 2
-        self.layers = nn.ModuleList(
-            SpikingLinear(sizes[k], sizes[k + 1], float(thresholds[k]), tau_m=tau_m, tau_s=tau_s, t_ref=t_ref,
-                          rule=rule, output=k == last, lateral_w0=lateral_w0 if k == last else 0.0,
-                          target_count=target_count, init_scale=init_scale)
-            for k in range(len(sizes) - 1))
+        super().__init__(arch_from_sizes(sizes), (int(sizes[0]),), thresholds, tau_m=tau_m, tau_s=tau_s,
+                         t_ref=t_ref, rule=rule, lateral_w0=lateral_w0, target_count=target_count,
+                         init_scale=init_scale)
 
     @property
     def sizes(self) -> list[int]:
         return [self.layers[0].in_features] + [layer.out_features for layer in self.layers]
-
-    def forward_all(self, spikes: torch.Tensor, labels: torch.Tensor | None = None) -> list[torch.Tensor]:
-        """Spike trains of every layer, input excluded."""
-        check_spikes("input spikes", spikes)
-        outs = []
-        for layer in self.layers:
-            spikes = layer(spikes, labels)
-            outs.append(spikes)
-        return outs
-
-    def forward(self, spikes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Output spike trains ``(B, T, N_out)``; pass ``labels`` when training (silent-target patch, Λ)."""
-        return self.forward_all(spikes, labels)[-1]

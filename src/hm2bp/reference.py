@@ -161,3 +161,94 @@ def hm2bp_layer_reference(pre: np.ndarray, post: np.ndarray, weight: np.ndarray,
                 ratio = rule.silent_effect_ratio
             below[j] += g[i] * weight[i, j] * ratio
     return dw, below
+
+
+def _pair_terms(e: float, o_post: float, o_pre: float, setup: LayerSetup) -> tuple[float, float, float]:
+    """Per pair: (ρ for the side effect, ê for the weight gradient, r for the error below), spec §4–§5."""
+    rule = setup.rule
+    rho = e / o_post if o_post > 0 else rule.silent_post_rho
+    e_hat = rule.silent_post_psp if (o_post == 0 and o_pre > 0) else e
+    if not rule.effect_ratio:
+        ratio = 1.0
+    elif o_post > 0 and o_pre > 0:
+        ratio = e / o_pre
+    else:
+        ratio = rule.silent_effect_ratio
+    return rho, e_hat, ratio
+
+
+def conv_forward_reference(pre: np.ndarray, weight: np.ndarray, params: LIFParams) -> np.ndarray:
+    """Spec §6 conv forward for one sample: ``pre (T, C, H, W)`` → spikes ``(T, C', H', W')``, currents by loops."""
+    T, C, H, W = pre.shape
+    c_out, _, K, _ = weight.shape
+    ho, wo = H - K + 1, W - K + 1
+    cur = np.zeros((T, c_out, ho, wo))
+    for t in range(T):
+        for co in range(c_out):
+            for y in range(ho):
+                for x in range(wo):
+                    cur[t, co, y, x] = sum(weight[co, c, u, v] * pre[t, c, y + u, x + v]
+                                           for c in range(C) for u in range(K) for v in range(K))
+    return lif_reference(cur.reshape(T, -1), params).reshape(T, c_out, ho, wo)
+
+
+def hm2bp_conv_reference(pre: np.ndarray, post: np.ndarray, weight: np.ndarray, delta: np.ndarray,
+                         setup: LayerSetup) -> tuple[np.ndarray, np.ndarray]:
+    """One sample's HM2-BP gradients of a spiking conv layer, pair by pair (spec §6 with §4–§5's fallbacks).
+
+    Output pixel ``p = (c', y, x)`` sees inputs ``q = (c, y+u, x+v)`` through the shared weight ``w[c', c, u, v]``:
+    ``∂E/∂w[c', c, u, v] = Σ_p g_p ê_pq (1 + S_p)``, ``S_p = (1/ν) Σ_q w ρ_pq``, ``δ_q = Σ_p g_p w r_pq``.
+
+    Args:
+        pre: ``(T, C, H, W)``; post: ``(T, C', H', W')``; weight: ``(C', C, K, K)``; delta: ``(C', H', W')``.
+
+    Returns:
+        ``(dW (C', C, K, K), δ_below (C, H, W))``.
+    """
+    rule, kernel, nu = setup.rule, setup.kernel, setup.lif.threshold
+    _, C, H, W = pre.shape
+    c_out, _, K, _ = weight.shape
+    o, o_pre = post.sum(0), pre.sum(0)
+    g = delta / nu
+    dw = np.zeros_like(weight)
+    below = np.zeros((C, H, W))
+    for co in range(c_out):
+        for y in range(post.shape[2]):
+            for x in range(post.shape[3]):
+                post_t = list(np.flatnonzero(post[:, co, y, x]))
+                pairs = []
+                for c in range(C):
+                    for u in range(K):
+                        for v in range(K):
+                            e = spsp_pair_reference(list(np.flatnonzero(pre[:, c, y + u, x + v])), post_t, kernel)
+                            pairs.append(((c, u, v), _pair_terms(e, o[co, y, x], o_pre[c, y + u, x + v], setup)))
+                side = sum(weight[co, c, u, v] * rho for (c, u, v), (rho, _, _) in pairs) / nu \
+                    if rule.side_effect else 0.0
+                for (c, u, v), (_, e_hat, ratio) in pairs:
+                    dw[co, c, u, v] += g[co, y, x] * e_hat * (1.0 + side)
+                    below[c, y + u, x + v] += g[co, y, x] * weight[co, c, u, v] * ratio
+    return dw, below
+
+
+def hm2bp_pool_reference(pre: np.ndarray, post: np.ndarray, delta: np.ndarray, size: int,
+                         setup: LayerSetup) -> np.ndarray:
+    """One sample's error below a spiking pooling layer, pair by pair (spec §6): ``δ_q = (δ_p/scale)·r_pq`` for the
+    window's pooling neuron ``p``, ``scale = size²`` (authors) or ``ν_pool``.
+
+    Args:
+        pre: ``(T, C, H, W)``; post: ``(T, C, H/size, W/size)``; delta: ``(C, H/size, W/size)``.
+    """
+    scale = size * size if setup.rule.pool_error_scale == "window" else setup.lif.threshold
+    o, o_pre = post.sum(0), pre.sum(0)
+    below = np.zeros(pre.shape[1:])
+    for c in range(post.shape[1]):
+        for y in range(post.shape[2]):
+            for x in range(post.shape[3]):
+                post_t = list(np.flatnonzero(post[:, c, y, x]))
+                for u in range(size):
+                    for v in range(size):
+                        q = (c, y * size + u, x * size + v)
+                        e = spsp_pair_reference(list(np.flatnonzero(pre[(slice(None), *q)])), post_t, setup.kernel)
+                        _, _, ratio = _pair_terms(e, o[c, y, x], o_pre[q], setup)
+                        below[q] += delta[c, y, x] / scale * ratio
+    return below
