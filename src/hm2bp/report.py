@@ -1,22 +1,29 @@
 """Aggregate run directories into a paper-vs-ours summary.
 
-    python -m hm2bp.report outputs/ [more paths ...] [--out DIR]
+    python -m hm2bp.report outputs/ [more paths ...] [--out DIR] [--curves DIR] [--readme README.md]
 
 Finds every complete ``metrics.json`` under the given paths, groups runs by experiment and writes
 ``summary.json``, ``summary.md`` and ``summary.png`` (ours vs the paper, with error bars) to ``--out``
-(default: the first path).
+(default: the first path). ``--curves DIR`` writes ``DIR/<experiment>.csv``: per epoch, test and train accuracy
+(%) as mean and std over seeds (the DVC pipeline's plots). ``--readme FILE`` rewrites the block between
+``<!-- summary:start -->`` and ``<!-- summary:end -->`` in FILE with the paper-vs-ours table of every paper row,
+with measured training time and a GPU-hours estimate.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 import statistics
 from pathlib import Path
 
 from hm2bp.io import atomic_write_json, atomic_write_text
 from hm2bp.metrics import metrics_complete
-from hm2bp.paper import PAPER
+from hm2bp.paper import PAPER, PROTOCOL, TITAN_XP_SECONDS_PER_SAMPLE
+
+README_START, README_END = "<!-- summary:start -->", "<!-- summary:end -->"
 
 
 def find_metrics(paths: list[Path]) -> list[dict]:
@@ -55,6 +62,9 @@ def summarize_runs(runs: list[dict]) -> dict[str, dict]:
             "last10_mean": last10[0], "last10_std": last10[1],
             "best_of_best": max(100 * r["best_test_acc"] for r in rs),
             "train_samples_per_second": statistics.mean(r["train_samples_per_second"] for r in rs),
+            "train_seconds_total": sum(r["train_seconds"] for r in rs),
+            "train_samples_per_epoch": round(rs[0]["train_seconds"] * rs[0]["train_samples_per_second"]
+                                             / rs[0]["epochs"]),
             "paper": None if paper is None else vars(paper),
         }
     return out
@@ -72,6 +82,88 @@ def to_markdown(summary: dict[str, dict]) -> str:
                      f"{s['best_mean']:.2f} ± {s['best_std']:.2f} | {s['best_of_best']:.2f} | "
                      f"{s['last10_mean']:.2f} ± {s['last10_std']:.2f} | {paper_mean} | {paper_best} | {source} |")
     return "\n".join(lines) + "\n"
+
+
+def curves(runs: list[dict]) -> dict[str, list[dict]]:
+    """Per experiment and epoch: mean and std over seeds of test and train accuracy (%), from each history.json.
+
+    Epochs are cut to the shortest history of the experiment, so every row averages the same seeds."""
+    groups: dict[str, list[list[dict]]] = {}
+    for r in sorted(runs, key=lambda r: (r["experiment"], r["seed"])):
+        path = Path(r["run_dir"]) / "history.json"
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing: the run at {r['run_dir']} has metrics.json but no history")
+        groups.setdefault(r["experiment"], []).append(json.loads(path.read_text()))
+    out = {}
+    for name, histories in groups.items():
+        rows = []
+        for epoch in range(min(len(h) for h in histories)):
+            test = _mean_std([100 * h[epoch]["test_acc"] for h in histories])
+            train = _mean_std([100 * h[epoch]["train_acc"] for h in histories])
+            rows.append({"epoch": epoch, "test_acc": test[0], "test_acc_std": test[1], "train_acc": train[0],
+                         "train_acc_std": train[1], "n_seeds": len(histories)})
+        out[name] = rows
+    return out
+
+
+def write_curves(table: dict[str, list[dict]], folder: Path) -> list[Path]:
+    """One CSV per experiment in ``folder`` (columns as :func:`curves`); stale CSVs of other experiments go."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.csv"):
+        if old.stem not in table:
+            old.unlink()
+    paths = []
+    for name, rows in table.items():
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(folder / f"{name}.csv", buf.getvalue())
+        paths.append(folder / f"{name}.csv")
+    return paths
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.2f}" if seconds < 36 else f"{seconds / 3600:,.0f}"
+
+
+def readme_table(summary: dict[str, dict], seeds: int = 5) -> str:
+    """Markdown: every paper row and every experiment in ``summary``, paper numbers next to ours, with measured
+    training time and an estimate of GPU-hours for ``seeds`` seeds of the full protocol."""
+    lo, hi = TITAN_XP_SECONDS_PER_SAMPLE
+    lines = ["| experiment | paper mean ± std % | paper best % | ours: seeds | ours: best % (paper's metric) | "
+             "ours: final % | ours: measured train time | protocol (epochs × train samples) | "
+             f"est. GPU-hours, {seeds} seeds |", "|---|---|---|---|---|---|---|---|---|"]
+    for name in sorted(set(PAPER) | set(PROTOCOL) | set(summary)):
+        p, s = PAPER.get(name), summary.get(name)
+        paper_mean = "—" if not p or p.mean is None else f"{p.mean:.2f} ± {p.std:.2f}"
+        paper_best = "—" if not p or p.best is None else f"{p.best:.2f}"
+        if s is None:
+            ours = ["not run here", "—", "—", "—"]
+        else:
+            ours = [str(s["n_seeds"]), f"{s['best_mean']:.2f} ± {s['best_std']:.2f}",
+                    f"{s['final_mean']:.2f} ± {s['final_std']:.2f}",
+                    f"{_hours(s['train_seconds_total'])} h CPU, {s['n_seeds']} seeds × {max(s['epochs'])} epochs"]
+        if name in PROTOCOL:
+            epochs, n_train = PROTOCOL[name].epochs, PROTOCOL[name].n_train
+        elif s is not None:
+            epochs, n_train = max(s["epochs"]), s["train_samples_per_epoch"]
+        else:
+            lines.append(f"| {name} | {paper_mean} | {paper_best} | {' | '.join(ours)} | — | — |")
+            continue
+        work = seeds * epochs * n_train
+        lines.append(f"| {name} | {paper_mean} | {paper_best} | {' | '.join(ours)} | {epochs} × {n_train:,} | "
+                     f"{_hours(work * lo)}–{_hours(work * hi)} |")
+    return "\n".join(lines) + "\n"
+
+
+def rewrite_readme(path: Path, table: str) -> None:
+    """Replace the text between the summary markers in ``path`` with ``table`` (atomically)."""
+    text = path.read_text()
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        raise ValueError(f"{path} has no {README_START} … {README_END} block to fill")
+    atomic_write_text(path, text[:start + len(README_START)] + "\n" + table + text[end:])
 
 
 def figure(summary: dict[str, dict], path: Path) -> Path:
@@ -104,7 +196,11 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     ap = argparse.ArgumentParser(prog="python -m hm2bp.report", description=__doc__.splitlines()[0])
     ap.add_argument("paths", nargs="+", type=Path, help="run dirs, metrics.json files or folders holding them")
     ap.add_argument("--out", type=Path, help="where summary.{json,md,png} go (default: the first path)")
+    ap.add_argument("--curves", type=Path, help="folder for the per-epoch learning curves, one CSV per experiment")
+    ap.add_argument("--readme", type=Path, help="markdown file whose summary block gets the paper-vs-ours table")
     args = ap.parse_args(argv)
+    if args.readme and not args.readme.exists():
+        ap.error(f"{args.readme} does not exist")
     runs = find_metrics(args.paths)
     if not runs:
         ap.error(f"no complete metrics.json under {', '.join(map(str, args.paths))}")
@@ -113,6 +209,10 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     atomic_write_json(out / "summary.json", summary)
     atomic_write_text(out / "summary.md", to_markdown(summary))
     figure(summary, out / "summary.png")
+    if args.curves:
+        write_curves(curves(runs), args.curves)
+    if args.readme:
+        rewrite_readme(args.readme, readme_table(summary))
     print(to_markdown(summary), end="")
     return summary
 
