@@ -63,6 +63,13 @@ def test_launchers_compose(launcher):
     (["model.thresholds=[10]"], "one value per layer"),
     (["model.rule.convention=paper"], "valid choices"),
     (["logger.mode=sometimes"], "logger.mode='sometimes'; valid choices"),
+    (["model=digits_cnn", "model.arch=12C9-P2-10"], "model.arch='12C9-P2-10' does not fit dataset 'digits'.*9×9"),
+    (["model=digits_cnn", "model.arch=12C3-P4-10"], "pooling 4×4 does not divide the 6×6 maps"),
+    (["model=digits_cnn", "model.arch=12C3-P2-9"], "output layer=9 does not match dataset 'digits'"),
+    (["model=digits_cnn", "model.sizes=[64,10]"], "exactly one of model.sizes"),
+    (["model=digits_cnn", "model.rule.pool_error_scale=mean"], "pool_error_scale='mean'; valid choices"),
+    (["dataset.augment={scale:2.0}"], "dataset.augment=.* is invalid"),
+    (["trainer.lr_schedule=cosine"], "lr_schedule='cosine'; valid choices"),
 ])
 def test_bad_values_are_named(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -92,6 +99,17 @@ def test_run_writes_metrics_figures_and_offline_wandb(tmp_path):
     assert offline and offline[0].stat().st_size > 0
     history = json.loads((run_dir / "history.json").read_text())
     assert {"rate_layer0", "silent_layer1", "lateral_clamped", "test_silent_outputs"} <= set(history[0])
+
+
+def test_cnn_run_with_augmentation(tmp_path):
+    """The digits CNN end to end, with the paper CNN's augmentation switched on."""
+    _run([*SMOKE, "experiment=digits_cnn", "trainer.max_epochs=1", "logger=none", f"output_root={tmp_path}",
+          "dataset.augment={scale:0.12,rotation:12.0,elastic_alpha:3.4,elastic_sigma:4.0}"], tmp_path)
+    run_dir = tmp_path / "digits_cnn" / "seed0"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["model"] == "cnn12c3-p2-10" and 0 <= metrics["test_acc"] <= 1
+    history = json.loads((run_dir / "history.json").read_text())
+    assert {"rate_layer0", "rate_layer1", "rate_layer2"} <= set(history[0])
 
 
 def test_multirun_then_report(tmp_path):

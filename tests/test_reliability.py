@@ -6,6 +6,7 @@ import errno
 import gc
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -110,7 +111,7 @@ def test_atomic_write_keeps_previous_content_on_failure(tmp_path, monkeypatch):
 def _tiny_module(n_train=32):
     data = SpikeData("digits", "data", steps=60, batch_size=16, seed=0)
     data.setup()
-    module = HM2BPModule([64, 20, 10], [4.0, 4.0], n_train=data.n_train, lr=1e-2, desired=10, undesired=1,
+    module = HM2BPModule("20-10", (64,), [4.0, 4.0], n_train=data.n_train, lr=1e-2, desired=10, undesired=1,
                          margin=1)
     return data, module
 
@@ -186,7 +187,7 @@ def test_gradients_finite_for_any_binary_input(batch, steps, seed, rate, strateg
 def test_soak_50_epochs_memory_flat(tmp_path):
     data = SpikeData("digits", "data", steps=400, batch_size=64, seed=0)
     data.setup()
-    module = HM2BPModule([64, 800, 10], [10.0, 8.0], n_train=data.n_train, lr=1e-2,
+    module = HM2BPModule("800-10", (64,), [10.0, 8.0], n_train=data.n_train, lr=1e-2,
                          regularizer={"lam": 10.0, "beta": 0.04, "limit": 8.0})
     rss: list[float] = []
     process = psutil.Process()
@@ -200,5 +201,10 @@ def test_soak_50_epochs_memory_flat(tmp_path):
                         callbacks=[Probe()], num_sanity_val_steps=0, default_root_dir=tmp_path)
     trainer.fit(module, datamodule=data)
     assert len(rss) == 50
-    assert max(rss[10:]) - rss[9] < 50, rss  # MiB: no growth from epoch 10 to 50
+    # Current RSS wobbles by ~±50 MiB from epoch to epoch (the allocator keeps or returns arenas as firing rates
+    # change), so compare typical levels, not single readings: the median of epochs 41-50 must not exceed that of
+    # epochs 11-20 by more than 25 MiB. A leak of one 64x400x800 float buffer per step (~1 GiB per epoch here), or
+    # of ~1 MiB per epoch, fails this.
+    early, late = statistics.median(rss[10:20]), statistics.median(rss[40:])
+    assert late - early < 25, rss
     assert module.history[-1]["test_acc"] > 0.95

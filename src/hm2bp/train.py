@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from hm2bp.augment import Augmentation
 from hm2bp.encoding import bernoulli_encode
-from hm2bp.layers import SpikingMLP
+from hm2bp.layers import SpikingNet
 from hm2bp.loss import (
     REG_BETA,
     REG_LAMBDA,
@@ -29,6 +30,16 @@ from hm2bp.loss import (
 def inverse_sqrt_lr(epoch: int) -> float:
     """Learning-rate multiplier ``1/√max(e, 1)`` of the MLP configs (spec §7): epochs 0 and 1 use the base rate."""
     return 1.0 / math.sqrt(max(epoch, 1))
+
+
+def inverse_sqrt_plus_one_lr(epoch: int) -> float:
+    """Learning-rate multiplier ``1/√(e + 1)``, the variant the authors' CNN log shows (spec §7)."""
+    return 1.0 / math.sqrt(epoch + 1)
+
+
+# Learning-rate schedules by config name: epoch → multiplier of the base rate.
+LR_SCHEDULES = {"inverse_sqrt": inverse_sqrt_lr, "inverse_sqrt_plus_one": inverse_sqrt_plus_one_lr,
+                "constant": lambda epoch: 1.0}
 
 
 @dataclass(frozen=True)
@@ -84,16 +95,24 @@ class StaticSplit:
         key_offset: added to sample indices to form encoder keys, so different splits draw different trains.
         cache_bytes: with ``encoder.fixed``, trains are drawn once and kept (as bool) when they fit in this budget;
             otherwise they are re-derived from the hash for every batch (same values either way).
+        augment: training-time augmentation of the images (the CNN's, spec §2), with ``image_shape`` ``(C, H, W)``:
+            every use of a sample augments it afresh and encodes the result with fresh trains (keyed by the epoch).
     """
 
     def __init__(self, pixels: torch.Tensor, labels: torch.Tensor, encoder: Encoder, key_offset: int = 0,
-                 cache_bytes: int = TRAIN_CACHE_BYTES) -> None:
+                 cache_bytes: int = TRAIN_CACHE_BYTES, augment: Augmentation | None = None,
+                 image_shape: tuple[int, ...] | None = None) -> None:
         if pixels.dim() != 2 or labels.shape != pixels.shape[:1]:
             raise ValueError(f"need pixels (n, N) and labels (n,), got {tuple(pixels.shape)}, {tuple(labels.shape)}")
+        if augment is not None and (image_shape is None or len(image_shape) != 3
+                                    or math.prod(image_shape) != pixels.shape[1]):
+            raise ValueError(f"augmentation needs image_shape (C, H, W) matching {pixels.shape[1]} inputs, "
+                             f"got {image_shape}")
         self.pixels, self.labels, self.encoder, self.key_offset = pixels, labels, encoder, key_offset
+        self.augment, self.image_shape = augment, image_shape
         self._trains: torch.Tensor | None = None
         n, n_in = pixels.shape
-        if encoder.fixed and n * encoder.steps * n_in <= cache_bytes:
+        if augment is None and encoder.fixed and n * encoder.steps * n_in <= cache_bytes:
             self._trains = torch.empty(encoder.steps, n, n_in, dtype=torch.bool)
             for lo in range(0, n, 256):
                 idx = torch.arange(lo, min(n, lo + 256))
@@ -106,10 +125,16 @@ class StaticSplit:
         """``(B, T, N)`` spike trains (a view of time-major storage) of the samples ``idx``."""
         if self._trains is not None:
             return self._trains[:, idx].to(torch.get_default_dtype()).transpose(0, 1)
-        return self.encoder(self.pixels[idx], idx + self.key_offset, epoch)
+        keys = idx + self.key_offset
+        if self.augment is not None:
+            assert self.image_shape is not None
+            images = self.augment(self.pixels[idx].view(len(idx), *self.image_shape), keys, epoch)
+            fresh = Encoder(self.encoder.steps, self.encoder.seed, fixed=False)
+            return fresh(images.reshape(len(idx), -1).clamp(0, 255), keys, epoch)
+        return self.encoder(self.pixels[idx], keys, epoch)
 
 
-def run_epoch(model: SpikingMLP, split: StaticSplit, *, epoch: int, batch_size: int, loss_fn: SpikeCountLoss,
+def run_epoch(model: SpikingNet, split: StaticSplit, *, epoch: int, batch_size: int, loss_fn: SpikeCountLoss,
               optimizer: torch.optim.Optimizer | None = None, boosting: BoostingWeights | None = None,
               regularizer: Regularizer | None = None, generator: torch.Generator | None = None) -> EpochStats:
     """Train (``optimizer`` given) or evaluate over one split; returns mean loss, accuracy and activity."""
@@ -180,7 +205,7 @@ def summarize(history: list[dict[str, float]]) -> dict[str, float]:
             "train_samples_per_second": samples / seconds if seconds > 0 else math.nan}
 
 
-def fit(model: SpikingMLP, train: StaticSplit, test: StaticSplit, *, epochs: int, batch_size: int, lr: float,
+def fit(model: SpikingNet, train: StaticSplit, test: StaticSplit, *, epochs: int, batch_size: int, lr: float,
         seed: int = 0, boosting: bool = True, regularizer: Regularizer | None = None,
         loss_fn: SpikeCountLoss | None = None, log: bool = False) -> list[dict[str, float]]:
     """Train with Adam and the ``1/√max(e, 1)`` schedule, evaluating on ``test`` after every epoch (spec §7).

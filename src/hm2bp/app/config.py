@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
+from hm2bp.arch import ArchError, arch_from_sizes, parse_arch
+from hm2bp.augment import Augmentation
 from hm2bp.data.registry import DATASETS
-from hm2bp.functional import STRATEGIES
+from hm2bp.functional import POOL_ERROR_SCALES, STRATEGIES
 from hm2bp.spsp import CONVENTIONS
+from hm2bp.train import LR_SCHEDULES
 
 
 class ConfigError(ValueError):
@@ -27,22 +30,44 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"dataset.name={ds.name!r} is unknown; valid choices: {sorted(DATASETS)}")
     info = DATASETS[ds.name]
     _positive("dataset.steps", ds.steps, integer=True)
-    sizes = list(model.sizes)
-    if len(sizes) < 2 or not all(isinstance(s, int) and s > 0 for s in sizes):
-        raise ConfigError(f"model.sizes must list at least two positive layer sizes, got {sizes}")
-    if sizes[0] != info.n_inputs:
-        raise ConfigError(f"model.sizes[0]={sizes[0]} does not match dataset {ds.name!r}, which has "
-                          f"{info.n_inputs} inputs")
-    if sizes[-1] != info.n_classes:
-        raise ConfigError(f"model.sizes[-1]={sizes[-1]} does not match dataset {ds.name!r}, which has "
+    arch, sizes = model.get("arch"), model.get("sizes")
+    if (arch is None) == (sizes is None):
+        raise ConfigError("set exactly one of model.sizes (an MLP, e.g. [784, 800, 10]) and model.arch (the paper's "
+                          f"notation, e.g. '15C5-P2-40C5-P2-300-10'); got sizes={sizes}, arch={arch!r}")
+    if sizes is not None:
+        sizes = list(sizes)
+        if len(sizes) < 2 or not all(isinstance(s, int) and s > 0 for s in sizes):
+            raise ConfigError(f"model.sizes must list at least two positive layer sizes, got {sizes}")
+        if sizes[0] != info.n_inputs:
+            raise ConfigError(f"model.sizes[0]={sizes[0]} does not match dataset {ds.name!r}, which has "
+                              f"{info.n_inputs} inputs")
+    try:
+        specs = parse_arch(model_arch(model), info.shape)
+    except ArchError as err:
+        raise ConfigError(f"model.arch={arch!r} does not fit dataset {ds.name!r} (input shape {info.shape}): "
+                          f"{err}") from err
+    if specs[-1].size != info.n_classes:
+        key = "model.sizes[-1]" if sizes is not None else "model.arch's output layer"
+        raise ConfigError(f"{key}={specs[-1].size} does not match dataset {ds.name!r}, which has "
                           f"{info.n_classes} classes")
-    if len(model.thresholds) != len(sizes) - 1:
-        raise ConfigError(f"model.thresholds needs one value per layer ({len(sizes) - 1}), "
+    if len(model.thresholds) != len(specs):
+        raise ConfigError(f"model.thresholds needs one value per layer ({len(specs)}), "
                           f"got {list(model.thresholds)}")
     for k, th in enumerate(model.thresholds):
         _positive(f"model.thresholds[{k}]", th)
-    for key in ("tau_m", "tau_s", "init_scale"):
+    for key in ("tau_m", "tau_s", "init_scale", "conv_init_scale"):
         _positive(f"model.{key}", model[key])
+    if model.rule.pool_error_scale not in POOL_ERROR_SCALES:
+        raise ConfigError(f"model.rule.pool_error_scale={model.rule.pool_error_scale!r}; valid choices: "
+                          f"{list(POOL_ERROR_SCALES)}")
+    augment = ds.get("augment")
+    if augment is not None:
+        if info.kind != "static" or len(info.shape) != 3:
+            raise ConfigError(f"dataset.augment applies to image datasets only, not {ds.name!r}")
+        try:
+            Augmentation(**augment)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"dataset.augment={dict(augment)} is invalid: {err}") from err
     if model.rule.convention not in CONVENTIONS:
         raise ConfigError(f"model.rule.convention={model.rule.convention!r}; valid choices: {list(CONVENTIONS)}")
     if model.rule.strategy not in STRATEGIES:
@@ -56,9 +81,14 @@ def validate(cfg: DictConfig) -> None:
     _positive("trainer.lr", tr.lr)
     _positive("trainer.batch_size", tr.batch_size, integer=True)
     _positive("trainer.max_epochs", tr.max_epochs, integer=True)
-    if tr.lr_schedule not in ("inverse_sqrt", "constant"):
-        raise ConfigError(f"trainer.lr_schedule={tr.lr_schedule!r}; valid choices: ['inverse_sqrt', 'constant']")
+    if tr.lr_schedule not in LR_SCHEDULES:
+        raise ConfigError(f"trainer.lr_schedule={tr.lr_schedule!r}; valid choices: {sorted(LR_SCHEDULES)}")
     if cfg.logger.name not in ("wandb", "csv", "none"):
         raise ConfigError(f"logger.name={cfg.logger.name!r}; valid choices: ['wandb', 'csv', 'none']")
     if cfg.logger.name == "wandb" and cfg.logger.mode not in ("online", "offline", "disabled"):
         raise ConfigError(f"logger.mode={cfg.logger.mode!r}; valid choices: ['online', 'offline', 'disabled']")
+
+
+def model_arch(model: DictConfig) -> str:
+    """The model's layers in the paper's notation: ``model.arch``, or ``model.sizes`` of an MLP."""
+    return str(model.arch) if model.get("arch") is not None else arch_from_sizes(list(model.sizes))

@@ -8,6 +8,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from hm2bp.augment import Augmentation
 from hm2bp.data.events import EventSplit
 from hm2bp.data.registry import get_dataset
 from hm2bp.train import Encoder, StaticSplit
@@ -39,13 +40,19 @@ class SpikeData(L.LightningDataModule):
     event datasets binned (N-MNIST).
 
     Batches are ``(spikes (B, T, N), labels (B,), indices (B,))``; the indices feed the boosting weights. The
-    "validation" loop of Lightning runs on the test split, as the authors evaluate after every epoch.
+    "validation" loop of Lightning runs on the test split, as the authors evaluate after every epoch. ``augment``
+    (keyword arguments of :class:`~hm2bp.augment.Augmentation`) distorts static training images afresh at every
+    use, as the authors' CNN does; test images are never augmented.
     """
 
     def __init__(self, name: str, data_dir: str | Path, steps: int, batch_size: int, seed: int,
-                 fixed_trains: bool = True, download: bool = False, options: dict | None = None) -> None:
+                 fixed_trains: bool = True, download: bool = False, options: dict | None = None,
+                 augment: dict | None = None) -> None:
         super().__init__()
         self.info = get_dataset(name)
+        if augment is not None and self.info.kind != "static":
+            raise ValueError(f"augmentation applies to static image datasets only, not {name!r}")
+        self.augment = None if augment is None else Augmentation(**augment, seed=seed)
         self.data_dir, self.steps, self.batch_size, self.seed = Path(data_dir), steps, batch_size, seed
         self.fixed_trains, self.download, self.options = fixed_trains, download, dict(options or {})
         self.train: StaticSplit | EventSplit | None = None
@@ -59,7 +66,7 @@ class SpikeData(L.LightningDataModule):
             return
         x_tr, y_tr, x_te, y_te = self.info.load(self.data_dir, self.download)
         encoder = Encoder(self.steps, seed=self.seed, fixed=self.fixed_trains)
-        self.train = StaticSplit(x_tr, y_tr, encoder)
+        self.train = StaticSplit(x_tr, y_tr, encoder, augment=self.augment, image_shape=self.info.shape)
         self.test = StaticSplit(x_te, y_te, encoder, key_offset=len(x_tr))
 
     @property

@@ -1,4 +1,4 @@
-"""LightningModule training a spiking MLP with the HM2-BP rule (automatic optimization)."""
+"""LightningModule training a spiking network (MLP or CNN) with the HM2-BP rule (automatic optimization)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import torch
 import torchmetrics
 
 from hm2bp.functional import HM2BPRule
-from hm2bp.layers import SpikingMLP
+from hm2bp.layers import SpikingNet
 from hm2bp.loss import BoostingWeights, SpikeCountLoss, predict
-from hm2bp.train import Regularizer, inverse_sqrt_lr
+from hm2bp.train import LR_SCHEDULES, Regularizer
 
 
 class NonFiniteError(RuntimeError):
@@ -20,35 +20,37 @@ class NonFiniteError(RuntimeError):
 
 
 class HM2BPModule(L.LightningModule):
-    """HM2-BP training of :class:`~hm2bp.layers.SpikingMLP` with the authors' training rules (spec §3, §7).
+    """HM2-BP training of a :class:`~hm2bp.layers.SpikingNet` (``arch`` in the paper's notation, e.g. ``800-10`` or
+    ``15C5-P2-40C5-P2-300-10``, on inputs of ``input_shape``) with the authors' training rules (spec §3, §7).
 
     Per epoch it records train/test accuracy and loss, per-layer firing rate and silent fraction, the lateral-clamp
     count and the number of all-silent test outputs in :attr:`history`, and logs them. The learning rate is set at
     the start of every epoch from the epoch number (``lr·1/√max(e, 1)``), so resumed runs follow the same schedule.
     """
 
-    def __init__(self, sizes: Sequence[int], thresholds: Sequence[float], *, n_train: int, lr: float,
-                 rule: dict | None = None, tau_m: float = 64.0, tau_s: float = 8.0, t_ref: int = 2,
-                 lateral_w0: float = 1.0, init_scale: float = 1.0, desired: float = 35, undesired: float = 5,
-                 margin: float = 5, lr_schedule: str = "inverse_sqrt", boosting: bool = True,
-                 regularizer: dict | None = None) -> None:
+    def __init__(self, arch: str, input_shape: Sequence[int], thresholds: Sequence[float], *, n_train: int,
+                 lr: float, rule: dict | None = None, tau_m: float = 64.0, tau_s: float = 8.0, t_ref: int = 2,
+                 lateral_w0: float = 1.0, init_scale: float = 1.0, conv_init_scale: float = 0.5,
+                 desired: float = 35, undesired: float = 5, margin: float = 5, lr_schedule: str = "inverse_sqrt",
+                 boosting: bool = True, regularizer: dict | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
-        if lr_schedule not in ("inverse_sqrt", "constant"):
-            raise ValueError(f"lr_schedule must be 'inverse_sqrt' or 'constant', got {lr_schedule!r}")
-        self.net = SpikingMLP(sizes, thresholds, tau_m=tau_m, tau_s=tau_s, t_ref=t_ref, rule=HM2BPRule(**(rule or {})),
-                              lateral_w0=lateral_w0, target_count=int(desired), init_scale=init_scale)
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {sorted(LR_SCHEDULES)}, got {lr_schedule!r}")
+        self.net = SpikingNet(arch, input_shape, thresholds, tau_m=tau_m, tau_s=tau_s, t_ref=t_ref,
+                              rule=HM2BPRule(**(rule or {})), lateral_w0=lateral_w0, target_count=int(desired),
+                              init_scale=init_scale, conv_init_scale=conv_init_scale)
         self.loss_fn = SpikeCountLoss(desired, undesired, margin)
         self.boost = BoostingWeights(n_train) if boosting else None
         self.reg = Regularizer(**(regularizer or {"lam": 0.0}))
-        classes = sizes[-1]
+        classes = self.net.specs[-1].size
         self.train_acc = torchmetrics.Accuracy(task="multiclass", num_classes=classes)
         self.test_acc = torchmetrics.Accuracy(task="multiclass", num_classes=classes)
         self.history: list[dict[str, float]] = []
         self._reset_activity()
 
     def _reset_activity(self) -> None:
-        n = len(self.hparams.sizes) - 1
+        n = len(self.net.layers)
         self._act = {"rate": [0.0] * n, "silent": [0.0] * n, "samples": 0, "loss": 0.0, "test_loss": 0.0,
                      "test_samples": 0, "test_silent": 0, "seconds": 0.0}
 
@@ -59,7 +61,7 @@ class HM2BPModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         if self.boost is not None:
             self.boost.end_epoch()  # applies the previous epoch's record (kept in checkpoints until then)
-        factor = inverse_sqrt_lr(self.current_epoch) if self.hparams.lr_schedule == "inverse_sqrt" else 1.0
+        factor = LR_SCHEDULES[self.hparams.lr_schedule](self.current_epoch)
         for group in self.optimizers().param_groups:
             group["lr"] = self.hparams.lr * factor
         self._reset_activity()
@@ -94,7 +96,8 @@ class HM2BPModule(L.LightningModule):
         # weights first: a bad weight makes the gradients of every layer below it bad too
         for what in ("weight", "gradient"):
             for k, layer in enumerate(self.net.layers):
-                t = layer.weight if what == "weight" else layer.weight.grad
+                w = getattr(layer, "weight", None)  # pooling layers have none
+                t = w if (w is None or what == "weight") else w.grad
                 if t is not None and not bool(torch.isfinite(t).all()):
                     raise NonFiniteError(f"non-finite {what} in layer {k} at epoch {self.current_epoch}, "
                                          f"step {self.global_step}")

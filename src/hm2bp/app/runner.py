@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from hm2bp.app.config import ConfigError, validate
+from hm2bp.app.config import ConfigError, model_arch, validate
 from hm2bp.io import atomic_write_json
 from hm2bp.metrics import metrics_complete
 
@@ -90,17 +90,19 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     if tr.num_threads:
         torch.set_num_threads(int(tr.num_threads))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    augment = cfg.dataset.get("augment", None)
     data = SpikeData(cfg.dataset.name, cfg.data_dir, cfg.dataset.steps, tr.batch_size, cfg.seed,
-                           cfg.dataset.get("fixed_trains", True), cfg.dataset.get("download", False),
-                           cfg.dataset.get("options", None))
+                     cfg.dataset.get("fixed_trains", True), cfg.dataset.get("download", False),
+                     cfg.dataset.get("options", None), None if augment is None else OmegaConf.to_container(augment))
     data.setup()  # loads the files now: a missing or corrupt file fails here, before any training
     model_cfg = cfg.model
     module = HM2BPModule(
-        list(model_cfg.sizes), list(model_cfg.thresholds), n_train=data.n_train, lr=tr.lr,
+        model_arch(model_cfg), data.info.shape, list(model_cfg.thresholds), n_train=data.n_train, lr=tr.lr,
         rule=OmegaConf.to_container(model_cfg.rule), tau_m=model_cfg.tau_m, tau_s=model_cfg.tau_s,
         t_ref=model_cfg.t_ref, lateral_w0=model_cfg.lateral_w0, init_scale=model_cfg.init_scale,
-        desired=model_cfg.targets.desired, undesired=model_cfg.targets.undesired, margin=model_cfg.targets.margin,
-        lr_schedule=tr.lr_schedule, boosting=tr.boosting, regularizer=OmegaConf.to_container(tr.regularizer))
+        conv_init_scale=model_cfg.conv_init_scale, desired=model_cfg.targets.desired,
+        undesired=model_cfg.targets.undesired, margin=model_cfg.targets.margin, lr_schedule=tr.lr_schedule,
+        boosting=tr.boosting, regularizer=OmegaConf.to_container(tr.regularizer))
     name = f"{cfg.experiment_name}-seed{cfg.seed}"
     loggers = make_loggers(cfg, run_dir, name)
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, every_n_epochs=1)

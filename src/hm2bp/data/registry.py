@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +18,15 @@ class DatasetInfo:
     """What the rest of the pipeline needs to know about a dataset before loading it."""
 
     name: str
-    n_inputs: int
+    shape: tuple[int, ...]  # one sample's input layout: (C, H, W) images (flattened channel-major) or (N,)
     n_classes: int
     kind: str  # "static": pixel intensities in [0, 255], Bernoulli-encoded; "events": spike trains
     load: Callable[..., Any]  # (data_dir, download) → Splits (static) or (train, test) EventSplits
     source: str  # where the files come from (shown in errors)
+
+    @property
+    def n_inputs(self) -> int:
+        return math.prod(self.shape)
 
 
 def _digits(_: Path, __: bool) -> Splits:
@@ -76,15 +81,16 @@ def _spoken_synth(data_dir: Path, download: bool, steps: int = 1000):
 
 
 DATASETS: dict[str, DatasetInfo] = {
-    "digits": DatasetInfo("digits", 64, 10, "static", _digits, "bundled with scikit-learn (offline)"),
-    "mnist": DatasetInfo("mnist", 784, 10, "static", _mnist, "IDX files under <data_dir>/mnist"),
-    "emnist": DatasetInfo("emnist", 784, 47, "static", _emnist, "EMNIST-balanced IDX files under <data_dir>/emnist"),
-    "nmnist": DatasetInfo("nmnist", 2312, 10, "events", _nmnist, "N-MNIST .bin files under <data_dir>/NMNIST"),
-    "ti46_alpha": DatasetInfo("ti46_alpha", 78, 26, "events", _speech("ti46_alpha", 26),
+    "digits": DatasetInfo("digits", (1, 8, 8), 10, "static", _digits, "bundled with scikit-learn (offline)"),
+    "mnist": DatasetInfo("mnist", (1, 28, 28), 10, "static", _mnist, "IDX files under <data_dir>/mnist"),
+    "emnist": DatasetInfo("emnist", (1, 28, 28), 47, "static", _emnist,
+                          "EMNIST-balanced IDX files under <data_dir>/emnist"),
+    "nmnist": DatasetInfo("nmnist", (2, 34, 34), 10, "events", _nmnist, "N-MNIST .bin files under <data_dir>/NMNIST"),
+    "ti46_alpha": DatasetInfo("ti46_alpha", (78,), 26, "events", _speech("ti46_alpha", 26),
                               "TI46-Alpha audio under <data_dir>/ti46_alpha (LDC93S9)"),
-    "spoken_synth": DatasetInfo("spoken_synth", 78, 26, "events", _spoken_synth,
+    "spoken_synth": DatasetInfo("spoken_synth", (78,), 26, "events", _spoken_synth,
                                 "generated with espeak-ng under <data_dir>/spoken_synth"),
-    "ti46_digits": DatasetInfo("ti46_digits", 78, 10, "events", _speech("ti46_digits", 10),
+    "ti46_digits": DatasetInfo("ti46_digits", (78,), 10, "events", _speech("ti46_digits", 10),
                                "TI46 digits audio under <data_dir>/ti46_digits (LDC93S9)"),
 }
 
