@@ -124,7 +124,8 @@ def write_curves(table: dict[str, list[dict]], folder: Path) -> list[Path]:
 
 
 def _hours(seconds: float) -> str:
-    return f"{seconds / 3600:.2f}" if seconds < 36 else f"{seconds / 3600:,.0f}"
+    hours = seconds / 3600
+    return f"{hours:.2f}" if hours < 10 else f"{hours:,.0f}"
 
 
 def readme_table(summary: dict[str, dict], seeds: int = 5) -> str:

@@ -1,0 +1,53 @@
+"""hm2bp.report: per-epoch curves and the README's paper-vs-ours table, on hand-made run dirs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hm2bp.paper import PAPER, PROTOCOL
+from hm2bp.report import README_END, README_START, main
+
+
+def _run(root, experiment: str, seed: int, accs: list[float]) -> None:
+    run_dir = root / experiment / f"seed{seed}"
+    run_dir.mkdir(parents=True)
+    history = [{"epoch": e, "test_acc": a, "train_acc": a / 2, "train_seconds": 10.0, "train_samples": 100}
+               for e, a in enumerate(accs)]
+    (run_dir / "history.json").write_text(json.dumps(history))
+    metrics = {"experiment": experiment, "dataset": "digits", "model": "m", "seed": seed, "test_acc": accs[-1],
+               "best_test_acc": max(accs), "best_epoch": accs.index(max(accs)), "last10_test_acc": accs[-1],
+               "epochs": len(accs), "train_seconds": 10.0 * len(accs), "train_samples_per_second": 10.0}
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_curves_and_readme_block(tmp_path):
+    runs = tmp_path / "runs"
+    _run(runs, "digits_mlp", 0, [0.5, 0.7, 0.9])
+    _run(runs, "digits_mlp", 1, [0.3, 0.5, 0.7])
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n\nbefore\n{README_START}\nold table\n{README_END}\nafter\n")
+    main([str(runs), "--out", str(tmp_path / "report"), "--curves", str(tmp_path / "curves"),
+          "--readme", str(readme)])
+
+    curve = (tmp_path / "curves" / "digits_mlp.csv").read_text().splitlines()
+    assert curve[0] == "epoch,test_acc,test_acc_std,train_acc,train_acc_std,n_seeds"
+    assert [float(v) for v in curve[3].split(",")[:2]] == [2, pytest.approx(80.0)]
+
+    text = readme.read_text()
+    assert text.startswith("# title\n\nbefore\n") and text.endswith(f"{README_END}\nafter\n")
+    assert "old table" not in text
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    assert set(PAPER) | set(PROTOCOL) | {"digits_mlp"} <= set(rows)
+    # ours: 2 seeds, best 80 ± 14.14, final 80 ± 14.14; measured 60 s of training; 5 seeds × 3 epochs × 100
+    # samples at 10–13 ms/sample = 15–19.5 s
+    assert "| digits_mlp | — | — | 2 | 80.00 ± 14.14 | 80.00 ± 14.14 | 0.02 h CPU, 2 seeds × 3 epochs | " \
+           "3 × 100 | 0.00–0.01 |" in rows["digits_mlp"]
+    assert "| mnist_mlp | 98.84 ± 0.02 | 98.93 | not run here |" in rows["mnist_mlp"]
+    assert rows["mnist_mlp"].endswith("| 200 × 60,000 | 167–217 |")  # 6·10⁷ samples × 10–13 ms
+
+    readme.write_text("no markers\n")
+    with pytest.raises(ValueError, match="no <!-- summary:start -->"):
+        main([str(runs), "--out", str(tmp_path / "report"), "--readme", str(readme)])
+    assert readme.read_text() == "no markers\n"
