@@ -22,7 +22,7 @@ def _run(root, experiment: str, seed: int, accs: list[float]) -> None:
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
 
 
-def test_curves_and_readme_block(tmp_path):
+def test_curves_and_readme_block(tmp_path, capsys):
     runs = tmp_path / "runs"
     _run(runs, "digits_mlp", 0, [0.5, 0.7, 0.9])
     _run(runs, "digits_mlp", 1, [0.3, 0.5, 0.7])
@@ -48,6 +48,7 @@ def test_curves_and_readme_block(tmp_path):
     assert rows["mnist_mlp"].endswith("| 200 × 60,000 | 167–217 |")  # 6·10⁷ samples × 10–13 ms
 
     readme.write_text("no markers\n")
-    with pytest.raises(ValueError, match="no <!-- summary:start -->"):
-        main([str(runs), "--out", str(tmp_path / "report"), "--readme", str(readme)])
-    assert readme.read_text() == "no markers\n"
+    with pytest.raises(SystemExit):
+        main([str(runs), "--out", str(tmp_path / "elsewhere"), "--readme", str(readme)])
+    assert f"{readme} has no {README_START} … {README_END} block to fill" in capsys.readouterr().err
+    assert readme.read_text() == "no markers\n" and not (tmp_path / "elsewhere").exists()

@@ -106,21 +106,18 @@ def curves(runs: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
-def write_curves(table: dict[str, list[dict]], folder: Path) -> list[Path]:
+def write_curves(table: dict[str, list[dict]], folder: Path) -> None:
     """One CSV per experiment in ``folder`` (columns as :func:`curves`); stale CSVs of other experiments go."""
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("*.csv"):
         if old.stem not in table:
             old.unlink()
-    paths = []
     for name, rows in table.items():
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
         atomic_write_text(folder / f"{name}.csv", buf.getvalue())
-        paths.append(folder / f"{name}.csv")
-    return paths
 
 
 def _hours(seconds: float) -> str:
@@ -158,12 +155,17 @@ def readme_table(summary: dict[str, dict], seeds: int = 5) -> str:
     return "\n".join(lines) + "\n"
 
 
-def rewrite_readme(path: Path, table: str) -> None:
-    """Replace the text between the summary markers in ``path`` with ``table`` (atomically)."""
+def _block(path: Path) -> tuple[str, int, int]:
     text = path.read_text()
     start, end = text.find(README_START), text.find(README_END)
     if start < 0 or end < start:
         raise ValueError(f"{path} has no {README_START} … {README_END} block to fill")
+    return text, start, end
+
+
+def rewrite_readme(path: Path, table: str) -> None:
+    """Replace the text between the summary markers in ``path`` with ``table`` (atomically)."""
+    text, start, end = _block(path)
     atomic_write_text(path, text[:start + len(README_START)] + "\n" + table + text[end:])
 
 
@@ -200,8 +202,11 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     ap.add_argument("--curves", type=Path, help="folder for the per-epoch learning curves, one CSV per experiment")
     ap.add_argument("--readme", type=Path, help="markdown file whose summary block gets the paper-vs-ours table")
     args = ap.parse_args(argv)
-    if args.readme and not args.readme.exists():
-        ap.error(f"{args.readme} does not exist")
+    if args.readme:
+        try:
+            _block(args.readme)  # before any work: the file exists and has the block
+        except (OSError, ValueError) as err:
+            ap.error(str(err))
     runs = find_metrics(args.paths)
     if not runs:
         ap.error(f"no complete metrics.json under {', '.join(map(str, args.paths))}")
