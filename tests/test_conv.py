@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from hm2bp.conv import CONV_CHUNK_BYTES, hm2bp_conv2d, hm2bp_pool2d
+from conftest import refractory_trains
+from hm2bp.conv import LOCAL_CHUNK_ELEMS, conv_index, hm2bp_conv2d, hm2bp_pool2d, local_spsp, pool_index
 from hm2bp.functional import HM2BPRule, LayerSetup, hm2bp_linear
 from hm2bp.layers import CONV_THRESHOLD_EPS, SpikingConv2d, SpikingPool2d
 from hm2bp.neuron import LIFParams
@@ -14,6 +15,7 @@ from hm2bp.reference import (
     hm2bp_pool_reference,
     lif_reference,
 )
+from hm2bp.spsp import TRACE_CHUNK_BYTES, spsp
 
 FLAG_SETS = {
     "authors": {},
@@ -68,21 +70,17 @@ def test_conv_forward_equals_scalar_loops(rng):
         np.testing.assert_array_equal(post[b].numpy(), ref)
 
 
-def test_conv_backward_is_chunk_independent(rng, monkeypatch):
-    pre, weight = _conv_inputs(rng, steps=150)
-    setup = _conv_setup(HM2BPRule())
-    delta = torch.from_numpy(rng.normal(size=(2, 3, 3, 3)))
-
-    def grads():
-        p, w = pre.detach().clone().requires_grad_(), weight.detach().clone().requires_grad_()
-        (hm2bp_conv2d(p, w, setup).sum(1) * delta).sum().backward()
-        return p.grad, w.grad
-
-    whole = grads()
-    monkeypatch.setattr("hm2bp.conv.CONV_CHUNK_BYTES", CONV_CHUNK_BYTES // 10**6)  # a few steps per chunk
-    chunked = grads()
-    for a, b in zip(whole, chunked, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+@pytest.mark.parametrize("convention", ["original", "exact"])
+@pytest.mark.parametrize("chunks", [(TRACE_CHUNK_BYTES, LOCAL_CHUNK_ELEMS), (5000, 7)])
+def test_local_spsp_equals_full_spsp(convention, chunks, rng):
+    """Local S-PSPs are the full closed form's entries at each neuron's inputs, whatever the chunking."""
+    pre = refractory_trains(rng, 2, 300, 2 * 5 * 5, 0.1)
+    post = refractory_trains(rng, 2, 300, 3 * 3 * 3, 0.06)
+    kernel = LayerSetup(LIFParams(1.0), HM2BPRule(convention=convention)).kernel
+    index = conv_index((2, 5, 5), 3, 3)
+    local = local_spsp(post.transpose(0, 1), pre.transpose(0, 1), kernel, index, None, *chunks)
+    full = spsp(pre, post, convention=convention)
+    torch.testing.assert_close(local, full.gather(2, index.expand(2, -1, -1)), rtol=1e-12, atol=1e-12)
 
 
 def test_one_by_one_conv_equals_linear_layer(rng):
@@ -154,6 +152,17 @@ def test_pool_scales_agree_when_threshold_is_window_area(rng):
         post.sum().backward()
         grads.append(pre.grad)
     torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
+
+
+def test_field_indices():
+    idx = conv_index((2, 4, 4), 3, 3)
+    assert idx.shape == (3 * 2 * 2, 2 * 3 * 3)
+    assert idx[0].tolist()[:3] == [0, 1, 2] and idx[0, 9] == 16  # (c=1, u=0, v=0) of the first field
+    assert idx[3, 0] == 1 * 4 + 1  # field at (y=1, x=1)
+    assert torch.equal(idx[:4], idx[4:8])  # every output map has the same fields
+    win = pool_index((2, 4, 4), 2)
+    assert win.shape == (2 * 2 * 2, 4) and win[1].tolist() == [2, 3, 6, 7]
+    assert sorted(win.flatten().tolist()) == list(range(32))  # windows tile the input
 
 
 def test_layers_shapes_and_errors():

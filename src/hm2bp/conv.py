@@ -1,73 +1,92 @@
 """HM2-BP for spiking convolution and spiking pooling layers (spec §6), as custom autograd functions.
 
 A conv layer is a linear layer whose weight matrix is sparse and shared, so its HM2-BP quantities are those of
-:mod:`hm2bp.functional` restricted to the (output pixel ``p``, input pixel ``q``) pairs of each receptive field:
-``e_pq = Σ_r A[r, p] X[r, q]`` with the post-side event matrix ``A`` and the pre-side traces ``X`` of
-:mod:`hm2bp.spsp`. Every sum over pairs then becomes a convolution over the ``2T·B`` trace images:
+:mod:`hm2bp.functional` restricted to the (output pixel ``p``, input pixel ``q``) pairs of each receptive field. The
+backward pass forms these *local* S-PSPs ``e[b, p, m] = e_{p, q_m(p)}`` (``O(B·N_out·C·K²)`` numbers, never
+``(B, N_out, N_in)``) by reading, at each post-synaptic event of :mod:`hm2bp.spsp`, the pre-synaptic traces of the
+event's receptive field (:func:`local_spsp`), and then applies spec §6 pair by pair, vectorised:
 
-* side effect ``a_p = Σ_q w_pq e_pq = Σ_r A[r, p]·(X[r] ⋆ W)_p``                           (``conv2d``)
-* weight gradient ``∂L/∂w_{c',c,u,v} = Σ_{b,p∈c'} coef_p e_{p, p+(u,v)} = Σ_r ∇_W[X[r] ⋆ W](A[r]·coef)``
-  (``conv2d_weight``), with ``coef_p = g_p (1 + S_p)`` and ``g_p = δ_p/ν``
-* error below ``Σ_p g_p w_pq e_pq = Σ_r X[r, q]·(W ⋆ᵀ (A[r]·g))_q``                        (``conv_transpose2d``)
+* side effect ``S_p = (1/ν) Σ_m w_m ρ_pm`` and weight gradient ``∂L/∂w_m = Σ_{b, p} g_p ê_pm (1 + S_p)``, summed over
+  the output pixels of the map (weight sharing), with ``g_p = δ_p/ν``;
+* error below ``δ_q = Σ_{p ∋ q} g_p w_m r_pm``, summed over every field holding ``q`` (``F.fold``).
 
-computed in chunks of time steps, so memory stays ``O(B·T·N)``. Pooling neurons have one fixed input window
-(weight 1) each; their error to the layer below is ``δ_q = (δ_p/k²)·r_pq`` as the authors code it, or
-``(δ_p/ν_pool)·r_pq`` (the chain rule of the linear layer), per :attr:`HM2BPRule.pool_error_scale`.
+Pooling neurons have one fixed input window (weight 1) each and the same local S-PSPs; they pass the error
+``δ_q = (δ_p/k²)·r_pq`` down as the authors code it, or ``(δ_p/ν_pool)·r_pq`` (the chain rule of the linear layer),
+per :attr:`HM2BPRule.pool_error_scale`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from functools import partial
 
 import torch
 import torch.nn.functional as F
-from torch.nn.grad import conv2d_weight
 
 from hm2bp import ops
 from hm2bp.functional import LayerSetup
-from hm2bp.spsp import Events, PSPKernel, post_events, trace_chunks
+from hm2bp.spsp import PSPKernel, post_events, trace_chunks
 from hm2bp.workspace import BufferPool
 
-# One chunk of (event matrix + traces) over time stays under this size: big enough for efficient convolutions over
-# many (time, sample) images, small enough that the chunk buffers are reused rather than page-faulted in.
-CONV_CHUNK_BYTES = 32 << 20
+# Gathered trace values per piece of the event list (bounds the temporaries of :func:`local_spsp`).
+LOCAL_CHUNK_ELEMS = 1 << 22
+# Traces of up to this size are formed in one piece (reused through the layer's buffer pool), which spares sorting
+# the events by time; larger ones are walked in chunks of time steps.
+LOCAL_TRACE_BYTES = 256 << 20
 
 
-class _TimeChunks:
-    """The dense event matrix ``A`` and the traces ``X`` of a layer, one chunk of time steps at a time.
+def local_spsp(post: torch.Tensor, pre: torch.Tensor, kernel: PSPKernel, index: torch.Tensor,
+               pool: BufferPool | None = None, chunk_bytes: int = LOCAL_TRACE_BYTES,
+               chunk_elems: int = LOCAL_CHUNK_ELEMS) -> torch.Tensor:
+    """S-PSPs of each post neuron with its own inputs only: ``out[b, p, m] = e_{p, index[p, m]}``.
 
-    Yields ``(A (2·steps, B, N_out), X (2·steps, B, N_in))`` with row ``2t + k`` as in :mod:`hm2bp.spsp`; both live
-    in reused buffers that stay valid until the next chunk.
+    ``post (T, B, N_out)`` and ``pre (T, B, N_in)`` are time-major; ``index (N_out, M)`` lists each post neuron's
+    inputs (a receptive field or pooling window). Every post event reads its inputs' trace values at its own time
+    step, so the cost is ``O(events·M)`` and the memory ``O(B·N_out·M)`` plus one chunk of traces (``chunk_bytes``)
+    and of gathered values (``chunk_elems``).
     """
-
-    def __init__(self, ev: Events, pre: torch.Tensor, kernel: PSPKernel, pool: BufferPool | None) -> None:
-        T, B, n_in = pre.shape
-        self.pre, self.kernel, self.pool, self.n_out = pre, kernel, pool, ev.neurons
-        size = 2 * B * (n_in + ev.neurons) * pre.element_size()
-        self.step = max(1, min(T, CONV_CHUNK_BYTES // max(1, size)))
-        order = torch.argsort(ev.t, stable=True)
-        self.t, self.b, self.n = ev.t[order], ev.b[order], ev.n[order]
-        self.w = ev.weights(kernel.coeffs)[order]
-        self.bounds = torch.searchsorted(self.t, torch.arange(T + 1, device=pre.device)).tolist()
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        _, B, n_in = self.pre.shape
-        shape = (self.step, 2, B, self.n_out)
-        abuf = self.pool.get(shape, self.pre) if self.pool is not None else self.pre.new_empty(shape)
-        chunk_bytes = self.step * 2 * B * n_in * self.pre.element_size()
-        for t0, t1, d in trace_chunks(self.pre, self.kernel, chunk_bytes=chunk_bytes, pool=self.pool):
-            a = abuf[: t1 - t0]
-            a.zero_()
-            lo, hi = self.bounds[t0], self.bounds[t1]
-            for k in (0, 1):
-                a[:, k].index_put_((self.t[lo:hi] - t0, self.b[lo:hi], self.n[lo:hi]), self.w[lo:hi, k],
-                                   accumulate=True)
-            yield a.view(2 * (t1 - t0), B, self.n_out), d.view(2 * (t1 - t0), B, n_in)
+    T, B, n_in = pre.shape
+    n_out, m = index.shape
+    ev = post_events(post, kernel)
+    t, b, n, w = ev.t, ev.b, ev.n, ev.weights(kernel.coeffs)
+    if 2 * B * n_in * pre.element_size() * T > chunk_bytes:  # several chunks of time: events in time order
+        order = torch.argsort(t, stable=True)
+        t, b, n, w = t[order], b[order], n[order], w[order]
+        bounds = torch.searchsorted(t, torch.arange(T + 1, device=pre.device)).tolist()
+    else:
+        bounds = [0] * T + [t.numel()]
+    out = pre.new_zeros(B * n_out, m)
+    plane = B * n_in  # distance between the membrane and synaptic trace of one step in a chunk
+    step = max(1, chunk_elems // max(1, m))
+    for t0, _, d in trace_chunks(pre, kernel, chunk_bytes, pool):
+        flat = d.reshape(-1)  # element ((t − t0)·2 + k)·B·N_in + b·N_in + j
+        lo, hi = bounds[t0], bounds[t0 + d.shape[0]]
+        for s in range(lo, hi, step):
+            e = slice(s, min(hi, s + step))
+            cols = (((t[e] - t0) * 2 * B + b[e]) * n_in)[:, None] + index[n[e]]
+            vals = flat[cols].mul_(w[e, :1]).addcmul_(flat[cols + plane], w[e, 1:])
+            out.index_add_(0, b[e] * n_out + n[e], vals)
+    return out.view(B, n_out, m)
 
 
-def _images(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    """``(R, B, N)`` → ``(R·B, C, H, W)``."""
-    return x.reshape(-1, *shape)
+def conv_index(in_shape: tuple[int, int, int], c_out: int, k: int, device: torch.device | None = None
+               ) -> torch.Tensor:
+    """``(C'·H'·W', C·k·k)``: flat input indices of each output pixel's receptive field, in ``(c, u, v)`` order
+    (the order of ``weight.view(C', -1)`` and of :func:`torch.nn.functional.unfold`)."""
+    C, H, W = in_shape
+    ho, wo = H - k + 1, W - k + 1
+    ar = partial(torch.arange, device=device)
+    offsets = (ar(C)[:, None, None] * (H * W) + ar(k)[None, :, None] * W + ar(k)[None, None, :]).reshape(-1)
+    corner = (ar(ho)[:, None] * W + ar(wo)[None, :]).reshape(-1)
+    return (corner[:, None] + offsets[None, :]).repeat(c_out, 1)
+
+
+def pool_index(in_shape: tuple[int, int, int], k: int, device: torch.device | None = None) -> torch.Tensor:
+    """``(C·(H/k)·(W/k), k·k)``: flat input indices of each pooling window (non-overlapping, stride ``k``)."""
+    C, H, W = in_shape
+    ar = partial(torch.arange, device=device)
+    corner = (ar(C)[:, None, None] * (H * W) + ar(H // k)[None, :, None] * (k * W)
+              + ar(W // k)[None, None, :] * k).reshape(-1)
+    return corner[:, None] + (ar(k)[:, None] * W + ar(k)[None, :]).reshape(-1)[None, :]
 
 
 class HM2BPConv2dFunction(torch.autograd.Function):
@@ -94,56 +113,36 @@ class HM2BPConv2dFunction(torch.autograd.Function):
         setup: LayerSetup = ctx.setup
         rule, kernel, nu = setup.rule, setup.kernel, setup.lif.threshold
         T, B, C, H, W = pre.shape
-        in_shape = (C, H, W)
         c_out, _, K, _ = weight.shape
-        out_shape = (c_out, H - K + 1, W - K + 1)
+        L, M = (H - K + 1) * (W - K + 1), C * K * K
         pre = pre.view(T, B, -1)
-        g = grad_post.mean(1).reshape(B, -1) / nu  # δ/ν, δ = ∂L/∂o
-        o, o_pre = post.sum(0), pre.sum(0)
-        fired, pre_fired = o > 0, o_pre > 0
-        chunks = _TimeChunks(post_events(post, kernel), pre, kernel, setup.buffers)
-        need_below = ctx.needs_input_grad[0]
-        need_gwe = need_below and rule.effect_ratio
+        index = conv_index((C, H, W), c_out, K, pre.device)
+        e = local_spsp(post, pre, kernel, index, setup.buffers).view(B, c_out, L, M)  # e_pq, q in p's field
+        w = weight.view(c_out, 1, M)
+        g = grad_post.mean(1).reshape(B, c_out, L) / nu  # δ/ν, δ = ∂L/∂o
+        o = post.sum(0).view(B, c_out, L)
+        fired = o > 0
+        o_pre = pre.sum(0)[:, index].view(B, c_out, L, M)  # each pair's pre count
+        pre_on = o_pre > 0
 
         coef = g
-        if rule.side_effect:
-            side = g.new_zeros(B, post.shape[2])
-            for a, x in chunks:
-                side += (a * F.conv2d(_images(x, in_shape), weight).view_as(a)).sum(0)  # Σ_q w_pq e_pq
-            # ρ = silent_post_rho for every input of a silent neuron: Σ over its (full) receptive field of w
-            rho_silent = (rule.silent_post_rho * weight.sum((1, 2, 3))).repeat_interleave(out_shape[1] * out_shape[2])
-            coef = coef * (1.0 + torch.where(fired, side / o.clamp(min=1), rho_silent) / nu)
-
-        grad_w = torch.zeros_like(weight)
-        gwe = g.new_zeros(B, pre.shape[2]) if need_gwe else None
-        for a, x in chunks:
-            xi = _images(x, in_shape)
-            grad_w += conv2d_weight(xi, weight.shape, _images(a * coef, out_shape))
-            if gwe is not None:  # Σ_p g_p w_pq e_pq
-                gwe += (F.conv_transpose2d(_images(a * g, out_shape), weight).view_as(x) * x).sum(0)
-        if rule.silent_post_psp:  # e = silent_post_psp for every (silent post, active pre) pair
-            grad_w += rule.silent_post_psp * conv2d_weight(
-                _images(pre_fired.to(g.dtype), in_shape), weight.shape, _images(coef * ~fired, out_shape))
+        if rule.side_effect:  # S_p = (1/ν) Σ_q w ρ_pq, ρ = e/o_p, or silent_post_rho for a silent p
+            side = torch.where(fired, (e * w).sum(-1) / o.clamp(min=1), rule.silent_post_rho * w.sum(-1))
+            coef = coef * (1.0 + side / nu)
+        silent_pair = ~fired[..., None] & pre_on  # silent post, active pre: ê = silent_post_psp
+        e_hat = torch.where(silent_pair, rule.silent_post_psp, e)
+        grad_w = torch.einsum("bcl,bclm->cm", coef, e_hat).view_as(weight)
 
         grad_pre = None
-        if need_below:
-            def back(err: torch.Tensor) -> torch.Tensor:  # Σ_p err_p w_pq
-                return F.conv_transpose2d(_images(err, out_shape), weight).reshape(B, -1)
-
-            if gwe is not None:
-                delta = torch.where(pre_fired, gwe / o_pre.clamp(min=1), torch.zeros_like(gwe))
-                if rule.silent_effect_ratio:  # pairs with a silent neuron use r = silent_effect_ratio
-                    delta = delta + rule.silent_effect_ratio * (back(g) - pre_fired * back(g * fired))
+        if ctx.needs_input_grad[0]:
+            if rule.effect_ratio:  # r = e/o_pre, or silent_effect_ratio when either neuron is silent
+                ratio = torch.where(fired[..., None] & pre_on, e / o_pre.clamp(min=1), rule.silent_effect_ratio)
             else:
-                delta = back(g)
-            grad_pre = delta.view(B, 1, *in_shape).expand(B, T, *in_shape)
+                ratio = torch.ones_like(e)
+            terms = (g[..., None] * w * ratio).sum(1)  # (B, L, M): Σ_{c'} g_p w_pq r_pq
+            delta = F.fold(terms.transpose(1, 2), (H, W), K)  # adds each pixel's terms over the fields holding it
+            grad_pre = delta.view(B, 1, C, H, W).expand(B, T, C, H, W)
         return grad_pre, grad_w, None
-
-
-def _upsample(x: torch.Tensor, k: int) -> torch.Tensor:
-    """``(…, C, h, w)`` → ``(…, C, h·k, w·k)``: each pooling neuron's value copied over its window."""
-    *lead, c, h, w = x.shape
-    return x.reshape(*lead, c, h, 1, w, 1).expand(*lead, c, h, k, w, k).reshape(*lead, c, h * k, w * k)
 
 
 class HM2BPPool2dFunction(torch.autograd.Function):
@@ -172,19 +171,18 @@ class HM2BPPool2dFunction(torch.autograd.Function):
         if not ctx.needs_input_grad[0]:
             return None, None, None
         scale = float(k * k) if rule.pool_error_scale == "window" else setup.lif.threshold
-        g_up = _upsample(grad_post.mean(1) / scale, k).reshape(B, -1)  # each input's pooling neuron's δ/scale
-        if not rule.effect_ratio:
-            delta = g_up
+        g = grad_post.mean(1).reshape(B, -1, 1) / scale  # (B, N_out, 1)
+        pre_flat = pre.view(T, B, -1)
+        index = pool_index((C, H, W), k, pre.device)
+        if rule.effect_ratio:  # r = e/o_pre, or silent_effect_ratio when either neuron is silent
+            e = local_spsp(post, pre_flat, setup.kernel, index, setup.buffers)
+            o_pre = pre_flat.sum(0)[:, index]
+            both = (post.sum(0) > 0)[..., None] & (o_pre > 0)
+            terms = g * torch.where(both, e / o_pre.clamp(min=1), rule.silent_effect_ratio)
         else:
-            pre_flat = pre.view(T, B, -1)
-            o_pre = pre_flat.sum(0)
-            fired_up = _upsample(post.sum(0).view(B, C, H // k, W // k) > 0, k).reshape(B, -1)
-            e = g_up.new_zeros(B, pre_flat.shape[2])  # e_pq of each input q with its one pooling neuron p
-            for a, x in _TimeChunks(post_events(post, setup.kernel), pre_flat, setup.kernel, setup.buffers):
-                e += (_upsample(a.view(-1, B, C, H // k, W // k), k).reshape_as(x) * x).sum(0)
-            both = fired_up & (o_pre > 0)
-            ratio = torch.where(both, e / o_pre.clamp(min=1), torch.full_like(e, rule.silent_effect_ratio))
-            delta = g_up * ratio
+            terms = g.expand(B, index.shape[0], index.shape[1])
+        # each input lies in exactly one window: scatter the window terms back to input positions
+        delta = g.new_zeros(B, C * H * W).scatter_(1, index.reshape(1, -1).expand(B, -1), terms.reshape(B, -1))
         return delta.view(B, 1, C, H, W).expand(B, T, C, H, W), None, None
 
 

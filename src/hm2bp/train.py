@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -207,8 +208,10 @@ def summarize(history: list[dict[str, float]]) -> dict[str, float]:
 
 def fit(model: SpikingNet, train: StaticSplit, test: StaticSplit, *, epochs: int, batch_size: int, lr: float,
         seed: int = 0, boosting: bool = True, regularizer: Regularizer | None = None,
-        loss_fn: SpikeCountLoss | None = None, log: bool = False) -> list[dict[str, float]]:
-    """Train with Adam and the ``1/√max(e, 1)`` schedule, evaluating on ``test`` after every epoch (spec §7).
+        loss_fn: SpikeCountLoss | None = None, schedule: Callable[[int], float] = inverse_sqrt_lr,
+        log: bool = False) -> list[dict[str, float]]:
+    """Train with Adam and the ``1/√max(e, 1)`` schedule (or ``schedule``: epoch → multiplier of ``lr``),
+    evaluating on ``test`` after every epoch (spec §7).
 
     The shuffle order comes from ``seed``; the encoders' seeds are part of the splits. Returns the per-epoch
     history (see :func:`summarize`).
@@ -217,7 +220,7 @@ def fit(model: SpikingNet, train: StaticSplit, test: StaticSplit, *, epochs: int
         raise ValueError(f"need epochs > 0 and lr > 0, got {epochs}, {lr}")
     loss_fn = loss_fn or SpikeCountLoss()
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, inverse_sqrt_lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     boost = BoostingWeights(len(train)) if boosting else None
     generator = torch.Generator().manual_seed(seed)
     history: list[dict[str, float]] = []
@@ -225,7 +228,7 @@ def fit(model: SpikingNet, train: StaticSplit, test: StaticSplit, *, epochs: int
         tr = run_epoch(model, train, epoch=epoch, batch_size=batch_size, loss_fn=loss_fn, optimizer=optimizer,
                        boosting=boost, regularizer=regularizer, generator=generator)
         te = run_epoch(model, test, epoch=epoch, batch_size=batch_size, loss_fn=loss_fn)
-        schedule.step()
+        scheduler.step()
         row = {"epoch": epoch, "train_loss": tr.loss, "train_acc": tr.accuracy, "test_loss": te.loss,
                "test_acc": te.accuracy, "train_seconds": tr.seconds, "train_samples": tr.samples,
                "test_silent_outputs": te.silent_outputs}
