@@ -95,3 +95,20 @@ def test_augmentation_geometry():
     assert (far == 0).any()  # sources outside the frame give 0 (spec §2)
     with pytest.raises(ValueError, match="scale"):
         Augmentation(scale=1.5)
+
+
+def test_augmented_split_redraws_images_and_trains_per_epoch():
+    from hm2bp.data.digits import load_digits_split
+    from hm2bp.train import Encoder, StaticSplit
+
+    x, y, _, _ = load_digits_split()
+    x, y = x[:20], y[:20]
+    split = StaticSplit(x, y, Encoder(50, seed=1), augment=Augmentation(seed=1), image_shape=(1, 8, 8))
+    idx = torch.tensor([3, 7, 11])
+    a = split.spikes(idx, epoch=0)
+    assert a.shape == (3, 50, 64) and set(a.unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(a, split.spikes(idx, epoch=0))  # seeded: a pure function of (seed, epoch, sample)
+    assert not torch.equal(a, split.spikes(idx, epoch=1))  # fresh distortion and fresh trains every epoch
+    assert torch.equal(split.labels[idx], y[idx])  # labels untouched
+    with pytest.raises(ValueError, match="image_shape"):
+        StaticSplit(x, y, Encoder(50), augment=Augmentation(), image_shape=(1, 8, 7))
