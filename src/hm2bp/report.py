@@ -126,13 +126,13 @@ def _hours(seconds: float) -> str:
 
 
 def readme_table(summary: dict[str, dict], seeds: int = 5) -> str:
-    """Markdown: every paper row and every experiment in ``summary``, paper numbers next to ours, with measured
-    training time and an estimate of GPU-hours for ``seeds`` seeds of the full protocol."""
-    lo, hi = TITAN_XP_SECONDS_PER_SAMPLE
+    """Markdown: every paper row (:data:`PROTOCOL`) and every experiment in ``summary``, paper numbers next to ours,
+    with measured training time and an estimate of GPU-hours for ``seeds`` seeds of the full protocol (rows run
+    only here: their own epochs and samples, at the MLP's or, for ``*_cnn`` experiments, the CNN's speed)."""
     lines = ["| experiment | paper mean ± std % | paper best % | ours: seeds | ours: best % (paper's metric) | "
              "ours: final % | ours: measured train time | protocol (epochs × train samples) | "
              f"est. GPU-hours, {seeds} seeds |", "|---|---|---|---|---|---|---|---|---|"]
-    for name in sorted(set(PAPER) | set(PROTOCOL) | set(summary)):
+    for name in sorted(set(PROTOCOL) | set(summary)):
         p, s = PAPER.get(name), summary.get(name)
         paper_mean = "—" if not p or p.mean is None else f"{p.mean:.2f} ± {p.std:.2f}"
         paper_best = "—" if not p or p.best is None else f"{p.best:.2f}"
@@ -143,13 +143,12 @@ def readme_table(summary: dict[str, dict], seeds: int = 5) -> str:
                     f"{s['final_mean']:.2f} ± {s['final_std']:.2f}",
                     f"{_hours(s['train_seconds_total'])} h CPU, {s['n_seeds']} seeds × {max(s['epochs'])} epochs"]
         if name in PROTOCOL:
-            epochs, n_train = PROTOCOL[name].epochs, PROTOCOL[name].n_train
-        elif s is not None:
-            epochs, n_train = max(s["epochs"]), s["train_samples_per_epoch"]
+            epochs, n_train, arch = PROTOCOL[name].epochs, PROTOCOL[name].n_train, PROTOCOL[name].arch
         else:
-            lines.append(f"| {name} | {paper_mean} | {paper_best} | {' | '.join(ours)} | — | — |")
-            continue
+            epochs, n_train = max(s["epochs"]), s["train_samples_per_epoch"]
+            arch = "cnn" if name.endswith("_cnn") else "mlp"
         work = seeds * epochs * n_train
+        lo, hi = TITAN_XP_SECONDS_PER_SAMPLE[arch]
         lines.append(f"| {name} | {paper_mean} | {paper_best} | {' | '.join(ours)} | {epochs} × {n_train:,} | "
                      f"{_hours(work * lo)}–{_hours(work * hi)} |")
     return "\n".join(lines) + "\n"
