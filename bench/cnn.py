@@ -23,8 +23,8 @@ from common import RESULTS, machine, update_section
 from hm2bp.io import atomic_write_json
 
 # The digits CNN preset (conf/model/digits_cnn.yaml, conf/experiment/digits_cnn.yaml).
-DIGITS_ARCH, DIGITS_THRESHOLDS = "12C3-P2-10", [3.0, 2.0, 8.0]
-STEPS, BATCH, LR = 400, 64, 1e-2
+DIGITS_ARCH, DIGITS_THRESHOLDS = "12C3-P2-100-10", [1.5, 1.0, 4.0, 5.0]
+STEPS, BATCH, LR = 400, 64, 2e-2
 # The paper's CNN (conf/model/mnist_cnn.yaml), timed at batch 32 on 28×28 inputs.
 PAPER_ARCH, PAPER_THRESHOLDS, PAPER_BATCH = "15C5-P2-40C5-P2-300-10", [5.0, 2.0, 12.0, 4.0, 10.0, 10.0], 32
 

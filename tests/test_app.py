@@ -63,9 +63,9 @@ def test_launchers_compose(launcher):
     (["model.thresholds=[10]"], "one value per layer"),
     (["model.rule.convention=paper"], "valid choices"),
     (["logger.mode=sometimes"], "logger.mode='sometimes'; valid choices"),
-    (["model=digits_cnn", "model.arch=12C9-P2-10"], "model.arch='12C9-P2-10' does not fit dataset 'digits'.*9×9"),
-    (["model=digits_cnn", "model.arch=12C3-P4-10"], "pooling 4×4 does not divide the 6×6 maps"),
-    (["model=digits_cnn", "model.arch=12C3-P2-9"], "output layer=9 does not match dataset 'digits'"),
+    (["model=digits_cnn", "model.arch=12C9-P2-100-10"], "model.arch='12C9-P2-100-10' does not fit dataset 'digits'"),
+    (["model=digits_cnn", "model.arch=12C3-P4-100-10"], "pooling 4×4 does not divide the 6×6 maps"),
+    (["model=digits_cnn", "model.arch=12C3-P2-100-9"], "output layer=9 does not match dataset 'digits'"),
     (["model=digits_cnn", "model.sizes=[64,10]"], "exactly one of model.sizes"),
     (["model=digits_cnn", "model.rule.pool_error_scale=mean"], "pool_error_scale='mean'; valid choices"),
     (["dataset.augment={scale:2.0}"], "dataset.augment=.* is invalid"),
@@ -107,9 +107,9 @@ def test_cnn_run_with_augmentation(tmp_path):
           "dataset.augment={scale:0.12,rotation:12.0,elastic_alpha:3.4,elastic_sigma:4.0}"], tmp_path)
     run_dir = tmp_path / "digits_cnn" / "seed0"
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["model"] == "cnn12c3-p2-10" and 0 <= metrics["test_acc"] <= 1
+    assert metrics["model"] == "cnn12c3-p2-100-10" and 0 <= metrics["test_acc"] <= 1
     history = json.loads((run_dir / "history.json").read_text())
-    assert {"rate_layer0", "rate_layer1", "rate_layer2"} <= set(history[0])
+    assert {"rate_layer0", "rate_layer1", "rate_layer2", "rate_layer3"} <= set(history[0])
 
 
 def test_multirun_then_report(tmp_path):
