@@ -25,7 +25,8 @@ class HM2BPModule(L.LightningModule):
 
     Per epoch it records train/test accuracy and loss, per-layer firing rate and silent fraction, the lateral-clamp
     count and the number of all-silent test outputs in :attr:`history`, and logs them. The learning rate is set at
-    the start of every epoch from the epoch number (``lr·1/√max(e, 1)``), so resumed runs follow the same schedule.
+    the start of every epoch from the epoch number (``lr_schedule``: e.g. ``lr·1/√max(e, 1)``), so resumed runs follow
+    the same schedule.
     """
 
     def __init__(self, arch: str, input_shape: Sequence[int], thresholds: Sequence[float], *, n_train: int,
