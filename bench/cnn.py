@@ -137,10 +137,12 @@ lr·1/√(epoch + 1), thresholds {DIGITS_THRESHOLDS}, no regulariser, {args.epoc
 {summary['peak_rss_mib'][0]:.0f} |
 
 Paper CNN `{PAPER_ARCH}` (preset `experiment=mnist_cnn`), one forward + HM2-BP backward at batch {PAPER_BATCH},
-T = {STEPS}, on 28×28 inputs (digits upsampled), median of {args.paper_steps} steps:
+T = {STEPS}, on 28×28 inputs (digits upsampled), untrained weights, median of {args.paper_steps} steps:
 **{paper['seconds_per_sample']:.3f} s per sample** ({paper['seconds_per_batch']:.1f} s per batch, peak RSS
-{paper['peak_rss_mib']:.0f} MiB; firing rates per layer {', '.join(f'{r:.3f}' for r in paper['firing_rates'])}).
-At that rate, 200 epochs of 60k MNIST images would take {epochs_200:.0f} CPU-hours on this machine.
+{paper['peak_rss_mib']:.0f} MiB). Firing rates per layer (spikes per neuron per step):
+{', '.join(f'{r:.4f}' for r in paper['firing_rates'])}; at initialization the upper layers are nearly silent, and the
+backward cost grows with the number of post-synaptic spikes, so a trained network costs more per sample. At this
+rate, 200 epochs of 60k MNIST images would take {epochs_200:.0f} CPU-hours on this machine.
 """
     update_section("cnn", body)
 
