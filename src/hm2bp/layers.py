@@ -21,7 +21,28 @@ LATERAL_W0 = 1.0  # fixed output-layer lateral inhibition strength `localInbStre
 DESIRED_COUNT = 35  # y⁺, spikes wanted from the label neuron (spec §3); also sets the silent-target patch period
 
 
-class SpikingLinear(nn.Module):
+class _SpikingLayer(nn.Module):
+    """What every spiking layer shares: its :class:`LayerSetup` (neurons, rule, counters) and, when it has one, a
+    weight drawn from U(−init_scale, init_scale) (spec §7)."""
+
+    setup: LayerSetup
+    init_scale: float
+
+    def reset_parameters(self) -> None:
+        weight = getattr(self, "weight", None)
+        if weight is not None:  # pooling has nothing to train
+            nn.init.uniform_(weight, -self.init_scale, self.init_scale)
+
+    @property
+    def stats(self) -> LayerStats:
+        return self.setup.stats
+
+    @property
+    def threshold(self) -> float:
+        return self.setup.lif.threshold
+
+
+class SpikingLinear(_SpikingLayer):
     """Fully-connected layer of LIF neurons, ``(B, T, N_in)`` spikes → ``(B, T, N_out)`` spikes.
 
     Forward: ``I[t] = W s_in[t]`` for all t in one GEMM, then the LIF scan of :func:`hm2bp.neuron.lif_scan`.
@@ -55,17 +76,6 @@ class SpikingLinear(nn.Module):
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        nn.init.uniform_(self.weight, -self.init_scale, self.init_scale)
-
-    @property
-    def stats(self) -> LayerStats:
-        return self.setup.stats
-
-    @property
-    def threshold(self) -> float:
-        return self.setup.lif.threshold
-
     def forward(self, spikes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         if spikes.dim() != 3 or spikes.shape[-1] != self.in_features:
             raise ValueError(f"expected input spikes (batch, time, {self.in_features}), got {tuple(spikes.shape)}")
@@ -92,7 +102,7 @@ def _check_maps(name: str, spikes: torch.Tensor, channels: int) -> None:
                          f"got {tuple(spikes.shape)}")
 
 
-class SpikingConv2d(nn.Module):
+class SpikingConv2d(_SpikingLayer):
     """Convolution layer of LIF neurons: "valid" cross-correlation, stride 1, no bias (spec §6).
 
     ``(B, T, C_in, H, W)`` spikes → ``(B, T, C_out, H − K + 1, W − K + 1)`` spikes; backward = HM2-BP with shared
@@ -120,17 +130,6 @@ class SpikingConv2d(nn.Module):
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        nn.init.uniform_(self.weight, -self.init_scale, self.init_scale)
-
-    @property
-    def stats(self) -> LayerStats:
-        return self.setup.stats
-
-    @property
-    def threshold(self) -> float:
-        return self.setup.lif.threshold
-
     def forward(self, spikes: torch.Tensor) -> torch.Tensor:
         _check_maps("SpikingConv2d", spikes, self.in_channels)
         if min(spikes.shape[3:]) < self.kernel_size:
@@ -142,7 +141,7 @@ class SpikingConv2d(nn.Module):
                 f"threshold={self.threshold}")
 
 
-class SpikingPool2d(nn.Module):
+class SpikingPool2d(_SpikingLayer):
     """Spiking pooling (spec §6): one LIF neuron per non-overlapping ``size×size`` window, driven by the sum of
     the window's spikes with fixed weight 1, with its own threshold; nothing is trainable.
 
@@ -158,14 +157,6 @@ class SpikingPool2d(nn.Module):
             raise ValueError(f"pooling size must be > 0, got {size}")
         self.size = size
         self.setup = LayerSetup(lif=LIFParams(threshold, tau_m, tau_s, t_ref), rule=rule or HM2BPRule())
-
-    @property
-    def stats(self) -> LayerStats:
-        return self.setup.stats
-
-    @property
-    def threshold(self) -> float:
-        return self.setup.lif.threshold
 
     def forward(self, spikes: torch.Tensor) -> torch.Tensor:
         if spikes.dim() != 5:
