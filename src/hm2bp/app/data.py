@@ -52,7 +52,7 @@ class SpikeData(L.LightningDataModule):
         self.info = get_dataset(name)
         if augment is not None and self.info.kind != "static":
             raise ValueError(f"augmentation applies to static image datasets only, not {name!r}")
-        self.augment = None if augment is None else Augmentation(**augment, seed=seed)
+        self.augment = None if augment is None else Augmentation(**{"seed": seed, **augment})  # run seed by default
         self.data_dir, self.steps, self.batch_size, self.seed = Path(data_dir), steps, batch_size, seed
         self.fixed_trains, self.download, self.options = fixed_trains, download, dict(options or {})
         self.train: StaticSplit | EventSplit | None = None
