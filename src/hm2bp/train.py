@@ -1,4 +1,4 @@
-"""A plain-PyTorch training step and epoch for spiking MLPs on static images (no Lightning needed).
+"""A plain-PyTorch training step and epoch for spiking networks (MLP or CNN) on static images (no Lightning needed).
 
 The step is what the authors' loop does per sample (spec §3, §7), vectorised over a batch: encode → forward with
 labels → count loss (boosted) + regulariser → HM2-BP backward → optimizer step; the training prediction is taken
