@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from common import RESULTS, machine, update_section
+from common import RESULTS, machine, seed_table, summarize_seeds, update_section
 from hm2bp.io import atomic_write_json
 
 # The digits CNN preset (conf/model/digits_cnn.yaml, conf/experiment/digits_cnn.yaml).
@@ -106,19 +106,11 @@ def main() -> None:
     paper = _child(["--paper-child", "--paper-steps", str(args.paper_steps)])
     print(f"paper CNN: {paper['seconds_per_sample']:.3f} s/sample at batch {PAPER_BATCH}", flush=True)
 
-    def ms(key: str) -> tuple[float, float]:
-        vals = [r[key] for r in runs]
-        return statistics.mean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
-
-    summary = {k: ms(k) for k in ("test_acc", "best_test_acc", "last10_test_acc", "train_samples_per_second",
-                                  "peak_rss_mib")}
+    summary = summarize_seeds(runs)
     data = {"benchmark": "cnn", "digits_arch": DIGITS_ARCH, "digits_thresholds": DIGITS_THRESHOLDS, "steps": STEPS,
             "batch": BATCH, "lr": LR, "epochs": args.epochs, "machine": machine(), "summary": summary,
             "runs": runs, "paper_cnn": {"arch": PAPER_ARCH, "thresholds": PAPER_THRESHOLDS, **paper}}
     atomic_write_json(RESULTS / "cnn.json", data)
-    rows = "\n".join(
-        f"| {r['seed']} | {100 * r['test_acc']:.2f} | {100 * r['best_test_acc']:.2f} | "
-        f"{r['train_samples_per_second']:.1f} | {r['peak_rss_mib']:.0f} |" for r in runs)
     m = machine()
     epochs_200 = 200 * 60000 * paper["seconds_per_sample"] / 3600
     body = f"""## Spiking CNN on the CPU
@@ -128,13 +120,7 @@ def main() -> None:
 Digits CNN `{DIGITS_ARCH}` (preset `experiment=digits_cnn`): T = {STEPS}, batch {BATCH}, Adam lr {LR} with
 lr·1/√(epoch + 1), thresholds {DIGITS_THRESHOLDS}, no regulariser, {args.epochs} epochs.
 
-| seed | final test acc % | best test acc % | train samples/s | peak RSS MiB |
-|---|---|---|---|---|
-{rows}
-| **mean ± std** | **{100 * summary['test_acc'][0]:.2f} ± {100 * summary['test_acc'][1]:.2f}** | \
-{100 * summary['best_test_acc'][0]:.2f} ± {100 * summary['best_test_acc'][1]:.2f} | \
-**{summary['train_samples_per_second'][0]:.1f} ± {summary['train_samples_per_second'][1]:.1f}** | \
-{summary['peak_rss_mib'][0]:.0f} |
+{seed_table(runs, summary, rate_digits=1)}
 
 Paper CNN `{PAPER_ARCH}` (preset `experiment=mnist_cnn`), one forward + HM2-BP backward at batch {PAPER_BATCH},
 T = {STEPS}, on 28×28 inputs (digits upsampled), untrained weights, median of {args.paper_steps} steps:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+import statistics
 from pathlib import Path
 
 import torch
@@ -33,3 +34,29 @@ def update_section(name: str, body: str) -> None:
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     atomic_write_text(BENCHMARKS_MD, text)
+
+
+SUMMARY_KEYS = ("test_acc", "best_test_acc", "last10_test_acc", "train_samples_per_second", "peak_rss_mib")
+
+
+def summarize_seeds(runs: list[dict]) -> dict[str, tuple[float, float]]:
+    """Mean and sample std (0 for one run) over seeds of every key in :data:`SUMMARY_KEYS`."""
+    def ms(key: str) -> tuple[float, float]:
+        vals = [r[key] for r in runs]
+        return statistics.mean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+    return {k: ms(k) for k in SUMMARY_KEYS}
+
+
+def seed_table(runs: list[dict], summary: dict[str, tuple[float, float]], rate_digits: int = 0) -> str:
+    """Markdown table of the per-seed runs (final/best accuracy, samples/s, peak RSS) and their mean ± std row."""
+    rate = f".{rate_digits}f"
+    rows = "\n".join(
+        f"| {r['seed']} | {100 * r['test_acc']:.2f} | {100 * r['best_test_acc']:.2f} | "
+        f"{r['train_samples_per_second']:{rate}} | {r['peak_rss_mib']:.0f} |" for r in runs)
+    return f"""| seed | final test acc % | best test acc % | train samples/s | peak RSS MiB |
+|---|---|---|---|---|
+{rows}
+| **mean ± std** | **{100 * summary['test_acc'][0]:.2f} ± {100 * summary['test_acc'][1]:.2f}** | \
+{100 * summary['best_test_acc'][0]:.2f} ± {100 * summary['best_test_acc'][1]:.2f} | \
+**{summary['train_samples_per_second'][0]:{rate}} ± {summary['train_samples_per_second'][1]:{rate}}** | \
+{summary['peak_rss_mib'][0]:.0f} |"""

@@ -11,14 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import statistics
 import subprocess
 import sys
 import time
 
 import torch
 
-from common import RESULTS, machine, update_section
+from common import RESULTS, machine, seed_table, summarize_seeds, update_section
 from hm2bp.io import atomic_write_json
 
 # Digits protocol (issue: engine benchmark): fixed stratified 80/20 split, random_state 0; 64-800-10; T = 400.
@@ -67,19 +66,11 @@ def main() -> None:
         print(f"seed {seed}: final {r['test_acc']:.4f} best {r['best_test_acc']:.4f} "
               f"{r['train_samples_per_second']:.0f} samples/s peak {r['peak_rss_mib']:.0f} MiB", flush=True)
 
-    def ms(key: str) -> tuple[float, float]:
-        vals = [r[key] for r in runs]
-        return statistics.mean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
-
-    summary = {k: ms(k) for k in ("test_acc", "best_test_acc", "last10_test_acc", "train_samples_per_second",
-                                  "peak_rss_mib")}
+    summary = summarize_seeds(runs)
     data = {"benchmark": "engine_digits", "sizes": SIZES, "steps": STEPS, "batch": BATCH, "lr": LR,
             "thresholds": THRESHOLDS, "epochs": args.epochs, "convention": args.convention,
             "strategy": args.strategy, "machine": machine(), "summary": summary, "runs": runs}
     atomic_write_json(RESULTS / "engine_digits.json", data)
-    rows = "\n".join(
-        f"| {r['seed']} | {100 * r['test_acc']:.2f} | {100 * r['best_test_acc']:.2f} | "
-        f"{r['train_samples_per_second']:.0f} | {r['peak_rss_mib']:.0f} |" for r in runs)
     m = machine()
     body = f"""## Engine on scikit-learn digits (pure PyTorch)
 
@@ -87,13 +78,7 @@ def main() -> None:
 thresholds {THRESHOLDS}, {args.epochs} epochs, convention `{args.convention}`, strategy `{args.strategy}`,
 {m['threads']} threads on {m['cores']} cores ({m['cpu_capability']}), torch {m['torch']}.
 
-| seed | final test acc % | best test acc % | train samples/s | peak RSS MiB |
-|---|---|---|---|---|
-{rows}
-| **mean ± std** | **{100 * summary['test_acc'][0]:.2f} ± {100 * summary['test_acc'][1]:.2f}** | \
-{100 * summary['best_test_acc'][0]:.2f} ± {100 * summary['best_test_acc'][1]:.2f} | \
-**{summary['train_samples_per_second'][0]:.0f} ± {summary['train_samples_per_second'][1]:.0f}** | \
-{summary['peak_rss_mib'][0]:.0f} |
+{seed_table(runs, summary, rate_digits=0)}
 """
     update_section("engine-digits", body)
 

@@ -53,30 +53,18 @@ def hm2bp_step(steps: int, hidden: int):
 
 
 def bptt_step(steps: int, hidden: int):
-    import snntorch as snn
     from snntorch import functional as SF
-    from snntorch import surrogate
 
-    fc1, fc2 = torch.nn.Linear(64, hidden, bias=False), torch.nn.Linear(hidden, 10, bias=False)
-    # same neuron as bench/vs_bptt.py: mem = τs·v, so the threshold is τs·ν
-    lif1 = snn.Synaptic(alpha=1 - 1 / 8, beta=1 - 1 / 64, threshold=THRESHOLDS[0] * 8,
-                        spike_grad=surrogate.fast_sigmoid(), reset_mechanism="zero")
-    lif2 = snn.Synaptic(alpha=1 - 1 / 8, beta=1 - 1 / 64, threshold=THRESHOLDS[1] * 8,
-                        spike_grad=surrogate.fast_sigmoid(), reset_mechanism="zero")
-    opt = torch.optim.Adam(list(fc1.parameters()) + list(fc2.parameters()), lr=LR)
+    from vs_bptt import bptt_peer
+
+    params, forward = bptt_peer(hidden, THRESHOLDS)  # the same peer as bench/vs_bptt.py
+    opt = torch.optim.Adam(params, lr=LR)
     loss_fn = SF.mse_count_loss(correct_rate=35 / 400, incorrect_rate=5 / 400)  # the same rates at every T
     x, y = _batch(steps)
 
     def step() -> None:
-        syn1, mem1 = lif1.init_synaptic()
-        syn2, mem2 = lif2.init_synaptic()
-        out = []
-        for cur in fc1(x.transpose(0, 1)).unbind(0):
-            s1, syn1, mem1 = lif1(cur, syn1, mem1)
-            s2, syn2, mem2 = lif2(fc2(s1), syn2, mem2)
-            out.append(s2)
         opt.zero_grad(set_to_none=True)
-        loss_fn(torch.stack(out), y).backward()
+        loss_fn(forward(x), y).backward()
         opt.step()
     return step
 

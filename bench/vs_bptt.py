@@ -46,30 +46,24 @@ def run_hm2bp(epochs: int, seed: int) -> dict:
     return summarize(history)
 
 
-def run_bptt(epochs: int, seed: int) -> dict:
+def bptt_peer(hidden: int, thresholds: list[float]):
+    """The surrogate-gradient BPTT network 64-``hidden``-10 in snnTorch: ``(parameters, forward)`` with
+    ``forward(x (B, T, 64)) → output spikes (T, B, 10)``."""
     import snntorch as snn
-    from snntorch import functional as SF
     from snntorch import surrogate
 
-    from hm2bp.loss import predict
-
-    torch.manual_seed(seed)
-    train, test = _splits(seed)
     alpha, beta = 1 - 1 / 8, 1 - 1 / 64
-    fc1, fc2 = torch.nn.Linear(64, 800, bias=False), torch.nn.Linear(800, 10, bias=False)
+    fc1, fc2 = torch.nn.Linear(64, hidden, bias=False), torch.nn.Linear(hidden, 10, bias=False)
     grad = surrogate.fast_sigmoid()
     # snnTorch integrates mem ← β·mem + syn where hm2bp integrates v ← v(1 − 1/τm) + c/τs: mem = τs·v, so the
     # same neuron fires at mem > τs·ν.
-    lif1 = snn.Synaptic(alpha=alpha, beta=beta, threshold=THRESHOLDS[0] * 8, spike_grad=grad, reset_mechanism="zero")
-    lif2 = snn.Synaptic(alpha=alpha, beta=beta, threshold=THRESHOLDS[1] * 8, spike_grad=grad, reset_mechanism="zero")
-    params = list(fc1.parameters()) + list(fc2.parameters())
-    opt = torch.optim.Adam(params, lr=LR)
-    loss_fn = SF.mse_count_loss(correct_rate=35 / STEPS, incorrect_rate=5 / STEPS)
+    lif1 = snn.Synaptic(alpha=alpha, beta=beta, threshold=thresholds[0] * 8, spike_grad=grad, reset_mechanism="zero")
+    lif2 = snn.Synaptic(alpha=alpha, beta=beta, threshold=thresholds[1] * 8, spike_grad=grad, reset_mechanism="zero")
 
-    def forward(x: torch.Tensor) -> torch.Tensor:  # x (B, T, N) → output spikes (T, B, 10)
+    def forward(x: torch.Tensor) -> torch.Tensor:
         syn1, mem1 = lif1.init_synaptic()
         syn2, mem2 = lif2.init_synaptic()
-        # unbind, not cur1[t]: each indexing op's backward writes a zero-filled (T, B, 800) gradient, which made
+        # unbind, not cur1[t]: each indexing op's backward writes a zero-filled (T, B, hidden) gradient, which made
         # the backward pass O(T²) (~20 s per batch at T = 400, measured) instead of O(T)
         out = []
         for cur in fc1(x.transpose(0, 1)).unbind(0):
@@ -77,6 +71,20 @@ def run_bptt(epochs: int, seed: int) -> dict:
             s2, syn2, mem2 = lif2(fc2(s1), syn2, mem2)
             out.append(s2)
         return torch.stack(out)
+
+    return [*fc1.parameters(), *fc2.parameters()], forward
+
+
+def run_bptt(epochs: int, seed: int) -> dict:
+    from snntorch import functional as SF
+
+    from hm2bp.loss import predict
+
+    torch.manual_seed(seed)
+    train, test = _splits(seed)
+    params, forward = bptt_peer(SIZES[1], THRESHOLDS)
+    opt = torch.optim.Adam(params, lr=LR)
+    loss_fn = SF.mse_count_loss(correct_rate=35 / STEPS, incorrect_rate=5 / STEPS)
 
     history = []
     gen = torch.Generator().manual_seed(seed)
