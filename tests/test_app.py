@@ -69,6 +69,8 @@ def test_launchers_compose(launcher):
     (["model=digits_cnn", "model.sizes=[64,10]"], "exactly one of model.sizes"),
     (["model=digits_cnn", "model.rule.pool_error_scale=mean"], "pool_error_scale='mean'; valid choices"),
     (["dataset.augment={scale:2.0}"], "dataset.augment=.* is invalid"),
+    (["dataset=spoken_synth", "model=synth_mlp", "+dataset.augment={scale:0.1}"],
+     "dataset.augment applies to image datasets only, not 'spoken_synth'"),
     (["trainer.lr_schedule=cosine"], "lr_schedule='cosine'; valid choices"),
 ])
 def test_bad_values_are_named(override, message):
@@ -99,6 +101,13 @@ def test_run_writes_metrics_figures_and_offline_wandb(tmp_path):
     assert offline and offline[0].stat().st_size > 0
     history = json.loads((run_dir / "history.json").read_text())
     assert {"rate_layer0", "silent_layer1", "lateral_clamped", "test_silent_outputs"} <= set(history[0])
+
+
+def test_data_module_refuses_augmenting_event_data():
+    from hm2bp.app.data import SpikeData
+
+    with pytest.raises(ValueError, match="augmentation applies to static image datasets only, not 'nmnist'"):
+        SpikeData("nmnist", "data", steps=540, batch_size=8, seed=0, augment={"scale": 0.1})
 
 
 def test_cnn_run_with_augmentation(tmp_path):
