@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 import numpy as np
 import pytest
 import torch
+
+from hm2bp import ops
 
 
 def refractory_trains(rng: np.random.Generator, batch: int, steps: int, neurons: int, rate: float,
@@ -24,3 +28,15 @@ def refractory_trains(rng: np.random.Generator, batch: int, steps: int, neurons:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def ops_backend() -> Iterator[Callable[[str], None]]:
+    """Choose the :mod:`hm2bp.ops` backend for one test (``"compiled"`` skips where no C++ compiler exists)."""
+    def use(name: str) -> None:
+        if name == "compiled" and ops.load_extension("cpu") is None:
+            pytest.skip("no C++ compiler on this machine: the engine runs its pure-PyTorch path")
+        ops.set_backend(name)
+
+    yield use
+    ops.set_backend("auto")

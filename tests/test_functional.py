@@ -48,11 +48,14 @@ def _reference(pre, weight, post, delta, setup, labels):
     return dw, np.stack(below)
 
 
-@pytest.mark.parametrize("strategy", ["pairs", "dense", "sparse", "auto"])
+@pytest.mark.parametrize("path", ["pairs", "dense", "sparse", "auto", "fused"])
 @pytest.mark.parametrize("convention", ["original", "exact"])
 @pytest.mark.parametrize("output", [True, False])
 @pytest.mark.parametrize("flags", list(FLAG_SETS))
-def test_batched_rule_equals_per_sample_reference(strategy, convention, output, flags, rng):
+def test_batched_rule_equals_per_sample_reference(path, convention, output, flags, rng, ops_backend):
+    """Every contraction strategy of the pure-PyTorch path, and the fused C++ layer, against the literal reference."""
+    ops_backend("compiled" if path == "fused" else "torch")
+    strategy = "auto" if path == "fused" else path
     rule = HM2BPRule(convention=convention, strategy=strategy, **FLAG_SETS[flags])
     steps = 300 if flags == "authors" else 100  # T > 256 exercises the original convention's window
     pre, weight, post, delta, setup, labels = _run_layer(rng, rule, output, steps=steps)
@@ -65,7 +68,9 @@ def test_batched_rule_equals_per_sample_reference(strategy, convention, output, 
         np.testing.assert_allclose(pre.grad[:, t].numpy(), below, rtol=1e-9, atol=1e-12)
 
 
-def test_float32_matches_float64(rng):
+@pytest.mark.parametrize("backend", ["torch", "compiled"])
+def test_float32_matches_float64(backend, rng, ops_backend):
+    ops_backend(backend)
     rule = HM2BPRule()
     pre, weight, post, delta, setup, labels = _run_layer(rng, rule, True)
     setup32 = dataclasses.replace(setup)

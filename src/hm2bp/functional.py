@@ -292,9 +292,13 @@ class HM2BPLinearFunction(torch.autograd.Function):
                 setup: LayerSetup) -> torch.Tensor:
         B, T, n_in = pre.shape
         pre_tm = pre.transpose(0, 1).contiguous()  # free when pre is itself a view of a time-major tensor
-        buf = setup.buffers.get((T + 1, B, weight.shape[0]), pre_tm)  # row t + 1 ← I[t]/τs, then the spikes
-        torch.mm(pre_tm.view(T * B, n_in), weight.t() / setup.lif.tau_s, out=buf[1:].view(T * B, -1))
-        post_tm = ops.scan(buf, setup.lif, setup.lateral_w0)
+        if ops.fused_linear(pre_tm):
+            out = setup.buffers.get((T, B, weight.shape[0]), pre_tm)
+            post_tm = ops.linear_forward(pre_tm, weight, setup.lif, setup.lateral_w0, out=out)
+        else:
+            buf = setup.buffers.get((T + 1, B, weight.shape[0]), pre_tm)  # row t + 1 ← I[t]/τs, then the spikes
+            torch.mm(pre_tm.view(T * B, n_in), weight.t() / setup.lif.tau_s, out=buf[1:].view(T * B, -1))
+            post_tm = ops.scan(buf, setup.lif, setup.lateral_w0)
         ctx.setup = setup
         ctx.save_for_backward(pre_tm, weight, post_tm, labels)
         return post_tm.transpose(0, 1)
@@ -315,21 +319,24 @@ class HM2BPLinearFunction(torch.autograd.Function):
         if setup.is_output and rule.silent_target_patch and labels is not None:
             post = patch_silent_target(post, labels, setup.target_count)
 
-        o = post.sum(0)
-        o_pre = pre.sum(0)
-        fired = o > 0
-        contraction = make_contraction(post_events(post, kernel), pre, kernel, rule.strategy, setup.buffers)
-
-        coef = g
-        if rule.side_effect:
-            rho_silent = rule.silent_post_rho * weight.sum(1)
-            side = torch.where(fired, contraction.side(weight) / o.clamp(min=1), rho_silent) / nu
-            coef = coef * (1.0 + side)
-        if lam is not None:
-            coef = coef * lam
-
+        rho_silent = rule.silent_post_rho * weight.sum(1) if rule.side_effect else None
         need_below = ctx.needs_input_grad[0] and rule.effect_ratio
-        grad_w, gwe = contraction.grads(coef, g, weight, need_below)
+        if ops.fused_linear(pre):
+            coef, grad_w, gwe, o, o_pre = ops.linear_backward(pre, post, weight, g, lam, rho_silent, nu, need_below,
+                                                              kernel)
+            fired = o > 0
+        else:
+            o = post.sum(0)
+            o_pre = pre.sum(0)
+            fired = o > 0
+            contraction = make_contraction(post_events(post, kernel), pre, kernel, rule.strategy, setup.buffers)
+            coef = g
+            if rho_silent is not None:
+                side = torch.where(fired, contraction.side(weight) / o.clamp(min=1), rho_silent) / nu
+                coef = coef * (1.0 + side)
+            if lam is not None:
+                coef = coef * lam
+            grad_w, gwe = contraction.grads(coef, g, weight, need_below)
         if rule.silent_post_psp:
             grad_w += rule.silent_post_psp * ((coef * (~fired)).t() @ (o_pre > 0).to(coef.dtype))
 

@@ -1,24 +1,33 @@
-"""Custom ops: the fused LIF scan as a ``torch.library`` op with C++ (CPU) and CUDA kernels.
+"""Custom ops: the fused LIF scan (C++ and CUDA) and the fused spiking linear layer (C++), as ``torch.library`` ops.
 
 ``torch.ops.hm2bp.lif_scan_(buf, fire_at, decay_m, decay_s, t_ref, lateral)`` runs the scan of
 :func:`hm2bp.neuron.scan_core` in place; :func:`scan` is the dispatching twin of :func:`hm2bp.neuron.scan_inplace`.
+
+``torch.ops.hm2bp.linear_forward_`` and ``torch.ops.hm2bp.linear_backward`` are the whole spiking fully-connected
+layer on the CPU (:func:`linear_forward`, :func:`linear_backward`): an event-driven input current fused with the scan,
+and the HM2-BP contractions from per-sample S-PSP rows that never leave the cache. They compute what the
+pure-PyTorch path of :class:`hm2bp.functional.HM2BPLinearFunction` computes; only the order of floating-point sums
+differs (the input current adds weight rows spike by spike instead of a GEMM).
+
 Kernels are compiled on first use with ``torch.utils.cpp_extension``
 (cached under ``$HM2BP_EXTENSIONS_DIR``, default ``~/.cache/hm2bp/extensions``); when a build is impossible (no
 compiler, no CUDA toolkit) the op falls back to the pure-PyTorch scan. One log line says which path runs.
 
-Backend selection: :func:`set_backend` or the environment variable ``HM2BP_OPS``: ``"auto"`` (the CUDA kernel on
-GPUs when it builds, the pure-PyTorch scan on CPUs), ``"torch"`` (always the pure-PyTorch scan) or ``"compiled"``
-(the compiled kernel for the tensor's device, or an error).
+Backend selection: :func:`set_backend` or the environment variable ``HM2BP_OPS``: ``"auto"`` (on GPUs the CUDA
+scan; on CPUs the fused linear layer, and the pure-PyTorch scan for conv/pool layers; each when it builds),
+``"torch"`` (pure PyTorch everywhere) or ``"compiled"`` (the compiled kernels, or an error).
 
-Measured on the project's 2-core CPU machines (``bench/ops_scan.py``): the pure-PyTorch scan, six vectorised ops per
-step on contiguous time-major rows, is faster than this C++ kernel, so ``"auto"`` keeps it on CPUs. The CUDA kernel
-replaces 400 × 6 kernel launches per layer with one launch.
+Measured on the project's 2-core CPU machines (``bench/ops_scan.py``, ``bench/engine_digits.py``): the fused linear
+layer is several times faster than GEMM + scan + sparse contractions; the stand-alone C++ scan is not faster than the
+pure-PyTorch scan, six vectorised ops per step on contiguous time-major rows, so ``"auto"`` keeps the latter for
+conv and pooling layers on CPUs. The CUDA kernel replaces 400 × 6 kernel launches per layer with one launch.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from pathlib import Path
 from types import ModuleType
@@ -26,6 +35,7 @@ from types import ModuleType
 import torch
 
 from hm2bp.neuron import LIFParams, scan_core, scan_inplace
+from hm2bp.spsp import PSPKernel
 
 log = logging.getLogger("hm2bp.ops")
 CSRC = Path(__file__).resolve().parent / "csrc"
@@ -63,20 +73,26 @@ def load_extension(device: str) -> ModuleType | None:
 
         build = _build_dir() / device
         build.mkdir(parents=True, exist_ok=True)
-        sources = [str(CSRC / "lif_scan.cpp")]
+        sources = [str(CSRC / name) for name in ("bindings.cpp", "lif_scan.cpp", "linear.cpp")]
         # PyTorch's vectorised add-with-alpha uses fused multiply-adds on AVX2/AVX-512 CPUs; the kernel must too
-        # (in hardware: without -mfma, std::fma is a slow library call) to give the same spikes.
+        # (in hardware: without -mfma, std::fma is a slow library call) to give the same spikes. -fno-trapping-math
+        # changes no value; it lets GCC turn the scan's selects into vector blends (without it no loop vectorises).
         fma = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
-        flags = ["-O3", *(["-mfma", "-mavx2", "-DHM2BP_FMA=1"] if fma else ["-DHM2BP_FMA=0"])]
+        flags = ["-O3", "-fno-trapping-math", *(["-mfma", "-mavx2", "-DHM2BP_FMA=1"] if fma else ["-DHM2BP_FMA=0"])]
+        # at::parallel_for is OpenMP compiled into the caller: without -fopenmp the kernels run on one thread. The
+        # library resolves to the libgomp that torch itself loaded (same soname), so there is one OpenMP runtime.
+        openmp = ["-fopenmp"] if sys.platform.startswith("linux") and torch.backends.openmp.is_available() else []
+        flags += openmp
         if device == "cuda":
             sources.append(str(CSRC / "lif_scan.cu"))
             flags.append("-DHM2BP_WITH_CUDA")
         try:
             module = cpp_extension.load(name=f"hm2bp_ops_{device}", sources=sources, extra_cflags=flags,
-                                        extra_cuda_cflags=["-O3"], extra_include_paths=[str(CSRC)],
+                                        extra_cuda_cflags=["-O3"], extra_ldflags=openmp,
+                                        extra_include_paths=[str(CSRC)],
                                         build_directory=str(build), verbose=False)
         except Exception as err:
-            log.warning("hm2bp: compiled LIF scan for %s unavailable (%s: %s); using the pure-PyTorch scan",
+            log.warning("hm2bp: compiled kernels for %s unavailable (%s: %s); using the pure-PyTorch path",
                         device, type(err).__name__, str(err).splitlines()[0] if str(err) else "")
             module = None
         _built[device] = module
@@ -120,3 +136,98 @@ def scan(buf: torch.Tensor, params: LIFParams, lateral_w0: float = 0.0) -> torch
     torch.ops.hm2bp.lif_scan_(buf, params.threshold - params.threshold_eps, 1.0 - 1.0 / params.tau_m,
                               1.0 - 1.0 / params.tau_s, params.t_ref, lateral_w0 / params.tau_s)
     return buf[: buf.shape[0] - 1]
+
+
+def fused_linear(x: torch.Tensor) -> bool:
+    """Whether spiking linear layers on ``x``'s device run the fused C++ kernels (CPU only; see the module doc)."""
+    if x.is_cuda or _backend == "torch":
+        return False
+    if load_extension("cpu") is None:
+        if _backend == "compiled":
+            raise RuntimeError("HM2BP_OPS=compiled but the cpu kernels could not be built (see the log)")
+        _announce("pure-PyTorch linear")
+        return False
+    _announce("fused C++ linear")
+    return True
+
+
+def _cpu_module() -> ModuleType:
+    module = load_extension("cpu")
+    if module is None:
+        raise RuntimeError("the hm2bp CPU kernels could not be built (see the log)")
+    return module
+
+
+@torch.library.custom_op("hm2bp::linear_forward_", mutates_args=("out",))
+def linear_forward_(pre: torch.Tensor, weight_t: torch.Tensor, out: torch.Tensor, fire_at: float, decay_m: float,
+                    decay_s: float, t_ref: int, lateral: float) -> None:
+    """Spikes ``out (T, B, N_out)`` of a spiking linear layer from time-major ``pre (T, B, N_in)`` and
+    ``weight_t = Wᵀ/τs``: per step ``c ← c·decay_s + Σ_{j: pre_j[t−1]=1} weight_t[j]``, then :func:`scan_core`."""
+    _cpu_module().linear_forward_cpu(pre, weight_t, out, fire_at, decay_m, decay_s, t_ref, lateral)
+
+
+@linear_forward_.register_fake
+def _(pre, weight_t, out, fire_at, decay_m, decay_s, t_ref, lateral) -> None:
+    return None
+
+
+@torch.library.custom_op("hm2bp::linear_backward", mutates_args=())
+def linear_backward_op(pre: torch.Tensor, post: torch.Tensor, weight: torch.Tensor, g: torch.Tensor,
+                       lam: torch.Tensor, rho: torch.Tensor, nu: float, need_below: bool, decay_m: float,
+                       decay_s: float, coef_m: float, coef_s: float, delay: int, t_ref: int, window: int,
+                       zero_first: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(coef, Σ_b coef ⊗ e, Σ_i g w e, o, o_pre)`` of :func:`linear_backward` (empty ``lam``/``rho``: factor off)."""
+    return tuple(_cpu_module().linear_backward_cpu(pre, post, weight, g, lam, rho, nu, need_below, decay_m, decay_s,
+                                                   coef_m, coef_s, delay, t_ref, window, zero_first))
+
+
+@linear_backward_op.register_fake
+def _(pre, post, weight, g, lam, rho, nu, need_below, decay_m, decay_s, coef_m, coef_s, delay, t_ref, window,
+      zero_first):
+    below = pre.new_empty(pre.shape[1], pre.shape[2]) if need_below else pre.new_empty(0)
+    return (g.new_empty(g.shape), weight.new_empty(weight.shape), below, g.new_empty(g.shape),
+            pre.new_empty(pre.shape[1], pre.shape[2]))
+
+
+def linear_forward(pre: torch.Tensor, weight: torch.Tensor, params: LIFParams, lateral_w0: float = 0.0,
+                   out: torch.Tensor | None = None) -> torch.Tensor:
+    """Time-major spikes ``(T, B, N_out)`` of a spiking linear layer (fused C++; same as GEMM + :func:`scan`).
+
+    Args:
+        pre: time-major ``(T, B, N_in)`` 0/1 input trains; weight: ``(N_out, N_in)``.
+        params: the layer's LIF parameters; lateral_w0: output-layer lateral inhibition (≥ 0).
+        out: optional ``(T, B, N_out)`` buffer to write the spikes into (reused across steps).
+    """
+    if lateral_w0 < 0:
+        raise ValueError(f"lateral_w0 must be >= 0, got {lateral_w0}")
+    T, B, _ = pre.shape
+    if out is None:
+        out = pre.new_empty(T, B, weight.shape[0])
+    weight_t = (weight.t() / params.tau_s).contiguous()  # the GEMM path scales W the same way
+    torch.ops.hm2bp.linear_forward_(pre.contiguous(), weight_t, out, params.threshold - params.threshold_eps,
+                                    1.0 - 1.0 / params.tau_m, 1.0 - 1.0 / params.tau_s, params.t_ref,
+                                    lateral_w0 / params.tau_s)
+    return out
+
+
+def linear_backward(pre: torch.Tensor, post: torch.Tensor, weight: torch.Tensor, g: torch.Tensor,
+                    lam: torch.Tensor | None, rho: torch.Tensor | None, nu: float, need_below: bool,
+                    kernel: PSPKernel) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor,
+                                                torch.Tensor]:
+    """HM2-BP contractions of one linear layer (fused C++), from time-major ``pre``/``post`` trains.
+
+    With ``e`` the S-PSPs of :func:`hm2bp.spsp.spsp` (no fallbacks) and ``o`` the post counts, returns
+
+    * ``coef[b, i] = g[b, i] (1 + S[b, i]) lam[b, i]``, ``S = (Σ_j w_ij e_bij)/(o_bi ν)`` for a firing neuron and
+      ``rho_i/ν`` for a silent one (``rho = None``: no side effect; ``lam = None``: ``Λ = 1``);
+    * ``Σ_b coef[b, i] e[b, i, j]``, the weight gradient before the silent-neuron terms;
+    * ``Σ_i g[b, i] w_ij e[b, i, j]`` when ``need_below``, else None;
+    * the spike counts ``o (B, N_out)`` and ``o_pre (B, N_in)`` (so the caller need not sum the trains again).
+    """
+    empty = g.new_empty(0)
+    coef, grad_w, gwe, o, o_pre = torch.ops.hm2bp.linear_backward(
+        pre.contiguous(), post.contiguous(), weight.contiguous(), g.contiguous(),
+        empty if lam is None else lam.contiguous(), empty if rho is None else rho.contiguous(), float(nu),
+        need_below, *kernel.decays, *kernel.coeffs, kernel.delay, kernel.t_ref,
+        kernel.window if kernel.split else -1, kernel.convention == "original")
+    return coef, grad_w, (gwe if need_below else None), o, o_pre

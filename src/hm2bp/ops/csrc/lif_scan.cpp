@@ -8,16 +8,9 @@
 #include <vector>
 
 #include "lif_scan.h"
+#include "madd.h"
 
 namespace {
-
-#if HM2BP_FMA
-template <typename T>
-inline T madd(T a, T b, T c) { return std::fma(a, b, c); }
-#else
-template <typename T>
-inline T madd(T a, T b, T c) { return a * b + c; }
-#endif
 
 template <typename scalar_t>
 void scan_chunk(scalar_t* buf, int64_t T, int64_t stride, int64_t begin, int64_t len, scalar_t fire_at,
@@ -119,10 +112,3 @@ void lif_scan_cuda(torch::Tensor buf, double fire_at, double decay_m, double dec
   }
 }
 #endif
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("lif_scan_cpu", &lif_scan_cpu, "fused LIF scan, in place (CPU)");
-#ifdef HM2BP_WITH_CUDA
-  m.def("lif_scan_cuda", &lif_scan_cuda, "fused LIF scan, in place (CUDA)");
-#endif
-}

@@ -1,0 +1,25 @@
+// Python bindings of the compiled kernels of hm2bp.ops (one extension per device).
+#include <torch/extension.h>
+
+#include <vector>
+
+void lif_scan_cpu(torch::Tensor buf, double fire_at, double decay_m, double decay_s, int64_t t_ref, double lateral);
+void linear_forward_cpu(torch::Tensor pre, torch::Tensor weight_t, torch::Tensor post, double fire_at,
+                        double decay_m, double decay_s, int64_t t_ref, double lateral);
+std::vector<torch::Tensor> linear_backward_cpu(torch::Tensor pre, torch::Tensor post, torch::Tensor weight,
+                                               torch::Tensor g, torch::Tensor lam, torch::Tensor rho, double nu,
+                                               bool need_below, double decay_m, double decay_s, double coef_m,
+                                               double coef_s, int64_t delay, int64_t t_ref, int64_t window,
+                                               bool zero_first);
+#ifdef HM2BP_WITH_CUDA
+void lif_scan_cuda(torch::Tensor buf, double fire_at, double decay_m, double decay_s, int64_t t_ref, double lateral);
+#endif
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("lif_scan_cpu", &lif_scan_cpu, "fused LIF scan, in place (CPU)");
+  m.def("linear_forward_cpu", &linear_forward_cpu, "spiking linear layer forward into post: event-driven drive + LIF scan");
+  m.def("linear_backward_cpu", &linear_backward_cpu, "spiking linear layer HM2-BP backward contractions");
+#ifdef HM2BP_WITH_CUDA
+  m.def("lif_scan_cuda", &lif_scan_cuda, "fused LIF scan, in place (CUDA)");
+#endif
+}

@@ -1,0 +1,289 @@
+// Fused CPU kernels of the spiking fully-connected layer (hm2bp.functional.HM2BPLinearFunction).
+//
+// Forward, per sample (samples in parallel): the drive I[t-1]/tau_s is the sum of the rows of W^T/tau_s of the
+// pre neurons that spiked at t-1 (event-driven: input trains are sparse), then one step of the LIF scan with the
+// arithmetic of hm2bp.neuron.scan_core. The state of a sample stays in cache for all T steps.
+//
+// Backward, per sample: the pre traces D_m, D_s (T, N_in), the post spike times of each neuron, and for each post
+// neuron i its S-PSP row e_i = sum over its events of val * (c_m D_m(t) + c_s D_s(t)) (the events of
+// hm2bp.spsp.post_events). The row is used while it is in L1: side effect a_i = w_i . e_i, the coefficient
+// coef_i = g_i (1 + S_i) Lambda_i, the weight gradient coef_i e_i and the error below g_i w_i * e_i. Spike counts
+// of both sides come out too, so the caller never sums the (large) rasters again.
+// No (B, N_out, N_in) tensor exists: the gradient is accumulated per fixed group of samples (so the result does
+// not depend on the number of threads) and the groups are summed in order.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <utility>
+#include <vector>
+
+#include "madd.h"
+
+namespace {
+
+template <typename scalar_t, bool kLateral>
+void forward_sample(const scalar_t* __restrict__ pre, const scalar_t* __restrict__ wt, scalar_t* __restrict__ post,
+                    int64_t T, int64_t B, int64_t b, int64_t n_in, int64_t n_out, scalar_t fire_at, scalar_t dm,
+                    scalar_t ds, int64_t t_ref, scalar_t lateral) {
+  std::vector<scalar_t> drive(n_out), c(n_out, 0), v(n_out, 0), ref(n_out, 0);
+  scalar_t* __restrict__ dr = drive.data();
+  scalar_t* __restrict__ cp = c.data();
+  scalar_t* __restrict__ vp = v.data();
+  scalar_t* __restrict__ rp = ref.data();
+  const scalar_t hold = static_cast<scalar_t>(t_ref);
+  std::fill(post + b * n_out, post + (b + 1) * n_out, scalar_t(0));  // no spike at t = 0
+  for (int64_t t = 1; t < T; ++t) {
+    const scalar_t* x = pre + ((t - 1) * B + b) * n_in;
+    std::fill(dr, dr + n_out, scalar_t(0));
+    for (int64_t j = 0; j < n_in; ++j) {
+      if (x[j] != scalar_t(0)) {
+        const scalar_t* __restrict__ row = wt + j * n_out;
+        for (int64_t i = 0; i < n_out; ++i) dr[i] += row[i];
+      }
+    }
+    const scalar_t* __restrict__ prev = post + ((t - 1) * B + b) * n_out;
+    scalar_t* __restrict__ out = post + (t * B + b) * n_out;
+    scalar_t total = 0;
+    if constexpr (kLateral) {
+      for (int64_t i = 0; i < n_out; ++i) total += prev[i];
+    }
+    for (int64_t i = 0; i < n_out; ++i) {
+      scalar_t ci = madd(cp[i], ds, dr[i]);  // c <- c(1 - 1/tau_s) + I[t-1]/tau_s
+      if constexpr (kLateral) ci = madd(-lateral, total - prev[i], ci);  // -w0/tau_s per other spike at t-1
+      scalar_t vi = madd(vp[i], dm, ci);  // v <- v(1 - 1/tau_m) + c
+      const bool held = rp[i] > scalar_t(0);
+      vi = held ? scalar_t(0) : vi;
+      const scalar_t ri = held ? rp[i] - scalar_t(1) : rp[i];
+      const bool fire = vi > fire_at;
+      cp[i] = ci;
+      vp[i] = fire ? scalar_t(0) : vi;
+      rp[i] = fire ? hold : ri;
+      out[i] = fire ? scalar_t(1) : scalar_t(0);
+    }
+  }
+}
+
+struct KernelArgs {
+  double decay_m, decay_s;  // per-step decays of the two exponential traces
+  double coef_m, coef_s;    // weights c_m, c_s of the traces in the kernel
+  int64_t delay;            // steps by which the pre train is delayed before tracing
+  int64_t t_ref;
+  int64_t window;           // original convention's window L in steps; < 0: none
+  bool zero_first;          // pre spikes at t = 0 never count (original convention)
+};
+
+template <typename scalar_t>
+struct Backward {
+  const scalar_t* pre;   // (T, B, n_in)
+  const scalar_t* post;  // (T, B, n_out)
+  const scalar_t* w;     // (n_out, n_in)
+  const scalar_t* g;     // (B, n_out)
+  const scalar_t* lam;   // (B, n_out) or null
+  const scalar_t* rho;   // (n_out) silent-neuron side effect, or null when the side effect is off
+  scalar_t* coef;        // (B, n_out) out
+  scalar_t* gwe;         // (B, n_in) out, or null
+  scalar_t* o;           // (B, n_out) out: post spike counts
+  scalar_t* o_pre;       // (B, n_in) out: pre spike counts
+  int64_t T, B, n_in, n_out;
+  scalar_t nu;
+  KernelArgs k;
+
+  // Traces of sample b into tr (T, 2, n_in): D(t) = decay D(t-1) + x(t - delay), 0 before the delay; and the
+  // sample's spike counts into o_pre (n_in).
+  void traces(int64_t b, scalar_t* __restrict__ tr, scalar_t* __restrict__ o_pre) const {
+    const scalar_t dm = static_cast<scalar_t>(k.decay_m), ds = static_cast<scalar_t>(k.decay_s);
+    std::fill(o_pre, o_pre + n_in, scalar_t(0));
+    for (int64_t t = 0; t < T; ++t) {
+      const scalar_t* __restrict__ now = pre + (t * B + b) * n_in;
+      for (int64_t j = 0; j < n_in; ++j) o_pre[j] += now[j];
+      scalar_t* __restrict__ m = tr + t * 2 * n_in;
+      scalar_t* __restrict__ s = m + n_in;
+      const int64_t src = t - k.delay;
+      if (src < 0) {
+        std::fill(m, m + 2 * n_in, scalar_t(0));
+        continue;
+      }
+      const bool skip = k.zero_first && src == 0;
+      const scalar_t* __restrict__ x = pre + (src * B + b) * n_in;
+      if (src == 0) {
+        for (int64_t j = 0; j < n_in; ++j) m[j] = s[j] = skip ? scalar_t(0) : x[j];
+        continue;
+      }
+      const scalar_t* __restrict__ pm = m - 2 * n_in;
+      const scalar_t* __restrict__ ps = pm + n_in;
+      for (int64_t j = 0; j < n_in; ++j) {
+        m[j] = madd(pm[j], dm, x[j]);
+        s[j] = madd(ps[j], ds, x[j]);
+      }
+    }
+  }
+
+  // e_i += a * D_m(t) + c * D_s(t)
+  void read(scalar_t* __restrict__ e, const scalar_t* tr, int64_t t, scalar_t a, scalar_t c) const {
+    const scalar_t* __restrict__ m = tr + t * 2 * n_in;
+    const scalar_t* __restrict__ s = m + n_in;
+    for (int64_t j = 0; j < n_in; ++j) e[j] += a * m[j] + c * s[j];
+  }
+
+  // The S-PSP row of one post neuron from its spike times (hm2bp.spsp.post_events, event for event).
+  void psp_row(scalar_t* __restrict__ e, const scalar_t* tr, const int64_t* times, int64_t count) const {
+    std::fill(e, e + n_in, scalar_t(0));
+    const scalar_t dm = static_cast<scalar_t>(k.decay_m), ds = static_cast<scalar_t>(k.decay_s);
+    const scalar_t cm = static_cast<scalar_t>(k.coef_m), cs = static_cast<scalar_t>(k.coef_s);
+    const bool split = k.window >= 0;
+    const scalar_t span = static_cast<scalar_t>(k.window - k.t_ref);
+    for (int64_t q = 0; q < count; ++q) {
+      const int64_t t = times[q];
+      read(e, tr, t, cm, cs);  // +1 at the spike
+      bool reset = q > 0;
+      scalar_t dms = 0;
+      if (reset) {
+        const int64_t r = times[q - 1] + k.t_ref;
+        const int64_t sigma = t - r;
+        dms = std::pow(dm, static_cast<scalar_t>(sigma));
+        if (split) reset = sigma <= k.window - k.t_ref - 1;
+        if (reset) read(e, tr, r, -dms * cm, -dms * cs);  // -decay_m^sigma at the previous reset
+      }
+      if (split) {
+        const int64_t u = t - k.window + k.t_ref;
+        if (u >= 0) {  // remove the pre spikes that left the window
+          const scalar_t sigma = reset ? static_cast<scalar_t>(t - times[q - 1] - k.t_ref) : scalar_t(0);
+          const scalar_t kept_m = reset ? dms * std::pow(dm, span - sigma) : scalar_t(0);
+          const scalar_t kept_s = reset ? dms * std::pow(ds, span - sigma) : scalar_t(0);
+          read(e, tr, u, (kept_m - std::pow(dm, span)) * cm, (kept_s - std::pow(ds, span)) * cs);
+        }
+      }
+    }
+  }
+
+  // Samples [lo, hi) with their weight-gradient terms accumulated into grad (n_out, n_in).
+  void samples(int64_t lo, int64_t hi, scalar_t* __restrict__ grad) const {
+    std::vector<scalar_t> tr(T * 2 * n_in), e(n_in);
+    std::vector<int64_t> start(n_out + 1), times;
+    std::vector<std::pair<int32_t, int32_t>> spikes;  // (neuron, time) in time order
+    for (int64_t b = lo; b < hi; ++b) {
+      scalar_t* __restrict__ ob = o + b * n_out;
+      spikes.clear();
+      for (int64_t t = 0; t < T; ++t) {  // one pass over the post raster: counts and spike times
+        const scalar_t* __restrict__ row = post + (t * B + b) * n_out;
+        for (int64_t i = 0; i < n_out; ++i) {
+          if (row[i] != scalar_t(0)) spikes.emplace_back(static_cast<int32_t>(i), static_cast<int32_t>(t));
+        }
+      }
+      std::fill(start.begin(), start.end(), 0);
+      for (const auto& sp : spikes) ++start[sp.first + 1];
+      for (int64_t i = 0; i < n_out; ++i) {
+        ob[i] = static_cast<scalar_t>(start[i + 1]);
+        start[i + 1] += start[i];
+      }
+      times.resize(spikes.size());
+      for (const auto& sp : spikes) times[start[sp.first]++] = sp.second;  // stable: each neuron's times ascend
+      for (int64_t i = n_out; i > 0; --i) start[i] = start[i - 1];  // back to the first index of each neuron
+      start[0] = 0;
+      traces(b, tr.data(), o_pre + b * n_in);
+      scalar_t* __restrict__ out = gwe ? gwe + b * n_in : nullptr;
+      if (out) std::fill(out, out + n_in, scalar_t(0));
+      for (int64_t i = 0; i < n_out; ++i) {
+        const int64_t count = start[i + 1] - start[i];
+        const scalar_t gi = g[b * n_out + i];
+        const scalar_t* __restrict__ wi = w + i * n_in;
+        scalar_t ci = gi;
+        if (count > 0) psp_row(e.data(), tr.data(), times.data() + start[i], count);
+        if (rho) {  // side effect S_i = a_i / (o_i nu), or rho_i / nu for a silent neuron
+          scalar_t side = rho[i];
+          if (count > 0) {
+            scalar_t a = 0;
+            for (int64_t j = 0; j < n_in; ++j) a += wi[j] * e[j];
+            side = a / static_cast<scalar_t>(count);
+          }
+          ci = ci * (scalar_t(1) + side / nu);
+        }
+        if (lam) ci = ci * lam[b * n_out + i];
+        coef[b * n_out + i] = ci;
+        if (count == 0) continue;  // e_i = 0: no gradient term
+        scalar_t* __restrict__ gr = grad + i * n_in;
+        for (int64_t j = 0; j < n_in; ++j) gr[j] += ci * e[j];
+        if (out) {
+          for (int64_t j = 0; j < n_in; ++j) out[j] += gi * wi[j] * e[j];
+        }
+      }
+    }
+  }
+};
+
+// Samples are split into this many fixed groups, each with its own gradient buffer, summed in group order.
+constexpr int64_t kGroups = 8;
+
+}  // namespace
+
+void linear_forward_cpu(torch::Tensor pre, torch::Tensor weight_t, torch::Tensor post, double fire_at,
+                        double decay_m, double decay_s, int64_t t_ref, double lateral) {
+  TORCH_CHECK(pre.dim() == 3 && pre.is_contiguous() && pre.device().is_cpu(),
+              "pre must be a contiguous time-major (T, B, N_in) CPU tensor");
+  TORCH_CHECK(weight_t.dim() == 2 && weight_t.is_contiguous() && weight_t.size(0) == pre.size(2),
+              "weight_t must be a contiguous (N_in, N_out) tensor");
+  TORCH_CHECK(weight_t.scalar_type() == pre.scalar_type(), "pre and weight_t must share a dtype");
+  const int64_t T = pre.size(0), B = pre.size(1), n_in = pre.size(2), n_out = weight_t.size(1);
+  TORCH_CHECK(post.dim() == 3 && post.is_contiguous() && post.size(0) == T && post.size(1) == B &&
+                  post.size(2) == n_out && post.scalar_type() == pre.scalar_type() && post.device().is_cpu(),
+              "out must be a contiguous (T, B, N_out) CPU tensor of pre's dtype");
+  if (T == 0 || B == 0) return;
+  AT_DISPATCH_FLOATING_TYPES(pre.scalar_type(), "linear_forward_cpu", [&] {
+    const scalar_t* x = pre.data_ptr<scalar_t>();
+    const scalar_t* wt = weight_t.data_ptr<scalar_t>();
+    scalar_t* out = post.data_ptr<scalar_t>();
+    at::parallel_for(0, B, 1, [&](int64_t lo, int64_t hi) {
+      for (int64_t b = lo; b < hi; ++b) {
+        const auto run = lateral != 0.0 ? forward_sample<scalar_t, true> : forward_sample<scalar_t, false>;
+        run(x, wt, out, T, B, b, n_in, n_out, static_cast<scalar_t>(fire_at), static_cast<scalar_t>(decay_m),
+            static_cast<scalar_t>(decay_s), t_ref, static_cast<scalar_t>(lateral));
+      }
+    });
+  });
+}
+
+std::vector<torch::Tensor> linear_backward_cpu(torch::Tensor pre, torch::Tensor post, torch::Tensor weight,
+                                               torch::Tensor g, torch::Tensor lam, torch::Tensor rho, double nu,
+                                               bool need_below, double decay_m, double decay_s, double coef_m,
+                                               double coef_s, int64_t delay, int64_t t_ref, int64_t window,
+                                               bool zero_first) {
+  const auto dtype = pre.scalar_type();
+  for (const auto* t : {&pre, &post, &weight, &g}) {
+    TORCH_CHECK(t->is_contiguous() && t->device().is_cpu() && t->scalar_type() == dtype,
+                "linear_backward_cpu: every tensor must be contiguous, on the CPU, of one dtype");
+  }
+  TORCH_CHECK(pre.dim() == 3 && post.dim() == 3 && pre.size(0) == post.size(0) && pre.size(1) == post.size(1),
+              "pre (T, B, N_in) and post (T, B, N_out) must share (T, B)");
+  const int64_t T = pre.size(0), B = pre.size(1), n_in = pre.size(2), n_out = post.size(2);
+  TORCH_CHECK(weight.dim() == 2 && weight.size(0) == n_out && weight.size(1) == n_in, "weight must be (N_out, N_in)");
+  TORCH_CHECK(g.dim() == 2 && g.size(0) == B && g.size(1) == n_out, "g must be (B, N_out)");
+  const bool has_lam = lam.numel() > 0, has_rho = rho.numel() > 0;
+  TORCH_CHECK(!has_lam || (lam.is_contiguous() && lam.sizes() == g.sizes() && lam.scalar_type() == dtype),
+              "lam must be empty or a contiguous (B, N_out) tensor");
+  TORCH_CHECK(!has_rho || (rho.is_contiguous() && rho.dim() == 1 && rho.size(0) == n_out && rho.scalar_type() == dtype),
+              "rho must be empty or a contiguous (N_out,) tensor");
+  auto coef = torch::empty({B, n_out}, pre.options());
+  auto o = torch::empty({B, n_out}, pre.options());
+  auto o_pre = torch::empty({B, n_in}, pre.options());
+  auto gwe = need_below ? torch::empty({B, n_in}, pre.options()) : torch::empty({0}, pre.options());
+  const int64_t groups = std::max<int64_t>(1, std::min<int64_t>(B, kGroups));
+  auto partial = torch::zeros({groups, n_out, n_in}, pre.options());
+  AT_DISPATCH_FLOATING_TYPES(dtype, "linear_backward_cpu", [&] {
+    Backward<scalar_t> bw{pre.data_ptr<scalar_t>(), post.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(),
+                          g.data_ptr<scalar_t>(), has_lam ? lam.data_ptr<scalar_t>() : nullptr,
+                          has_rho ? rho.data_ptr<scalar_t>() : nullptr, coef.data_ptr<scalar_t>(),
+                          need_below ? gwe.data_ptr<scalar_t>() : nullptr, o.data_ptr<scalar_t>(),
+                          o_pre.data_ptr<scalar_t>(), T, B, n_in, n_out,
+                          static_cast<scalar_t>(nu),
+                          KernelArgs{decay_m, decay_s, coef_m, coef_s, delay, t_ref, window, zero_first}};
+    scalar_t* part = partial.data_ptr<scalar_t>();
+    at::parallel_for(0, groups, 1, [&](int64_t lo, int64_t hi) {
+      for (int64_t q = lo; q < hi; ++q) {
+        bw.samples(q * B / groups, (q + 1) * B / groups, part + q * n_out * n_in);
+      }
+    });
+  });
+  return {coef, partial.sum(0), gwe, o, o_pre};
+}
