@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -9,6 +10,10 @@ import pytest
 import torch
 
 from hm2bp import ops
+
+# Subprocesses that change HOME (e.g. the wandb tests) must still find the compiled kernels instead of rebuilding
+# them (~2 minutes here).
+os.environ.setdefault("HM2BP_EXTENSIONS_DIR", str(ops.DEFAULT_EXTENSIONS_DIR))
 
 
 def refractory_trains(rng: np.random.Generator, batch: int, steps: int, neurons: int, rate: float,

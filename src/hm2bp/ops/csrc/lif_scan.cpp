@@ -1,7 +1,7 @@
 // CPU kernel of the fused LIF scan: neurons in parallel, a loop over time per chunk of neurons.
 // The arithmetic mirrors the pure-PyTorch path op for op (fused multiply-adds where PyTorch's vectorised
 // add-with-alpha uses them), so both give the same spikes.
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
 #include <cmath>
@@ -73,7 +73,7 @@ void scan_lateral_sample(scalar_t* buf, int64_t T, int64_t stride, int64_t b, in
 
 }  // namespace
 
-void lif_scan_cpu(torch::Tensor buf, double fire_at, double decay_m, double decay_s, int64_t t_ref,
+void lif_scan_cpu(at::Tensor buf, double fire_at, double decay_m, double decay_s, int64_t t_ref,
                   double lateral) {
   TORCH_CHECK(buf.dim() == 3 && buf.is_contiguous(), "buf must be a contiguous (T + 1, B, N) tensor");
   TORCH_CHECK(buf.device().is_cpu(), "lif_scan_cpu needs a CPU tensor");
@@ -98,16 +98,16 @@ void lif_scan_cpu(torch::Tensor buf, double fire_at, double decay_m, double deca
 }
 
 #ifdef HM2BP_WITH_CUDA
-void lif_scan_cuda(torch::Tensor buf, double fire_at, double decay_m, double decay_s, int64_t t_ref,
+void lif_scan_cuda(at::Tensor buf, double fire_at, double decay_m, double decay_s, int64_t t_ref,
                    double lateral) {
   TORCH_CHECK(buf.dim() == 3 && buf.is_contiguous() && buf.is_cuda(), "buf must be a contiguous CUDA tensor");
   const int64_t T = buf.size(0) - 1, B = buf.size(1), N = buf.size(2);
   if (T <= 0) return;
   TORCH_CHECK(lateral == 0.0 || N <= 8192, "lif_scan_cuda: lateral inhibition supports at most 8192 neurons");
-  if (buf.scalar_type() == torch::kFloat) {
+  if (buf.scalar_type() == at::kFloat) {
     hm2bp_lif_scan_cuda_f32(buf.data_ptr<float>(), T, B, N, fire_at, decay_m, decay_s, t_ref, lateral);
   } else {
-    TORCH_CHECK(buf.scalar_type() == torch::kDouble, "lif_scan_cuda supports float32 and float64");
+    TORCH_CHECK(buf.scalar_type() == at::kDouble, "lif_scan_cuda supports float32 and float64");
     hm2bp_lif_scan_cuda_f64(buf.data_ptr<double>(), T, B, N, fire_at, decay_m, decay_s, t_ref, lateral);
   }
 }

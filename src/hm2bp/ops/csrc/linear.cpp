@@ -11,17 +11,37 @@
 // of both sides come out too, so the caller never sums the (large) rasters again.
 // No (B, N_out, N_in) tensor exists: the gradient is accumulated per fixed group of samples (so the result does
 // not depend on the number of threads) and the groups are summed in order.
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <utility>
 #include <vector>
 
 #include "madd.h"
 
 namespace {
+
+// Calls f(j) for every j < n with x[j] != 0, skipping 32 zero bytes at a time (spike rows are mostly zeros).
+template <typename scalar_t, typename F>
+inline void for_each_spike(const scalar_t* x, int64_t n, F&& f) {
+  constexpr int64_t kBlock = 32 / sizeof(scalar_t);
+  int64_t j = 0;
+  for (; j + kBlock <= n; j += kBlock) {
+    uint64_t word[4];
+    std::memcpy(word, x + j, sizeof(word));
+    if ((word[0] | word[1] | word[2] | word[3]) == 0) continue;
+    for (int64_t q = j; q < j + kBlock; ++q) {
+      if (x[q] != scalar_t(0)) f(q);
+    }
+  }
+  for (; j < n; ++j) {
+    if (x[j] != scalar_t(0)) f(j);
+  }
+}
 
 template <typename scalar_t, bool kLateral>
 void forward_sample(const scalar_t* __restrict__ pre, const scalar_t* __restrict__ wt, scalar_t* __restrict__ post,
@@ -37,12 +57,10 @@ void forward_sample(const scalar_t* __restrict__ pre, const scalar_t* __restrict
   for (int64_t t = 1; t < T; ++t) {
     const scalar_t* x = pre + ((t - 1) * B + b) * n_in;
     std::fill(dr, dr + n_out, scalar_t(0));
-    for (int64_t j = 0; j < n_in; ++j) {
-      if (x[j] != scalar_t(0)) {
-        const scalar_t* __restrict__ row = wt + j * n_out;
-        for (int64_t i = 0; i < n_out; ++i) dr[i] += row[i];
-      }
-    }
+    for_each_spike(x, n_in, [&](int64_t j) {
+      const scalar_t* __restrict__ row = wt + j * n_out;
+      for (int64_t i = 0; i < n_out; ++i) dr[i] += row[i];
+    });
     const scalar_t* __restrict__ prev = post + ((t - 1) * B + b) * n_out;
     scalar_t* __restrict__ out = post + (t * B + b) * n_out;
     scalar_t total = 0;
@@ -168,9 +186,9 @@ struct Backward {
       spikes.clear();
       for (int64_t t = 0; t < T; ++t) {  // one pass over the post raster: counts and spike times
         const scalar_t* __restrict__ row = post + (t * B + b) * n_out;
-        for (int64_t i = 0; i < n_out; ++i) {
-          if (row[i] != scalar_t(0)) spikes.emplace_back(static_cast<int32_t>(i), static_cast<int32_t>(t));
-        }
+        for_each_spike(row, n_out, [&](int64_t i) {
+          spikes.emplace_back(static_cast<int32_t>(i), static_cast<int32_t>(t));
+        });
       }
       std::fill(start.begin(), start.end(), 0);
       for (const auto& sp : spikes) ++start[sp.first + 1];
@@ -218,7 +236,7 @@ constexpr int64_t kGroups = 8;
 
 }  // namespace
 
-void linear_forward_cpu(torch::Tensor pre, torch::Tensor weight_t, torch::Tensor post, double fire_at,
+void linear_forward_cpu(at::Tensor pre, at::Tensor weight_t, at::Tensor post, double fire_at,
                         double decay_m, double decay_s, int64_t t_ref, double lateral) {
   TORCH_CHECK(pre.dim() == 3 && pre.is_contiguous() && pre.device().is_cpu(),
               "pre must be a contiguous time-major (T, B, N_in) CPU tensor");
@@ -244,8 +262,8 @@ void linear_forward_cpu(torch::Tensor pre, torch::Tensor weight_t, torch::Tensor
   });
 }
 
-std::vector<torch::Tensor> linear_backward_cpu(torch::Tensor pre, torch::Tensor post, torch::Tensor weight,
-                                               torch::Tensor g, torch::Tensor lam, torch::Tensor rho, double nu,
+std::vector<at::Tensor> linear_backward_cpu(at::Tensor pre, at::Tensor post, at::Tensor weight,
+                                               at::Tensor g, at::Tensor lam, at::Tensor rho, double nu,
                                                bool need_below, double decay_m, double decay_s, double coef_m,
                                                double coef_s, int64_t delay, int64_t t_ref, int64_t window,
                                                bool zero_first) {
@@ -264,12 +282,12 @@ std::vector<torch::Tensor> linear_backward_cpu(torch::Tensor pre, torch::Tensor 
               "lam must be empty or a contiguous (B, N_out) tensor");
   TORCH_CHECK(!has_rho || (rho.is_contiguous() && rho.dim() == 1 && rho.size(0) == n_out && rho.scalar_type() == dtype),
               "rho must be empty or a contiguous (N_out,) tensor");
-  auto coef = torch::empty({B, n_out}, pre.options());
-  auto o = torch::empty({B, n_out}, pre.options());
-  auto o_pre = torch::empty({B, n_in}, pre.options());
-  auto gwe = need_below ? torch::empty({B, n_in}, pre.options()) : torch::empty({0}, pre.options());
+  auto coef = at::empty({B, n_out}, pre.options());
+  auto o = at::empty({B, n_out}, pre.options());
+  auto o_pre = at::empty({B, n_in}, pre.options());
+  auto gwe = need_below ? at::empty({B, n_in}, pre.options()) : at::empty({0}, pre.options());
   const int64_t groups = std::max<int64_t>(1, std::min<int64_t>(B, kGroups));
-  auto partial = torch::zeros({groups, n_out, n_in}, pre.options());
+  auto partial = at::zeros({groups, n_out, n_in}, pre.options());
   AT_DISPATCH_FLOATING_TYPES(dtype, "linear_backward_cpu", [&] {
     Backward<scalar_t> bw{pre.data_ptr<scalar_t>(), post.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(),
                           g.data_ptr<scalar_t>(), has_lam ? lam.data_ptr<scalar_t>() : nullptr,
