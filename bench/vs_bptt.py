@@ -36,14 +36,15 @@ def _splits(seed: int):
 
 
 def run_hm2bp(epochs: int, seed: int) -> dict:
-    from hm2bp import SpikingMLP
+    from hm2bp import SpikingMLP, ops
     from hm2bp.train import Regularizer, fit, summarize
 
     torch.manual_seed(seed)
     train, test = _splits(seed)
     history = fit(SpikingMLP(SIZES, THRESHOLDS), train, test, epochs=epochs, batch_size=BATCH, lr=LR, seed=seed,
                   regularizer=Regularizer())
-    return summarize(history)
+    path = "compiled CPU kernels" if ops.cpu_kernels(torch.empty(0)) else "pure PyTorch"
+    return {**summarize(history), "path": path}
 
 
 def bptt_peer(hidden: int, thresholds: list[float]):
@@ -144,7 +145,7 @@ Adam {LR}, {args.epochs} epochs, seed {args.seed}, {m['threads']} threads; both 
 
 | method | train samples/s | peak RSS MiB | final test acc % | best test acc % |
 |---|---|---|---|---|
-{row("HM2-BP (hm2bp, pure PyTorch)", h)}
+{row(f"HM2-BP (hm2bp, {h['path']})", h)}
 {row("BPTT (snnTorch `Synaptic`)", b)}
 | **HM2-BP / BPTT** | **{speed:.2f}×** | {h['peak_rss_mib'] / b['peak_rss_mib']:.2f}× | | |
 """)

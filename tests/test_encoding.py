@@ -47,3 +47,29 @@ def test_bad_encoder_input(kwargs, message):
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
         bernoulli_encode(args["pixels"], args["steps"], seed=0, indices=torch.arange(2))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_encoder_equals_pure_pytorch(dtype, ops_backend):
+    """The C++ encoder draws from the same hash: identical spikes for fixed and per-epoch trains."""
+    g = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (37, 50), generator=g).to(torch.float32)
+    pixels[:, :3] = 255  # the largest rate
+    pixels[:, 3:6] = 0  # silent inputs
+    idx = torch.arange(100, 137)
+    trains = {}
+    for backend in ("torch", "compiled"):
+        ops_backend(backend)
+        trains[backend] = [bernoulli_encode(pixels, 301, seed=3, indices=idx, epoch=e, fixed=f, dtype=dtype)
+                           for e, f in ((0, True), (4, False))]
+    for a, b in zip(trains["torch"], trains["compiled"], strict=True):
+        assert b.dtype == dtype and torch.equal(a, b)
+        assert a[:, :, :3].mean() > 0.15 and a[:, :, 3:6].sum() == 0 and a[:, 0].sum() == 0
+
+
+def test_encoder_op_schema_and_fake_implementation(ops_backend):
+    ops_backend("compiled")
+    keys = torch.tensor([5, 2**32 - 1], dtype=torch.int64)
+    torch.library.opcheck(torch.ops.hm2bp.bernoulli_hash_.default,
+                          (keys, torch.rand(2, 3, dtype=torch.float64), torch.empty(7, 2, 3)),
+                          test_utils=("test_schema", "test_faketensor"))

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from hm2bp import ops
+
 # Provenance: spec §2 [CODE `readData/readMnistData.cpp:168-223`]: q = pixel / (5.5 · 255), at most 0.1818 per step.
 PIXEL_MAX = 255.0
 RATE_DIVISOR = 5.5
@@ -27,13 +29,18 @@ def _hash32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
+def sample_keys(seed: int, indices: torch.Tensor, epoch: int) -> torch.Tensor:
+    """Per-sample hash keys ``(B,)`` (int64 in [0, 2³²)): the uniform of (t, input) is ``hash(key + t·N + input)``."""
+    base = _hash32((indices.to(torch.int64) & _MASK32) ^ _hash32(torch.tensor(
+        [(seed * 0x9E3779B1 + epoch * 0x85EBCA77) & _MASK32], dtype=torch.int64, device=indices.device)))
+    return _hash32(base)
+
+
 def hashed_uniform(seed: int, indices: torch.Tensor, epoch: int, steps: int, n_inputs: int) -> torch.Tensor:
     """Uniforms in [0, 1), time-major ``(steps, B, n_inputs)``, a pure function of (seed, index, epoch, t, input)."""
-    dev = indices.device
-    base = _hash32((indices.to(torch.int64) & _MASK32) ^ _hash32(torch.tensor(
-        [(seed * 0x9E3779B1 + epoch * 0x85EBCA77) & _MASK32], dtype=torch.int64, device=dev)))
-    cell = torch.arange(steps * n_inputs, dtype=torch.int64, device=dev).view(steps, 1, n_inputs)
-    h = _hash32((cell + _hash32(base).view(1, -1, 1)) & _MASK32)
+    keys = sample_keys(seed, indices, epoch)
+    cell = torch.arange(steps * n_inputs, dtype=torch.int64, device=indices.device).view(steps, 1, n_inputs)
+    h = _hash32((cell + keys.view(1, -1, 1)) & _MASK32)
     return h.to(torch.float64).div_(2.0**32)
 
 
@@ -61,7 +68,12 @@ def bernoulli_encode(pixels: torch.Tensor, steps: int, *, seed: int, indices: to
     if pixels.numel() and (float(pixels.min()) < 0 or float(pixels.max()) > pixel_max):
         raise ValueError(f"pixels must lie in [0, {pixel_max}], got [{float(pixels.min())}, {float(pixels.max())}]")
     q = pixels.to(torch.float64) / (rate_divisor * pixel_max)
-    u = hashed_uniform(seed, indices, 0 if fixed else epoch, steps, pixels.shape[1])
-    spikes = (u < q.unsqueeze(0)).to(dtype or torch.get_default_dtype())
-    spikes[0] = 0
+    draw = 0 if fixed else epoch
+    if ops.cpu_kernels(pixels):  # the same hash in C++: same spikes, no (T, B, N) int64 temporaries
+        spikes = pixels.new_empty(steps, *pixels.shape, dtype=dtype or torch.get_default_dtype())
+        torch.ops.hm2bp.bernoulli_hash_(sample_keys(seed, indices, draw), q.contiguous(), spikes)
+    else:
+        u = hashed_uniform(seed, indices, draw, steps, pixels.shape[1])
+        spikes = (u < q.unsqueeze(0)).to(dtype or torch.get_default_dtype())
+        spikes[0] = 0
     return spikes.transpose(0, 1)  # (B, T, N) view of time-major storage: the layers use it without a copy

@@ -1,6 +1,7 @@
 """HM2-BP as a custom autograd rule for a spiking fully-connected layer (spec §4–§6, §13).
 
-Forward: input currents for all T in one GEMM, then the LIF scan. Backward receives ``∂L/∂s`` of a loss that depends
+Forward: input currents for all T in one GEMM, then the LIF scan (or, with the compiled kernels on CPUs, the fused
+layer of :mod:`hm2bp.ops`: event-driven currents inside the scan). Backward receives ``∂L/∂s`` of a loss that depends
 on spike *counts*, so ``δ_i = mean_t ∂L/∂s_i[t] = ∂L/∂o_i``; with ``g_i = δ_i/ν`` it returns
 
 * weight gradient  ``∂L/∂w_ij = Σ_b g_i (1 + S_i) Λ_i ê_ij`` with ``ê_ij = e_ij`` (or ``silent_post_psp`` when
@@ -68,9 +69,11 @@ class HM2BPRule:
             S-PSPs are computed (`Spiking.cu:1438-1463`).
         lateral_factor: scale output-layer weight gradients by ``Λ_i`` when lateral inhibition is on.
         lateral_min_denominator: clamp of Λ's denominator (None: unclipped, as the authors).
-        strategy: how the S-PSP contractions of linear layers are computed (``"pairs"``, ``"dense"``,
+        strategy: how the pure-PyTorch path contracts the S-PSPs of linear layers (``"pairs"``, ``"dense"``,
             ``"sparse"``, or ``"auto"``: the cheapest by :func:`choose_strategy`). All give the same result up to
-            rounding. Conv and pooling layers always use convolutions over time chunks (:mod:`hm2bp.conv`).
+            rounding. Where the compiled kernels run (:mod:`hm2bp.ops`, the default on CPUs), linear layers use the
+            fused C++ layer instead, which forms each sample's S-PSP rows in cache. Conv and pooling layers gather
+            receptive-field traces (:mod:`hm2bp.conv`).
         pool_error_scale: spiking pooling divides the error it passes down by ``"window"`` (k², authors) or
             ``"threshold"`` (ν_pool, chain rule).
     """
@@ -292,7 +295,7 @@ class HM2BPLinearFunction(torch.autograd.Function):
                 setup: LayerSetup) -> torch.Tensor:
         B, T, n_in = pre.shape
         pre_tm = pre.transpose(0, 1).contiguous()  # free when pre is itself a view of a time-major tensor
-        if ops.fused_linear(pre_tm):
+        if ops.cpu_kernels(pre_tm):
             out = setup.buffers.get((T, B, weight.shape[0]), pre_tm)
             post_tm = ops.linear_forward(pre_tm, weight, setup.lif, setup.lateral_w0, out=out)
         else:
@@ -321,7 +324,7 @@ class HM2BPLinearFunction(torch.autograd.Function):
 
         rho_silent = rule.silent_post_rho * weight.sum(1) if rule.side_effect else None
         need_below = ctx.needs_input_grad[0] and rule.effect_ratio
-        if ops.fused_linear(pre):
+        if ops.cpu_kernels(pre):
             coef, grad_w, gwe, o, o_pre = ops.linear_backward(pre, post, weight, g, lam, rho_silent, nu, need_below,
                                                               kernel)
             fired = o > 0

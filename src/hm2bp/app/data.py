@@ -65,9 +65,11 @@ class SpikeData(L.LightningDataModule):
             self.train, self.test = self.info.load(self.data_dir, self.download, steps=self.steps, **self.options)
             return
         x_tr, y_tr, x_te, y_te = self.info.load(self.data_dir, self.download)
-        encoder = Encoder(self.steps, seed=self.seed, fixed=self.fixed_trains)
-        self.train = StaticSplit(x_tr, y_tr, encoder, augment=self.augment, image_shape=self.info.shape)
-        self.test = StaticSplit(x_te, y_te, encoder, key_offset=len(x_tr))
+        # fixed_trains is about training trains: test trains are always drawn once, so every epoch's test accuracy
+        # is measured on the same inputs.
+        train_encoder = Encoder(self.steps, seed=self.seed, fixed=self.fixed_trains)
+        self.train = StaticSplit(x_tr, y_tr, train_encoder, augment=self.augment, image_shape=self.info.shape)
+        self.test = StaticSplit(x_te, y_te, Encoder(self.steps, seed=self.seed), key_offset=len(x_tr))
 
     @property
     def n_train(self) -> int:

@@ -75,7 +75,7 @@ def load_extension(device: str) -> ModuleType | None:
 
         build = _build_dir() / device
         build.mkdir(parents=True, exist_ok=True)
-        sources = [str(CSRC / name) for name in ("bindings.cpp", "lif_scan.cpp", "linear.cpp")]
+        sources = [str(CSRC / name) for name in ("bindings.cpp", "lif_scan.cpp", "linear.cpp", "encode.cpp")]
         # PyTorch's vectorised add-with-alpha uses fused multiply-adds on AVX2/AVX-512 CPUs; the kernel must too
         # (in hardware: without -mfma, std::fma is a slow library call) to give the same spikes. -fno-trapping-math
         # changes no value; it lets GCC turn the scan's selects into vector blends (without it no loop vectorises).
@@ -104,7 +104,7 @@ def load_extension(device: str) -> ModuleType | None:
 def _announce(path: str) -> None:
     if path not in _announced:
         _announced.add(path)
-        log.info("hm2bp: LIF scan runs on the %s path", path)
+        log.info("hm2bp: kernels run on the %s path", path)
 
 
 @torch.library.custom_op("hm2bp::lif_scan_", mutates_args=("buf",))
@@ -139,16 +139,17 @@ def scan(buf: torch.Tensor, params: LIFParams, lateral_w0: float = 0.0) -> torch
     return buf[: buf.shape[0] - 1]
 
 
-def fused_linear(x: torch.Tensor) -> bool:
-    """Whether spiking linear layers on ``x``'s device run the fused C++ kernels (CPU only; see the module doc)."""
+def cpu_kernels(x: torch.Tensor) -> bool:
+    """Whether work on ``x``'s device runs the C++ CPU kernels (the fused linear layer, the encoder): True on CPUs
+    unless the backend is ``"torch"`` or the build failed (then ``"compiled"`` raises)."""
     if x.is_cuda or _backend == "torch":
         return False
     if load_extension("cpu") is None:
         if _backend == "compiled":
             raise RuntimeError("HM2BP_OPS=compiled but the cpu kernels could not be built (see the log)")
-        _announce("pure-PyTorch linear")
+        _announce("pure-PyTorch CPU")
         return False
-    _announce("fused C++ linear")
+    _announce("compiled CPU")
     return True
 
 
@@ -232,3 +233,15 @@ def linear_backward(pre: torch.Tensor, post: torch.Tensor, weight: torch.Tensor,
         need_below, *kernel.decays, *kernel.coeffs, kernel.delay, kernel.t_ref,
         kernel.window if kernel.split else -1, kernel.convention == "original")
     return coef, grad_w, (gwe if need_below else None), o, o_pre
+
+
+@torch.library.custom_op("hm2bp::bernoulli_hash_", mutates_args=("out",))
+def bernoulli_hash_(keys: torch.Tensor, q: torch.Tensor, out: torch.Tensor) -> None:
+    """``out[t, b, i] = 1`` iff ``t ≥ 1`` and ``lowbias32(keys[b] + t·N + i)/2³² < q[b, i]`` (the pure-PyTorch
+    :func:`hm2bp.encoding.hashed_uniform` draws the same uniforms)."""
+    _cpu_module().bernoulli_hash_cpu(keys, q, out)
+
+
+@bernoulli_hash_.register_fake
+def _(keys, q, out) -> None:
+    return None

@@ -178,9 +178,14 @@ struct Backward {
 
   // Samples [lo, hi) with their weight-gradient terms accumulated into grad (n_out, n_in).
   void samples(int64_t lo, int64_t hi, scalar_t* __restrict__ grad) const {
-    std::vector<scalar_t> tr(T * 2 * n_in), e(n_in);
-    std::vector<int64_t> start(n_out + 1), times;
-    std::vector<std::pair<int32_t, int32_t>> spikes;  // (neuron, time) in time order
+    // Per-thread scratch kept across calls: the traces of an 800-input layer take 2.5 MB, and a fresh allocation
+    // of that size pays its page faults on every call.
+    thread_local std::vector<scalar_t> tr, e;
+    thread_local std::vector<int64_t> start, times;
+    thread_local std::vector<std::pair<int32_t, int32_t>> spikes;  // (neuron, time) in time order
+    tr.resize(T * 2 * n_in);
+    e.resize(n_in);
+    start.resize(n_out + 1);
     for (int64_t b = lo; b < hi; ++b) {
       scalar_t* __restrict__ ob = o + b * n_out;
       spikes.clear();
