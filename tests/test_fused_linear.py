@@ -50,6 +50,17 @@ def test_forward_equals_gemm_and_scan(dtype, w0, shape):
         assert expected.sum() > 0
 
 
+def test_forward_weighs_inputs_as_a_gemm():
+    """Graded inputs (not spikes) weigh their weight rows, as the GEMM of the pure-PyTorch path does."""
+    g = torch.Generator().manual_seed(5)
+    pre = (torch.rand(200, 4, 10, generator=g) < 0.3).double() * torch.tensor([0.5, 2.0]).repeat(5).double()
+    weight = _dyadic_weight(6, 10, torch.float64, seed=5)
+    params = LIFParams(threshold=1.0)
+    expected = _gemm_scan(pre, weight, params, 0.0)
+    assert expected.sum() > 0
+    assert torch.equal(ops.linear_forward(pre, weight, params), expected)
+
+
 def test_forward_random_weights_agree_with_gemm_path():
     """With arbitrary float32 weights the sums are rounded in another order, so a spike may move where the membrane
     sits within rounding of the threshold; that must stay rare."""

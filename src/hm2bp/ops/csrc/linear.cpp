@@ -57,9 +57,10 @@ void forward_sample(const scalar_t* __restrict__ pre, const scalar_t* __restrict
   for (int64_t t = 1; t < T; ++t) {
     const scalar_t* x = pre + ((t - 1) * B + b) * n_in;
     std::fill(dr, dr + n_out, scalar_t(0));
-    for_each_spike(x, n_in, [&](int64_t j) {
+    for_each_spike(x, n_in, [&](int64_t j) {  // I[t-1]/tau_s = sum_j x_j W^T_j / tau_s over the inputs that spiked
+      const scalar_t a = x[j];  // 1 for a spike (then a * row is exact); any other value weighs the row as a GEMM
       const scalar_t* __restrict__ row = wt + j * n_out;
-      for (int64_t i = 0; i < n_out; ++i) dr[i] += row[i];
+      for (int64_t i = 0; i < n_out; ++i) dr[i] += a * row[i];
     });
     const scalar_t* __restrict__ prev = post + ((t - 1) * B + b) * n_out;
     scalar_t* __restrict__ out = post + (t * B + b) * n_out;
