@@ -61,6 +61,14 @@ class LIFParams:
         """κ = τs/τm."""
         return self.tau_s / self.tau_m
 
+    def scan_args(self, lateral_w0: float = 0.0) -> tuple[float, float, float, int, float]:
+        """The scan kernels' primitive arguments ``(fire_at, decay_m, decay_s, t_ref, lateral)``: fire at
+        ``v > ν − eps``, Euler decays ``1 − 1/τ``, ``lateral = w0/τs`` (the drive is ``I/τs``); ``w0 ≥ 0``."""
+        if lateral_w0 < 0:
+            raise ValueError(f"lateral_w0 must be >= 0, got {lateral_w0}")
+        return (self.threshold - self.threshold_eps, 1.0 - 1.0 / self.tau_m, 1.0 - 1.0 / self.tau_s, self.t_ref,
+                lateral_w0 / self.tau_s)
+
 
 def check_spikes(name: str, x: torch.Tensor, ndim: int = 3) -> None:
     """Raise a clear error unless ``x`` is a floating or bool tensor of rank ``ndim`` holding only 0/1."""
@@ -110,10 +118,7 @@ def scan_inplace(buf: torch.Tensor, params: LIFParams, lateral_w0: float = 0.0) 
     ``c̃ = c/τs`` and ``v``; refractory hold, firing and reset are float arithmetic on contiguous ``(B, N)`` rows
     (bool masks are several times slower on CPU).
     """
-    if lateral_w0 < 0:
-        raise ValueError(f"lateral_w0 must be >= 0, got {lateral_w0}")
-    return scan_core(buf, params.threshold - params.threshold_eps, 1.0 - 1.0 / params.tau_m,
-                     1.0 - 1.0 / params.tau_s, params.t_ref, lateral_w0 / params.tau_s)
+    return scan_core(buf, *params.scan_args(lateral_w0))
 
 
 def scan_core(buf: torch.Tensor, fire_at: float, decay_m: float, decay_s: float, t_ref: int,

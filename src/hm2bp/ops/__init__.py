@@ -33,7 +33,7 @@ from types import ModuleType
 
 import torch
 
-from hm2bp.neuron import LIFParams, scan_core, scan_inplace
+from hm2bp.neuron import LIFParams, scan_core
 from hm2bp.spsp import PSPKernel
 
 log = logging.getLogger("hm2bp.ops")
@@ -130,12 +130,10 @@ def _(buf, fire_at, decay_m, decay_s, t_ref, lateral) -> None:  # shapes do not 
 
 def scan(buf: torch.Tensor, params: LIFParams, lateral_w0: float = 0.0) -> torch.Tensor:
     """Dispatching version of :func:`hm2bp.neuron.scan_inplace` (same contract: returns ``buf[:T]``)."""
-    if lateral_w0 < 0:
-        raise ValueError(f"lateral_w0 must be >= 0, got {lateral_w0}")
+    args = params.scan_args(lateral_w0)
     if _backend == "torch":
-        return scan_inplace(buf, params, lateral_w0)
-    torch.ops.hm2bp.lif_scan_(buf, params.threshold - params.threshold_eps, 1.0 - 1.0 / params.tau_m,
-                              1.0 - 1.0 / params.tau_s, params.t_ref, lateral_w0 / params.tau_s)
+        return scan_core(buf, *args)
+    torch.ops.hm2bp.lif_scan_(buf, *args)
     return buf[: buf.shape[0] - 1]
 
 
@@ -164,7 +162,8 @@ def _cpu_module() -> ModuleType:
 def linear_forward_(pre: torch.Tensor, weight_t: torch.Tensor, out: torch.Tensor, fire_at: float, decay_m: float,
                     decay_s: float, t_ref: int, lateral: float) -> None:
     """Spikes ``out (T, B, N_out)`` of a spiking linear layer from time-major ``pre (T, B, N_in)`` and
-    ``weight_t = Wᵀ/τs``: per step ``c ← c·decay_s + Σ_{j: pre_j[t−1]=1} weight_t[j]``, then :func:`scan_core`."""
+    ``weight_t = Wᵀ/τs``: per step ``c ← c·decay_s + Σ_{j: pre_j[t−1]≠0} pre_j[t−1]·weight_t[j]`` (adds of the rows
+    of the inputs that spiked), then :func:`scan_core`."""
     _cpu_module().linear_forward_cpu(pre, weight_t, out, fire_at, decay_m, decay_s, t_ref, lateral)
 
 
@@ -200,15 +199,12 @@ def linear_forward(pre: torch.Tensor, weight: torch.Tensor, params: LIFParams, l
         params: the layer's LIF parameters; lateral_w0: output-layer lateral inhibition (≥ 0).
         out: optional ``(T, B, N_out)`` buffer to write the spikes into (reused across steps).
     """
-    if lateral_w0 < 0:
-        raise ValueError(f"lateral_w0 must be >= 0, got {lateral_w0}")
+    args = params.scan_args(lateral_w0)
     T, B, _ = pre.shape
     if out is None:
         out = pre.new_empty(T, B, weight.shape[0])
     weight_t = (weight.t() / params.tau_s).contiguous()  # the GEMM path scales W the same way
-    torch.ops.hm2bp.linear_forward_(pre.contiguous(), weight_t, out, params.threshold - params.threshold_eps,
-                                    1.0 - 1.0 / params.tau_m, 1.0 - 1.0 / params.tau_s, params.t_ref,
-                                    lateral_w0 / params.tau_s)
+    torch.ops.hm2bp.linear_forward_(pre.contiguous(), weight_t, out, *args)
     return out
 
 

@@ -15,8 +15,6 @@ namespace {
 template <typename scalar_t>
 void scan_chunk(scalar_t* buf, int64_t T, int64_t stride, int64_t begin, int64_t len, scalar_t fire_at,
                 scalar_t dm, scalar_t ds, int64_t t_ref) {
-  // Branch-free body over contiguous neurons so the compiler vectorises it; the refractory counter is kept in
-  // scalar_t so every array has one element width.
   std::vector<scalar_t> c(len, 0), v(len, 0), ref(len, 0);
   scalar_t* cp = c.data();
   scalar_t* vp = v.data();
@@ -27,16 +25,8 @@ void scan_chunk(scalar_t* buf, int64_t T, int64_t stride, int64_t begin, int64_t
   for (int64_t t = 1; t < T; ++t) {
     scalar_t* row = buf + t * stride + begin;
     for (int64_t i = 0; i < len; ++i) {
-      const scalar_t ci = madd(cp[i], ds, row[i]);  // c <- c(1 - 1/tau_s) + I[t-1]/tau_s
-      scalar_t vi = madd(vp[i], dm, ci);            // v <- v(1 - 1/tau_m) + c
-      const bool held = rp[i] > scalar_t(0);        // refractory hold
-      vi = held ? scalar_t(0) : vi;
-      scalar_t ri = held ? rp[i] - scalar_t(1) : rp[i];
-      const bool fire = vi > fire_at;
-      cp[i] = ci;
-      vp[i] = fire ? scalar_t(0) : vi;
-      rp[i] = fire ? hold : ri;
-      row[i] = fire ? scalar_t(1) : scalar_t(0);
+      cp[i] = madd(cp[i], ds, row[i]);  // c <- c(1 - 1/tau_s) + I[t-1]/tau_s
+      row[i] = lif_step(cp[i], vp[i], rp[i], dm, fire_at, hold);
     }
   }
 }

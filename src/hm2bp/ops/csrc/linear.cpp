@@ -71,15 +71,8 @@ void forward_sample(const scalar_t* __restrict__ pre, const scalar_t* __restrict
     for (int64_t i = 0; i < n_out; ++i) {
       scalar_t ci = madd(cp[i], ds, dr[i]);  // c <- c(1 - 1/tau_s) + I[t-1]/tau_s
       if constexpr (kLateral) ci = madd(-lateral, total - prev[i], ci);  // -w0/tau_s per other spike at t-1
-      scalar_t vi = madd(vp[i], dm, ci);  // v <- v(1 - 1/tau_m) + c
-      const bool held = rp[i] > scalar_t(0);
-      vi = held ? scalar_t(0) : vi;
-      const scalar_t ri = held ? rp[i] - scalar_t(1) : rp[i];
-      const bool fire = vi > fire_at;
       cp[i] = ci;
-      vp[i] = fire ? scalar_t(0) : vi;
-      rp[i] = fire ? hold : ri;
-      out[i] = fire ? scalar_t(1) : scalar_t(0);
+      out[i] = lif_step(ci, vp[i], rp[i], dm, fire_at, hold);
     }
   }
 }
