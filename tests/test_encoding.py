@@ -73,3 +73,13 @@ def test_encoder_op_schema_and_fake_implementation(ops_backend):
     torch.library.opcheck(torch.ops.hm2bp.bernoulli_hash_.default,
                           (keys, torch.rand(2, 3, dtype=torch.float64), torch.empty(7, 2, 3)),
                           test_utils=("test_schema", "test_faketensor"))
+
+
+def test_encoder_op_refuses_bad_tensors(ops_backend):
+    ops_backend("compiled")
+    keys, q, out = torch.zeros(2, dtype=torch.int64), torch.zeros(2, 3, dtype=torch.float64), torch.empty(4, 2, 3)
+    for args, message in (((keys.int(), q, out), "keys must be a contiguous int64"),
+                          ((keys, q.float(), out), "q must be a contiguous float64"),
+                          ((keys, q, torch.empty(4, 2, 5)), "out must be a contiguous \\(T, B, N\\)")):
+        with pytest.raises(RuntimeError, match=message):
+            torch.ops.hm2bp.bernoulli_hash_(*args)

@@ -160,6 +160,13 @@ def test_bad_tensors_are_refused():
     with pytest.raises(RuntimeError, match="share \\(T, B\\)"):
         ops.linear_backward(pre, torch.zeros(9, 2, 5), torch.zeros(5, 4), torch.zeros(2, 5), None, None, 1.0, True,
                             PSPKernel())
+    post, w, g = torch.zeros(10, 2, 5), torch.zeros(5, 4), torch.zeros(2, 5)
+    for args, message in (((pre, post, torch.zeros(4, 5), g, None, None), "weight must be \\(N_out, N_in\\)"),
+                          ((pre, post, w, torch.zeros(3, 5), None, None), "g must be \\(B, N_out\\)"),
+                          ((pre, post, w, g, torch.zeros(2, 4), None), "lam must be empty or"),
+                          ((pre, post, w, g, None, torch.zeros(4)), "rho must be empty or")):
+        with pytest.raises(RuntimeError, match=message):
+            ops.linear_backward(*args, 1.0, True, PSPKernel())
 
 
 def test_pure_pytorch_path_when_the_build_is_impossible(monkeypatch, ops_backend):
