@@ -105,12 +105,14 @@ def test_lateral_clamp_counts_and_bounds(rng):
     assert torch.isfinite(weight.grad).all()
 
 
-def test_auto_strategy_prefers_sparse_for_sparse_wide_layers():
+def test_auto_strategy_prefers_pairs_then_sparse_for_sparse_wide_layers():
     post = torch.zeros(400, 64, 800)
-    post[torch.arange(10, 400, 97)] = 0  # almost silent
-    post[100, :, :5] = 1
-    ev = post_events(post, LayerSetup(LIFParams(1.0), HM2BPRule()).kernel)
-    assert choose_strategy(ev, 64) == "sparse"
+    post[100, :, :5] = 1  # almost silent
+    kernel = LayerSetup(LIFParams(1.0), HM2BPRule()).kernel
+    assert choose_strategy(post_events(post, kernel), 64) == "pairs"  # e (B, 800, 64) is smaller than the traces
+    short = torch.zeros(8, 64, 800)
+    short[3, :, :5] = 1
+    assert choose_strategy(post_events(short, kernel), 784) == "sparse"  # e would be 40× the traces
 
 
 def test_input_gradient_not_computed_when_not_needed(rng):

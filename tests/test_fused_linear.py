@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hm2bp import ops
-from hm2bp.functional import HM2BPLinearFunction, HM2BPRule, LayerSetup
+from hm2bp.functional import HM2BPRule, LayerSetup, hm2bp_linear
 from hm2bp.neuron import LIFParams, scan_inplace
 from hm2bp.spsp import PSPKernel
 
@@ -125,14 +125,15 @@ def test_layer_gradients_equal_torch_path_float32(convention, output, ops_backen
         x = pre.clone().requires_grad_()
         setup = LayerSetup(lif=LIFParams(threshold=1.0), rule=HM2BPRule(convention=convention),
                            lateral_w0=1.0 if output else 0.0, is_output=output, target_count=35)
-        post = HM2BPLinearFunction.apply(x, weight, labels, setup)
+        post = hm2bp_linear(x, weight, setup, labels)
         (post.sum(1) * torch.linspace(-1, 1, 12)).sum().backward()
         grads.append((post.detach(), weight.grad, x.grad))
     (p_t, w_t, x_t), (p_c, w_c, x_c) = grads
     assert torch.equal(p_t, p_c)
     assert p_t.sum(1).max() > 20  # several spikes per neuron: resets and the 256-step window are exercised
     torch.testing.assert_close(w_c, w_t, rtol=2e-5, atol=1e-5)
-    torch.testing.assert_close(x_c, x_t, rtol=2e-5, atol=1e-6)
+    # the two paths sum e in different orders; terms reach ~10, so float32 resolution is ~1e-6 absolute
+    torch.testing.assert_close(x_c, x_t, rtol=2e-5, atol=4e-6)
 
 
 def test_ops_schema_and_fake_implementations():
@@ -176,7 +177,7 @@ def test_pure_pytorch_path_when_the_build_is_impossible(monkeypatch, ops_backend
     assert not ops.cpu_kernels(pre)
     setup = LayerSetup(lif=LIFParams(threshold=0.3), rule=HM2BPRule())
     weight = torch.rand(3, 4, requires_grad=True)
-    HM2BPLinearFunction.apply(pre, weight, None, setup).sum().backward()
+    hm2bp_linear(pre, weight, setup).sum().backward()
     assert weight.grad is not None
     ops.set_backend("compiled")  # the fixture resets it
     with pytest.raises(RuntimeError, match="could not be built"):

@@ -5,7 +5,17 @@ import torch
 from conftest import refractory_trains
 from hm2bp.neuron import LIFParams, lif_scan
 from hm2bp.reference import spsp_reference
-from hm2bp.spsp import PSPKernel, spsp
+from hm2bp.spsp import (
+    PSPKernel,
+    anticausal_spsp,
+    cached_spike_index,
+    causal_spsp,
+    indexed_matmul,
+    post_events,
+    spike_index,
+    spike_sums,
+    spsp,
+)
 
 CASES = [("original", 4.0), ("original", None), ("exact", None)]
 
@@ -44,6 +54,41 @@ def test_closed_form_equals_literal_reference(convention, window, steps, rng):
     # float32 on the same trains stays within 1e-5 relative of the float64 reference (absolute floor 1e-4)
     e32 = spsp(pre.float(), post.float(), convention=convention, window_taus=window)
     np.testing.assert_allclose(e32.double().numpy(), ref, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("convention, window", CASES)
+@pytest.mark.parametrize("steps", [80, 600])
+@pytest.mark.parametrize("form", [causal_spsp, anticausal_spsp])
+def test_sparse_forms_equal_literal_reference(form, convention, window, steps, rng):
+    """The two sparse-dense products of the pairs strategy (tracing the pre or the post side) give every S-PSP."""
+    pre, post = _special_trains(rng, steps)
+    kernel = PSPKernel.for_layer(64.0, 8.0, 2, convention, window)
+    pre_tm, post_tm = pre.transpose(0, 1).contiguous(), post.transpose(0, 1).contiguous()
+    e = form(post_events(post_tm, kernel), pre_tm, kernel)
+    np.testing.assert_allclose(e.numpy(), _reference(pre, post, convention, window), rtol=1e-9, atol=1e-12)
+
+
+def test_spike_index_orders_sums_and_cache(rng):
+    x = (torch.from_numpy(rng.random((30, 3, 7))) < 0.2).double()
+    x[4, 1, 2] = 0.5  # a graded entry keeps its value
+    index = spike_index(x)
+    t, b, n = x.nonzero().unbind(1)
+    assert torch.equal(index.t_time, t) and torch.equal(index.b_time, b) and torch.equal(index.n_time, n)
+    assert torch.equal(index.v_time, x[t, b, n])
+    key = (index.b * 7 + index.n) * 30 + index.t
+    assert torch.equal(key, key.sort().values)  # grouped by (sample, neuron), in time order
+    assert torch.equal(spike_sums(x), x.sum(0))
+    w = torch.from_numpy(rng.normal(size=(7, 4)))
+    np.testing.assert_allclose(indexed_matmul(index, w).numpy(), (x.view(-1, 7) @ w).numpy(), rtol=1e-12)
+    assert spike_index(x) is index  # cached
+    assert spike_index(x.transpose(0, 1).transpose(0, 1)) is index  # another view of the same memory
+    x[0, 0, 0] = 1 - x[0, 0, 0]  # an in-place write invalidates it
+    assert cached_spike_index(x) is None
+    assert torch.equal(spike_sums(x), x.sum(0))
+    assert spike_index(x).t_time.numel() == x.count_nonzero()
+    with torch.inference_mode():
+        y = torch.ones(3, 1, 2)
+        assert spike_index(y).t.numel() == 6 and cached_spike_index(y) is None  # inference tensors: not cached
 
 
 @pytest.mark.parametrize("convention, window", CASES)

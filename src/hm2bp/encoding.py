@@ -37,11 +37,47 @@ def sample_keys(seed: int, indices: torch.Tensor, epoch: int) -> torch.Tensor:
 
 
 def hashed_uniform(seed: int, indices: torch.Tensor, epoch: int, steps: int, n_inputs: int) -> torch.Tensor:
-    """Uniforms in [0, 1), time-major ``(steps, B, n_inputs)``, a pure function of (seed, index, epoch, t, input)."""
+    """Uniforms in [0, 1), time-major ``(steps, B, n_inputs)``, a pure function of (seed, index, epoch, t, input).
+
+    This is the definition; :func:`bernoulli_encode` compares the same hashes with integer thresholds instead.
+    """
     keys = sample_keys(seed, indices, epoch)
     cell = torch.arange(steps * n_inputs, dtype=torch.int64, device=indices.device).view(steps, 1, n_inputs)
     h = _hash32((cell + keys.view(1, -1, 1)) & _MASK32)
     return h.to(torch.float64).div_(2.0**32)
+
+
+def _as_int32(x: torch.Tensor) -> torch.Tensor:
+    """int64 values in [0, 2³²) → int32 tensors with the same bit patterns."""
+    return torch.where(x >= 2**31, x - 2**32, x).to(torch.int32)
+
+
+def _hash32_int32(x: torch.Tensor) -> torch.Tensor:
+    """:func:`_hash32` on the bit patterns of an int32 tensor, in place: int32 multiplies wrap modulo 2³² and the
+    masks turn the arithmetic shifts into logical ones, so every bit equals the int64 version (half the memory)."""
+    x ^= (x >> 16) & 0xFFFF
+    x *= 0x7FEB352D
+    x ^= (x >> 15) & 0x1FFFF
+    x *= 0x846CA68B - 2**32  # the same bits as a signed 32-bit constant
+    x ^= (x >> 16) & 0xFFFF
+    return x
+
+
+def _hashed_spikes(q: torch.Tensor, steps: int, keys: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Time-major spikes ``hash(key + t·N + i)/2³² < q`` (row 0 zero), as :func:`hashed_uniform` ``< q`` but in int32.
+
+    ``h/2³² < q`` ⟺ ``h < ⌈q·2³²⌉`` (exact in float64); flipping the sign bit maps unsigned to signed order.
+    """
+    B, n = q.shape
+    cell = torch.arange(steps * n, dtype=torch.int32, device=q.device).view(steps, 1, n)
+    h = _hash32_int32(cell + _as_int32(keys).view(1, B, 1))
+    h ^= -(2**31)
+    bound = torch.ceil(q * 2.0**32).to(torch.int64)
+    spikes = torch.lt(h, _as_int32(bound.clamp(max=2**32 - 1) ^ 2**31), out=q.new_empty(steps, B, n, dtype=dtype))
+    if bool((bound > 2**32 - 1).any()):  # q = 1: every hash is below 2³², including 2³² − 1
+        spikes[:, bound > 2**32 - 1] = 1
+    spikes[0] = 0
+    return spikes
 
 
 def bernoulli_encode(pixels: torch.Tensor, steps: int, *, seed: int, indices: torch.Tensor, epoch: int = 0,
@@ -73,7 +109,5 @@ def bernoulli_encode(pixels: torch.Tensor, steps: int, *, seed: int, indices: to
         spikes = pixels.new_empty(steps, *pixels.shape, dtype=dtype or torch.get_default_dtype())
         torch.ops.hm2bp.bernoulli_hash_(sample_keys(seed, indices, draw), q.contiguous(), spikes)
     else:
-        u = hashed_uniform(seed, indices, draw, steps, pixels.shape[1])
-        spikes = (u < q.unsqueeze(0)).to(dtype or torch.get_default_dtype())
-        spikes[0] = 0
+        spikes = _hashed_spikes(q, steps, sample_keys(seed, indices, draw), dtype or torch.get_default_dtype())
     return spikes.transpose(0, 1)  # (B, T, N) view of time-major storage: the layers use it without a copy

@@ -29,10 +29,15 @@ from hm2bp.spsp import (
     Convention,
     Events,
     PSPKernel,
+    anticausal_spsp,
+    causal_spsp,
     contract,
     gathered_traces,
+    indexed_matmul,
     post_events,
     pre_traces,
+    spike_index,
+    spike_sums,
     trace_chunks,
 )
 from hm2bp.workspace import BufferPool
@@ -179,14 +184,19 @@ def lateral_factor(post: torch.Tensor, labels: torch.Tensor | None, setup: Layer
     return 1.0 / denom
 
 
+def traces_narrow_side(n_in: int, n_out: int) -> bool:
+    """Whether the pairs strategy traces the pre side (:func:`~hm2bp.spsp.causal_spsp`, when ``N_in ≤ N_out``) rather
+    than the post side (:func:`~hm2bp.spsp.anticausal_spsp`, which indexes the wide pre raster instead)."""
+    return n_in <= n_out
+
+
 class _Pairs:
-    """Contractions through the explicit per-sample ``e (B, N_out, N_in)``; only chosen when it is small."""
+    """Contractions through the explicit per-sample ``e (B, N_out, N_in)``, built by one sparse-dense product that
+    traces the narrow side; only chosen when ``e`` is no larger than the traces."""
 
     def __init__(self, ev: Events, pre: torch.Tensor, kernel: PSPKernel, pool: BufferPool | None = None) -> None:
-        a = ev.dense(kernel.coeffs)
-        self.e = a.new_zeros(ev.batch, ev.neurons, pre.shape[2])
-        for t0, t1, d in trace_chunks(pre, kernel, pool=pool):
-            self.e.baddbmm_(a[2 * t0:2 * t1].permute(1, 2, 0), d.flatten(0, 1).permute(1, 0, 2))
+        form = causal_spsp if traces_narrow_side(pre.shape[2], ev.neurons) else anticausal_spsp
+        self.e = form(ev, pre, kernel)
 
     def side(self, w: torch.Tensor) -> torch.Tensor:
         return (self.e * w).sum(2)  # a_bi = Σ_j w_ij e_bij
@@ -266,17 +276,31 @@ class _Sparse:
         return grad_w, out
 
 
-def choose_strategy(ev: Events, n_in: int) -> str:
-    """Cheapest way to contract ``A`` with ``X`` for this layer and batch (see :data:`SPARSE_ELEMENT_COST`).
+def pairs_allowed(steps: int, n_in: int, n_out: int) -> bool:
+    """Whether ``e (B, N_out, N_in)`` is no larger than the traces ``(2T, B, N_in + N_out)`` (memory stays
+    ``O(B·T·N)``)."""
+    return n_out * n_in <= 2 * steps * (n_in + n_out)
 
-    ``pairs`` is allowed only when ``e`` is no larger than the traces (memory stays ``O(B·T·N)``).
+
+def choose_strategy(ev: Events, n_in: int) -> str:
+    """Cheapest way to contract ``A`` with ``X`` for this layer and batch.
+
+    ``pairs`` costs ``O(events·N_in)`` or ``O(pre spikes·N_out)`` plus ``O(B·N_out·N_in)``, never more than the others,
+    and is taken whenever :func:`pairs_allowed`; otherwise ``dense`` or ``sparse`` by :data:`SPARSE_ELEMENT_COST`.
     """
     rows, batch, n_out = 2 * ev.steps, ev.batch, ev.neurons
+    if pairs_allowed(ev.steps, n_in, n_out):
+        return "pairs"
     gemm = float(rows) * batch * n_out * n_in
     costs = {"dense": 3.0 * gemm, "sparse": SPARSE_ELEMENT_COST * 3.0 * ev.val.numel() * n_in}
-    if n_out * n_in <= rows * (n_in + n_out):
-        costs["pairs"] = gemm + 3.0 * batch * n_out * n_in
     return min(costs, key=costs.__getitem__)
+
+
+def indexes_pre(rule: HM2BPRule, steps: int, n_in: int, n_out: int) -> bool:
+    """Whether the pure-PyTorch backward of a linear layer indexes its pre raster (anti-causal pairs), so that the
+    forward can take its currents from that index."""
+    pairs = rule.strategy == "pairs" or (rule.strategy == "auto" and pairs_allowed(steps, n_in, n_out))
+    return pairs and not traces_narrow_side(n_in, n_out)
 
 
 def make_contraction(ev: Events, pre: torch.Tensor, kernel: PSPKernel, strategy: str,
@@ -292,15 +316,21 @@ class HM2BPLinearFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, pre: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor | None,
-                setup: LayerSetup) -> torch.Tensor:
+                setup: LayerSetup, training: bool) -> torch.Tensor:
         B, T, n_in = pre.shape
+        n_out = weight.shape[0]
         pre_tm = pre.transpose(0, 1).contiguous()  # free when pre is itself a view of a time-major tensor
         if ops.cpu_kernels(pre_tm):
-            out = setup.buffers.get((T, B, weight.shape[0]), pre_tm)
+            out = setup.buffers.get((T, B, n_out), pre_tm)
             post_tm = ops.linear_forward(pre_tm, weight, setup.lif, setup.lateral_w0, out=out)
         else:
-            buf = setup.buffers.get((T + 1, B, weight.shape[0]), pre_tm)  # row t + 1 ← I[t]/τs, then the spikes
-            torch.mm(pre_tm.view(T * B, n_in), weight.t() / setup.lif.tau_s, out=buf[1:].view(T * B, -1))
+            buf = setup.buffers.get((T + 1, B, n_out), pre_tm)  # row t + 1 ← I[t]/τs, then the spikes
+            currents = buf[1:].view(T * B, n_out)
+            if training and indexes_pre(setup.rule, T, n_in, n_out):
+                # The backward indexes the wide pre raster anyway: the currents from its spikes, not a GEMM over it.
+                currents.copy_(indexed_matmul(spike_index(pre_tm), weight.t() / setup.lif.tau_s))
+            else:
+                torch.mm(pre_tm.view(T * B, n_in), weight.t() / setup.lif.tau_s, out=currents)
             post_tm = ops.scan(buf, setup.lif, setup.lateral_w0)
         ctx.setup = setup
         ctx.save_for_backward(pre_tm, weight, post_tm, labels)
@@ -329,8 +359,8 @@ class HM2BPLinearFunction(torch.autograd.Function):
                                                               kernel)
             fired = o > 0
         else:
-            o = post.sum(0)
-            o_pre = pre.sum(0)
+            o = spike_sums(post)
+            o_pre = spike_sums(pre)
             fired = o > 0
             contraction = make_contraction(post_events(post, kernel), pre, kernel, rule.strategy, setup.buffers)
             coef = g
@@ -355,10 +385,11 @@ class HM2BPLinearFunction(torch.autograd.Function):
             else:
                 delta = g @ weight
             grad_pre = delta.unsqueeze(1).expand(B, T, n_in)
-        return grad_pre, grad_w, None, None
+        return grad_pre, grad_w, None, None, None
 
 
 def hm2bp_linear(pre: torch.Tensor, weight: torch.Tensor, setup: LayerSetup,
                  labels: torch.Tensor | None = None) -> torch.Tensor:
     """Spiking linear layer with the HM2-BP backward; ``pre (B, T, N_in)`` 0/1, ``weight (N_out, N_in)``."""
-    return HM2BPLinearFunction.apply(pre, weight, labels, setup)
+    training = torch.is_grad_enabled() and (weight.requires_grad or pre.requires_grad)
+    return HM2BPLinearFunction.apply(pre, weight, labels, setup, training)

@@ -133,17 +133,29 @@ def scan_core(buf: torch.Tensor, fire_at: float, decay_m: float, decay_s: float,
     out = buf[:T]
     if T == 0:
         return out
-    c = torch.zeros_like(buf[0])  # c/τs
+    rows = buf.unbind(0)  # one call instead of several row views per step
+    c = torch.zeros_like(rows[0])  # c/τs
     v = torch.zeros_like(c)
-    out[0].zero_()  # no spike at t = 0
+    held = torch.empty_like(c) if t_ref > 1 else None
+    rows[0].zero_()  # no spike at t = 0
     for t in range(1, T):
-        torch.add(buf[t], c, alpha=decay_s, out=c)  # steps 1–2: c ← c(1 − 1/τs) + I[t−1]
+        torch.add(rows[t], c, alpha=decay_s, out=c)  # steps 1–2: c ← c(1 − 1/τs) + I[t−1]
         if lateral:
-            prev = out[t - 1]
+            prev = rows[t - 1]
             c.sub_(prev.sum(dim=-1, keepdim=True) - prev, alpha=lateral)  # −w0 per other neuron fired at t−1
         torch.add(c, v, alpha=decay_m, out=v)  # steps 1, 3: v ← v(1 − 1/τm) + c/τs
-        for k in range(1, min(t_ref, t) + 1):  # step 4: held at 0 for t_ref steps after a spike
-            v.addcmul_(v, out[t - k], value=-1.0)
-        torch.gt(v, fire_at, out=out[t])  # step 5: fire ...
-        v.addcmul_(v, out[t], value=-1.0)  # ... and reset to 0
+        # step 4: held at 0 for t_ref steps after a spike. At most one of s[t−1..t−t_ref] is 1 (refractoriness), so
+        # v·(1 − Σ_k s[t−k]) is exactly v or 0; it also performs step 5's reset, one step late but before v is used.
+        k_max = min(t_ref, t)
+        if k_max == 1:
+            v.addcmul_(v, rows[t - 1], value=-1.0)
+        elif k_max > 1:
+            assert held is not None
+            torch.add(rows[t - 1], rows[t - 2], out=held)
+            for k in range(3, k_max + 1):
+                held.add_(rows[t - k])
+            v.addcmul_(v, held, value=-1.0)
+        torch.gt(v, fire_at, out=rows[t])  # step 5: fire (and reset: above, or right here without refractoriness)
+        if t_ref == 0:
+            v.addcmul_(v, rows[t], value=-1.0)
     return out

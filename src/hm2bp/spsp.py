@@ -34,6 +34,8 @@ No silent-neuron fallbacks live here (see :mod:`hm2bp.functional`): ``e_ij = 0``
 from __future__ import annotations
 
 import math
+import warnings
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -104,13 +106,15 @@ class PSPKernel:
         return self.t_ref + 1 if self.convention == "original" else 0
 
 
-def exp_traces(x: torch.Tensor, decays: tuple[float, float], delay: int = 0) -> torch.Tensor:
+def exp_traces(x: torch.Tensor, decays: tuple[float, float], delay: int = 0,
+               out: torch.Tensor | None = None) -> torch.Tensor:
     """Two exponential traces of time-major ``x (T, B, N)``: ``D_τ(t) = decay_τ·D_τ(t−1) + x(t − delay)``.
 
-    Returns ``(T, 2, B, N)`` (index 1: membrane, synaptic decay), zero for ``t < delay``.
+    Returns ``(T, 2, B, N)`` (index 1: membrane, synaptic decay; written into ``out`` if given), zero for
+    ``t < delay``.
     """
     T = x.shape[0]
-    out = x.new_empty(T, 2, *x.shape[1:])
+    out = x.new_empty(T, 2, *x.shape[1:]) if out is None else out
     out[:delay].zero_()
     if delay >= T:
         return out
@@ -182,6 +186,82 @@ def _as_bits(x: torch.Tensor) -> torch.Tensor:
     return x.view(ints[x.element_size()]) if x.is_floating_point() and x.element_size() in ints else x
 
 
+@dataclass(frozen=True)
+class SpikeIndex:
+    """Where the non-zero entries of a time-major raster ``(T, B, N)`` are, in two orders.
+
+    ``t, b, n`` list them grouped by neuron (sorted by ``(b, n, t)``; ``row = b·N + n``), ``t_time, b_time, n_time``
+    in time order (sorted by ``(t, b, n)``); ``v`` and ``v_time`` are the values there (1 for spikes).
+    """
+
+    row: torch.Tensor
+    t: torch.Tensor
+    b: torch.Tensor
+    n: torch.Tensor
+    v: torch.Tensor
+    t_time: torch.Tensor
+    b_time: torch.Tensor
+    n_time: torch.Tensor
+    v_time: torch.Tensor
+    steps: int
+    batch: int
+    neurons: int
+
+    def sums(self) -> torch.Tensor:
+        """``Σ_t x`` as ``(B, N)`` (the spike counts)."""
+        flat = torch.zeros(self.batch * self.neurons, dtype=self.v.dtype, device=self.v.device)
+        return flat.index_add_(0, self.row, self.v).view(self.batch, self.neurons)
+
+
+# A few recent indexes, keyed by the raster's memory and version counter. Each entry holds the raster, so its memory
+# cannot be reused by another tensor while the entry lives, and any in-place write bumps the version. In a training
+# step the output layer's forward indexes the hidden raster and both backward passes reuse it (one nonzero()).
+SPIKE_INDEX_CACHE_SIZE = 4
+_spike_index_cache: OrderedDict[tuple, tuple[torch.Tensor, SpikeIndex]] = OrderedDict()
+
+
+def _cache_key(x: torch.Tensor) -> tuple | None:
+    if x.is_inference():  # inference tensors have no version counter: never cached
+        return None
+    return (x.data_ptr(), tuple(x.shape), tuple(x.stride()), x.dtype, x.device, x._version)
+
+
+def cached_spike_index(x: torch.Tensor) -> SpikeIndex | None:
+    """The index of ``x`` if :func:`spike_index` built it and ``x`` was not written since, else None."""
+    key = _cache_key(x)
+    hit = _spike_index_cache.get(key) if key is not None else None
+    if hit is None:
+        return None
+    _spike_index_cache.move_to_end(key)
+    return hit[1]
+
+
+def spike_index(x: torch.Tensor) -> SpikeIndex:
+    """The :class:`SpikeIndex` of time-major ``x (T, B, N)`` (cached: see :data:`SPIKE_INDEX_CACHE_SIZE`)."""
+    index = cached_spike_index(x)
+    if index is not None:
+        return index
+    T, B, N = x.shape
+    t, b, n = _as_bits(x).nonzero().unbind(1)  # sorted by (t, b, n)
+    v = x[t, b, n]
+    row = b * N + n
+    key, order = torch.sort(row.to(torch.int32) if B * N < 2**31 else row, stable=True)  # → (b, n, t)
+    index = SpikeIndex(key.to(torch.int64), t.index_select(0, order), b.index_select(0, order),
+                       n.index_select(0, order), v.index_select(0, order), t, b, n, v, T, B, N)
+    key = _cache_key(x)
+    if key is not None:
+        _spike_index_cache[key] = (x.detach(), index)
+        while len(_spike_index_cache) > SPIKE_INDEX_CACHE_SIZE:
+            _spike_index_cache.popitem(last=False)
+    return index
+
+
+def spike_sums(x: torch.Tensor) -> torch.Tensor:
+    """``Σ_t x`` of time-major ``x (T, B, ...)``: from its spike index when one is cached (no pass over ``x``)."""
+    index = cached_spike_index(x)
+    return index.sums() if index is not None else x.sum(0)
+
+
 def post_events(post: torch.Tensor, kernel: PSPKernel) -> Events:
     """Post-synaptic side of ``e = Aᵀ X`` from time-major ``post (T, B, N)``, as a sparse event list.
 
@@ -189,16 +269,14 @@ def post_events(post: torch.Tensor, kernel: PSPKernel) -> Events:
     reads ``P`` with +1 at ``t_k`` and ``−decay_m^{σ_k}`` at ``r_k`` (``k ≥ 2``). With the original window ``L`` the
     reset event only counts when ``σ_k ≤ L − t_ref − 1``, and trace τ gets
     ``−(d_τ^{L−t_ref} − [reset counts]·d_m^{σ_k} d_τ^{L−t_ref−σ_k})`` at ``t_k − L + t_ref``, removing pre spikes
-    older than the window.
+    older than the window. The events of one neuron are contiguous (sorted by sample and neuron).
     """
     x = post if post.is_floating_point() else post.to(torch.get_default_dtype())
     T, B, N = x.shape
-    t, b, n = _as_bits(x).nonzero().unbind(1)  # sorted by (t, b, n)
-    order = torch.argsort((b * N + n) * T + t)  # group each neuron's spikes, in time order
-    t, b, n = t[order], b[order], n[order]
-    same = (b[1:] == b[:-1]) & (n[1:] == n[:-1])
+    idx = spike_index(x)
+    t, b, n = idx.t, idx.b, idx.n
     prev_t = torch.full_like(t, -1)
-    prev_t[1:] = torch.where(same, t[:-1], -1)
+    prev_t[1:] = torch.where(idx.row[1:] == idx.row[:-1], t[:-1], -1)
     r = prev_t + kernel.t_ref
     sigma = (t - r).to(x.dtype)
     dm, ds = kernel.decays
@@ -207,8 +285,8 @@ def post_events(post: torch.Tensor, kernel: PSPKernel) -> Events:
     if kernel.split:
         assert kernel.window is not None
         resets = resets & (t - r <= kernel.window - kernel.t_ref - 1)
-    ts, kinds, bs, ns, vals = [t, r[resets]], [KERNEL, KERNEL], [b, b[resets]], [n, n[resets]], [
-        torch.ones_like(sigma), -decay_m_sigma[resets]]
+    # Up to four events per spike, one column each: the spike, its reset, and (window) one per trace.
+    ts, kinds, vals, valid = [t, r], [KERNEL, KERNEL], [torch.ones_like(sigma), -decay_m_sigma], [None, resets]
     if kernel.split:
         assert kernel.window is not None
         u = t - kernel.window + kernel.t_ref
@@ -218,13 +296,73 @@ def post_events(post: torch.Tensor, kernel: PSPKernel) -> Events:
             # span − σ ≥ 1 wherever the reset event counts; elsewhere the term is 0 (masked before the power).
             kept = torch.where(resets, decay_m_sigma * torch.pow(
                 torch.tensor(dk, dtype=x.dtype, device=x.device), torch.where(resets, span - sigma, 0.0)), 0.0)
-            ts.append(u[far])
+            ts.append(u)
             kinds.append(kind)
-            bs.append(b[far])
-            ns.append(n[far])
-            vals.append(kept[far] - dk**span)
-    kind_t = torch.cat([torch.full_like(tt, k) for tt, k in zip(ts, kinds, strict=True)])
-    return Events(torch.cat(ts), kind_t, torch.cat(bs), torch.cat(ns), torch.cat(vals), T, B, N)
+            vals.append(kept - dk**span)
+            valid.append(far)
+    cols = len(ts)
+    keep = torch.stack([torch.ones_like(resets) if v is None else v for v in valid], 1).view(-1).nonzero().squeeze(1)
+    spike = keep // cols
+    kind_t = torch.tensor(kinds, dtype=t.dtype, device=t.device).index_select(0, keep % cols)
+    return Events(torch.stack(ts, 1).view(-1).index_select(0, keep), kind_t, b.index_select(0, spike),
+                  n.index_select(0, spike), torch.stack(vals, 1).view(-1).index_select(0, keep), T, B, N)
+
+
+def _csr(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """Sparse CSR matrix from entries whose equal ``rows`` are contiguous and ascending."""
+    itype = torch.int32 if max(shape) < 2**31 and vals.numel() < 2**31 else torch.int64  # MKL's index type
+    crow = torch.zeros(shape[0] + 1, dtype=itype, device=rows.device)
+    torch.cumsum(torch.bincount(rows, minlength=shape[0]), 0, out=crow[1:])
+    cols = cols.to(itype)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(crow, cols, vals, shape, check_invariants=False)
+
+
+def indexed_matmul(index: SpikeIndex, w: torch.Tensor) -> torch.Tensor:
+    """``x @ w`` for the indexed raster ``x`` seen as ``(T·B, N)``: ``O(spikes·w.shape[1])``, ``(T·B, w.shape[1])``."""
+    rows = index.t_time * index.batch + index.b_time
+    x = _csr(rows, index.n_time, index.v_time, (index.steps * index.batch, index.neurons))
+    return x @ w
+
+
+def causal_spsp(events: Events, pre: torch.Tensor, kernel: PSPKernel) -> torch.Tensor:
+    """``e (B, N_out, N_in)`` from the post events and the traces of time-major ``pre``: one sparse-dense product
+    ``A_csr (B·N_out, 3·T·B) @ [D_m; D_s; P]`` whose rows are (sample, post neuron). Cost ``O(events·N_in)`` plus the
+    traces ``O(T·B·N_in)``; meant for narrow ``pre``."""
+    T, B, n_in = pre.shape
+    x = pre.new_empty(3 * T * B, n_in)
+    d = exp_traces(_traced_input(pre, kernel), kernel.decays, kernel.delay, out=x[:2 * T * B].view(T, 2, B, n_in))
+    cm, cs = kernel.coeffs
+    torch.mul(d[:, 0], cm, out=x[2 * T * B:].view(T, B, n_in)).add_(d[:, 1], alpha=cs)  # P = c_m D_m + c_s D_s
+    # KERNEL events read P at row 2TB + tB + b; MEMBRANE/SYNAPTIC events read c_k·D_k at row (2t + k)·B + b.
+    kernel_kind = events.kind == KERNEL
+    cols = torch.where(kernel_kind, 2 * T * B + events.t * B, (2 * events.t + events.kind - MEMBRANE) * B) + events.b
+    factor = torch.tensor([1.0, cm, cs], dtype=events.val.dtype, device=events.val.device)[events.kind]
+    vals = events.val * factor
+    a = _csr(events.b * events.neurons + events.n, cols, vals, (B * events.neurons, 3 * T * B))
+    return (a @ x).view(B, events.neurons, n_in)
+
+
+def anticausal_spsp(events: Events, pre: torch.Tensor, kernel: PSPKernel) -> torch.Tensor:
+    """``e (B, N_out, N_in)`` from the pre spikes and the backward traces of the post events:
+    ``e_bij = Σ_s x_bj(s) G_bi(s)`` with ``G = Σ_τ Ã_τ``, ``Ã_τ(s) = A_τ(s + delay) + d_τ Ã_τ(s + 1)`` (the traces
+    of ``X`` moved onto ``A``); one sparse-dense product ``x_csr (B·N_in, T·B) @ G``. Cost ``O(pre spikes·N_out)``
+    plus ``O(T·B·N_out)``; meant for narrow ``post`` and a pre raster that is indexed anyway."""
+    T, B, n_in = pre.shape
+    n_out = events.neurons
+    a = events.dense(kernel.coeffs).view(T, 2, B, n_out)
+    acc = a.new_zeros(T + 1, 2, B, n_out)  # row T stays 0
+    dec = torch.tensor(kernel.decays, dtype=a.dtype, device=a.device).view(2, 1, 1)
+    for s in range(T - 1 - kernel.delay, -1, -1):
+        torch.addcmul(a[s + kernel.delay], acc[s + 1], dec, out=acc[s])
+    g = torch.add(acc[:T, 0], acc[:T, 1]).view(T * B, n_out)
+    idx = spike_index(pre)
+    vals = idx.v.to(a.dtype)
+    if kernel.convention == "original":  # pre spikes at t = 0 never count (see _traced_input)
+        vals = vals * (idx.t > 0)
+    x = _csr(idx.b * n_in + idx.n, idx.t * B + idx.b, vals, (B * n_in, T * B))
+    return (x @ g).view(B, n_in, n_out).transpose(1, 2)
 
 
 # Time steps per chunk of the trace computation are chosen so one chunk stays under this size; small temporaries

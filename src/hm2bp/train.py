@@ -26,6 +26,7 @@ from hm2bp.loss import (
     predict,
     weight_regularizer,
 )
+from hm2bp.spsp import spike_sums
 
 
 def inverse_sqrt_lr(epoch: int) -> float:
@@ -146,7 +147,7 @@ def run_epoch(model: SpikingNet, split: StaticSplit, *, epoch: int, batch_size: 
     order = torch.randperm(n, generator=generator) if train else torch.arange(n)
     stats = EpochStats()
     n_layers = len(model.layers)
-    spike_sums = [0.0] * n_layers
+    rate_sums = [0.0] * n_layers
     silent_sums = [0.0] * n_layers
     correct = 0
     start = time.perf_counter()
@@ -177,8 +178,8 @@ def run_epoch(model: SpikingNet, split: StaticSplit, *, epoch: int, batch_size: 
         stats.loss += float(loss.detach()) * len(idx)
         stats.silent_outputs += int((counts.sum(1) == 0).sum())
         for k, s in enumerate(outs):
-            c = s.detach().sum(1)
-            spike_sums[k] += float(c.sum()) / (s.shape[1] * s.shape[2])
+            c = spike_sums(s.detach().transpose(0, 1))  # (B, N), from the backward's spike index if it has one
+            rate_sums[k] += float(c.sum()) / (s.shape[1] * s.shape[2])
             silent_sums[k] += float((c == 0).to(torch.float32).mean(1).sum())
     if train and boosting is not None:
         boosting.end_epoch()
@@ -186,7 +187,7 @@ def run_epoch(model: SpikingNet, split: StaticSplit, *, epoch: int, batch_size: 
     stats.seconds = time.perf_counter() - start
     stats.loss /= max(n, 1)
     stats.accuracy = correct / max(n, 1)
-    stats.firing_rates = [s / max(n, 1) for s in spike_sums]
+    stats.firing_rates = [s / max(n, 1) for s in rate_sums]
     stats.silent_fraction = [s / max(n, 1) for s in silent_sums]
     return stats
 
