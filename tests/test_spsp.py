@@ -64,7 +64,8 @@ def test_sparse_forms_equal_literal_reference(form, convention, window, steps, r
     pre, post = _special_trains(rng, steps)
     kernel = PSPKernel.for_layer(64.0, 8.0, 2, convention, window)
     pre_tm, post_tm = pre.transpose(0, 1).contiguous(), post.transpose(0, 1).contiguous()
-    e = form(post_events(post_tm, kernel), pre_tm, kernel)
+    with torch.sparse.check_sparse_tensor_invariants():  # every CSR matrix is valid (sorted, distinct columns)
+        e = form(post_events(post_tm, kernel), pre_tm, kernel)
     np.testing.assert_allclose(e.numpy(), _reference(pre, post, convention, window), rtol=1e-9, atol=1e-12)
 
 
@@ -79,7 +80,8 @@ def test_spike_index_orders_sums_and_cache(rng):
     assert torch.equal(key, key.sort().values)  # grouped by (sample, neuron), in time order
     assert torch.equal(spike_sums(x), x.sum(0))
     w = torch.from_numpy(rng.normal(size=(7, 4)))
-    np.testing.assert_allclose(indexed_matmul(index, w).numpy(), (x.view(-1, 7) @ w).numpy(), rtol=1e-12)
+    with torch.sparse.check_sparse_tensor_invariants():
+        np.testing.assert_allclose(indexed_matmul(index, w).numpy(), (x.view(-1, 7) @ w).numpy(), rtol=1e-12)
     assert spike_index(x) is index  # cached
     assert spike_index(x.transpose(0, 1).transpose(0, 1)) is index  # another view of the same memory
     x[0, 0, 0] = 1 - x[0, 0, 0]  # an in-place write invalidates it
@@ -157,3 +159,21 @@ def test_bad_inputs():
         spsp(good, close)
     with pytest.raises(TypeError, match="bool or floating"):
         spsp(good.long(), good)
+
+
+def test_buffer_pool_reuses_a_buffer_whose_index_is_cached():
+    """The cache's hold on a raster does not keep a layer's pool from reusing it, and reuse forgets the index."""
+    from hm2bp.workspace import BufferPool, derived
+
+    pool = BufferPool(2)
+    like = torch.zeros(1)
+    buf = pool.get((20, 2, 3), like)
+    buf.zero_()
+    buf[5, 1, 2] = 1
+    index = spike_index(buf)
+    assert derived.holds(buf) == 1 and cached_spike_index(buf) is index
+    del buf
+    again = pool.get((20, 2, 3), like)  # only the cache still held it: reused, and the entry is dropped
+    assert derived.holds(again) == 0 and cached_spike_index(again) is None
+    other = pool.get((20, 2, 3), like)  # `again` is alive: a different buffer
+    assert other.data_ptr() != again.data_ptr()

@@ -203,7 +203,7 @@ class _Pairs:
 
     def grads(self, coef: torch.Tensor, g: torch.Tensor, w: torch.Tensor,
               below: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        grad_w = torch.einsum("bi,bij->ij", coef, self.e)
+        grad_w = (self.e * coef.unsqueeze(2)).sum(0)  # Σ_b coef_bi e_bij (einsum would permute e into a bmm)
         return grad_w, (torch.einsum("bi,ij,bij->bj", g, w, self.e) if below else None)  # Σ_i g w e
 
 

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -43,7 +42,7 @@ from typing import Literal
 import torch
 
 from hm2bp.neuron import T_REF, TAU_M, TAU_S, check_spikes
-from hm2bp.workspace import BufferPool
+from hm2bp.workspace import BufferPool, derived
 
 Convention = Literal["original", "exact"]
 CONVENTIONS: tuple[str, ...] = ("original", "exact")
@@ -118,11 +117,11 @@ def exp_traces(x: torch.Tensor, decays: tuple[float, float], delay: int = 0,
     out[:delay].zero_()
     if delay >= T:
         return out
-    dec = torch.tensor(decays, dtype=x.dtype, device=x.device).view(2, 1, 1)
-    xs = x.unsqueeze(1)  # (T, 1, B, N)
-    out[delay] = xs[0]
-    for t in range(delay + 1, T):
-        torch.addcmul(xs[t - delay], out[t - 1], dec, out=out[t])
+    out[delay] = x[0].unsqueeze(0)
+    xs, mem, syn = x.unbind(0), out[:, 0].unbind(0), out[:, 1].unbind(0)
+    for t in range(delay + 1, T):  # two scalar multiply-adds: several times faster than one broadcast addcmul
+        torch.add(xs[t - delay], mem[t - 1], alpha=decays[0], out=mem[t])
+        torch.add(xs[t - delay], syn[t - 1], alpha=decays[1], out=syn[t])
     return out
 
 
@@ -213,46 +212,34 @@ class SpikeIndex:
         return flat.index_add_(0, self.row, self.v).view(self.batch, self.neurons)
 
 
-# A few recent indexes, keyed by the raster's memory and version counter. Each entry holds the raster, so its memory
-# cannot be reused by another tensor while the entry lives, and any in-place write bumps the version. In a training
-# step the output layer's forward indexes the hidden raster and both backward passes reuse it (one nonzero()).
-SPIKE_INDEX_CACHE_SIZE = 4
-_spike_index_cache: OrderedDict[tuple, tuple[torch.Tensor, SpikeIndex]] = OrderedDict()
-
-
-def _cache_key(x: torch.Tensor) -> tuple | None:
-    if x.is_inference():  # inference tensors have no version counter: never cached
-        return None
-    return (x.data_ptr(), tuple(x.shape), tuple(x.stride()), x.dtype, x.device, x._version)
-
-
 def cached_spike_index(x: torch.Tensor) -> SpikeIndex | None:
     """The index of ``x`` if :func:`spike_index` built it and ``x`` was not written since, else None."""
-    key = _cache_key(x)
-    hit = _spike_index_cache.get(key) if key is not None else None
-    if hit is None:
-        return None
-    _spike_index_cache.move_to_end(key)
-    return hit[1]
+    index = derived.get(x)
+    return index if isinstance(index, SpikeIndex) else None
 
 
 def spike_index(x: torch.Tensor) -> SpikeIndex:
-    """The :class:`SpikeIndex` of time-major ``x (T, B, N)`` (cached: see :data:`SPIKE_INDEX_CACHE_SIZE`)."""
+    """The :class:`SpikeIndex` of time-major ``x (T, B, N)``, kept in :data:`hm2bp.workspace.derived` for reuse."""
     index = cached_spike_index(x)
     if index is not None:
         return index
     T, B, N = x.shape
-    t, b, n = _as_bits(x).nonzero().unbind(1)  # sorted by (t, b, n)
-    v = x[t, b, n]
-    row = b * N + n
-    key, order = torch.sort(row.to(torch.int32) if B * N < 2**31 else row, stable=True)  # → (b, n, t)
-    index = SpikeIndex(key.to(torch.int64), t.index_select(0, order), b.index_select(0, order),
-                       n.index_select(0, order), v.index_select(0, order), t, b, n, v, T, B, N)
-    key = _cache_key(x)
-    if key is not None:
-        _spike_index_cache[key] = (x.detach(), index)
-        while len(_spike_index_cache) > SPIKE_INDEX_CACHE_SIZE:
-            _spike_index_cache.popitem(last=False)
+    flat_x = x.contiguous().view(-1)
+    flat = _as_bits(flat_x).nonzero().squeeze(1)  # ascending: sorted by (t, b, n)
+    v = flat_x.index_select(0, flat)
+    t = flat // (B * N)
+    row = flat - t * (B * N)  # b·N + n
+    b = row // N
+    n = row - b * N
+    # One sort of the unique key (b·N + n)·T + t groups the spikes by neuron in time order; the fields are decoded
+    # from the sorted key (cheaper than gathering each through the permutation).
+    key = row * T + t
+    key, order = torch.sort(key.to(torch.int32) if B * N * T < 2**31 else key)
+    key = key.to(torch.int64)
+    row_n = key // T
+    b_n = row_n // N
+    index = SpikeIndex(row_n, key - row_n * T, b_n, row_n - b_n * N, v.index_select(0, order), t, b, n, v, T, B, N)
+    derived.put(x, index)
     return index
 
 
@@ -285,38 +272,44 @@ def post_events(post: torch.Tensor, kernel: PSPKernel) -> Events:
     if kernel.split:
         assert kernel.window is not None
         resets = resets & (t - r <= kernel.window - kernel.t_ref - 1)
-    # Up to four events per spike, one column each: the spike, its reset, and (window) one per trace.
-    ts, kinds, vals, valid = [t, r], [KERNEL, KERNEL], [torch.ones_like(sigma), -decay_m_sigma], [None, resets]
+    # Two lists, each grouped by neuron and in column order within a neuron (so each is a valid CSR matrix): the
+    # KERNEL events (reset r_k, then spike t_k, for every spike: r_k < t_k < r_{k+1}), then the window events.
+    keep = torch.stack([resets, torch.ones_like(resets)], 1).view(-1).nonzero().squeeze(1)
+    spike = keep // 2
+    ts = [torch.stack([r, t], 1).view(-1).index_select(0, keep)]
+    vals = [torch.stack([-decay_m_sigma, torch.ones_like(sigma)], 1).view(-1).index_select(0, keep)]
+    bs, ns = [b.index_select(0, spike)], [n.index_select(0, spike)]
+    kinds = [torch.full_like(ts[0], KERNEL)]
     if kernel.split:
         assert kernel.window is not None
         u = t - kernel.window + kernel.t_ref
-        far = u >= 0
+        far = (u >= 0).nonzero().squeeze(1)
         span = float(kernel.window - kernel.t_ref)
-        for kind, dk in ((MEMBRANE, dm), (SYNAPTIC, ds)):
+        parts = []
+        for dk in (dm, ds):
             # span − σ ≥ 1 wherever the reset event counts; elsewhere the term is 0 (masked before the power).
             kept = torch.where(resets, decay_m_sigma * torch.pow(
                 torch.tensor(dk, dtype=x.dtype, device=x.device), torch.where(resets, span - sigma, 0.0)), 0.0)
-            ts.append(u)
-            kinds.append(kind)
-            vals.append(kept - dk**span)
-            valid.append(far)
-    cols = len(ts)
-    keep = torch.stack([torch.ones_like(resets) if v is None else v for v in valid], 1).view(-1).nonzero().squeeze(1)
-    spike = keep // cols
-    kind_t = torch.tensor(kinds, dtype=t.dtype, device=t.device).index_select(0, keep % cols)
-    return Events(torch.stack(ts, 1).view(-1).index_select(0, keep), kind_t, b.index_select(0, spike),
-                  n.index_select(0, spike), torch.stack(vals, 1).view(-1).index_select(0, keep), T, B, N)
+            parts.append((kept - dk**span).index_select(0, far))
+        u_far = u.index_select(0, far)
+        ts.append(torch.stack([u_far, u_far], 1).view(-1))  # (MEMBRANE, SYNAPTIC) per far spike
+        vals.append(torch.stack(parts, 1).view(-1))
+        bs.append(b.index_select(0, far).repeat_interleave(2))
+        ns.append(n.index_select(0, far).repeat_interleave(2))
+        kinds.append(torch.tensor([MEMBRANE, SYNAPTIC], dtype=t.dtype, device=t.device).repeat(far.numel()))
+    return Events(torch.cat(ts), torch.cat(kinds), torch.cat(bs), torch.cat(ns), torch.cat(vals), T, B, N)
 
 
 def _csr(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """Sparse CSR matrix from entries whose equal ``rows`` are contiguous and ascending."""
+    """Sparse CSR matrix from entries grouped by ascending ``rows``, columns ascending and distinct within a row."""
     itype = torch.int32 if max(shape) < 2**31 and vals.numel() < 2**31 else torch.int64  # MKL's index type
     crow = torch.zeros(shape[0] + 1, dtype=itype, device=rows.device)
     torch.cumsum(torch.bincount(rows, minlength=shape[0]), 0, out=crow[1:])
     cols = cols.to(itype)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return torch.sparse_csr_tensor(crow, cols, vals, shape, check_invariants=False)
+        warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
+        return torch.sparse_csr_tensor(crow, cols, vals, shape)  # invariants checked only where enabled (tests)
 
 
 def indexed_matmul(index: SpikeIndex, w: torch.Tensor) -> torch.Tensor:
@@ -327,21 +320,27 @@ def indexed_matmul(index: SpikeIndex, w: torch.Tensor) -> torch.Tensor:
 
 
 def causal_spsp(events: Events, pre: torch.Tensor, kernel: PSPKernel) -> torch.Tensor:
-    """``e (B, N_out, N_in)`` from the post events and the traces of time-major ``pre``: one sparse-dense product
-    ``A_csr (B·N_out, 3·T·B) @ [D_m; D_s; P]`` whose rows are (sample, post neuron). Cost ``O(events·N_in)`` plus the
-    traces ``O(T·B·N_in)``; meant for narrow ``pre``."""
+    """``e (B, N_out, N_in)`` from the post events (as :func:`post_events` lists them) and the traces of time-major
+    ``pre``: sparse-dense products ``A_P @ P + A_D @ [D_m; D_s]`` with CSR matrices whose rows are (sample, post
+    neuron): the KERNEL events read ``P = c_m D_m + c_s D_s``, the window events one trace each. Cost
+    ``O(events·N_in)`` plus the traces ``O(T·B·N_in)``; meant for narrow ``pre``."""
     T, B, n_in = pre.shape
-    x = pre.new_empty(3 * T * B, n_in)
-    d = exp_traces(_traced_input(pre, kernel), kernel.decays, kernel.delay, out=x[:2 * T * B].view(T, 2, B, n_in))
+    rows = B * events.neurons
+    d = exp_traces(_traced_input(pre, kernel), kernel.decays, kernel.delay)  # (T, 2, B, N_in)
     cm, cs = kernel.coeffs
-    torch.mul(d[:, 0], cm, out=x[2 * T * B:].view(T, B, n_in)).add_(d[:, 1], alpha=cs)  # P = c_m D_m + c_s D_s
-    # KERNEL events read P at row 2TB + tB + b; MEMBRANE/SYNAPTIC events read c_k·D_k at row (2t + k)·B + b.
-    kernel_kind = events.kind == KERNEL
-    cols = torch.where(kernel_kind, 2 * T * B + events.t * B, (2 * events.t + events.kind - MEMBRANE) * B) + events.b
-    factor = torch.tensor([1.0, cm, cs], dtype=events.val.dtype, device=events.val.device)[events.kind]
-    vals = events.val * factor
-    a = _csr(events.b * events.neurons + events.n, cols, vals, (B * events.neurons, 3 * T * B))
-    return (a @ x).view(B, events.neurons, n_in)
+    p = torch.mul(d[:, 0], cm).add_(d[:, 1], alpha=cs)  # P = c_m D_m + c_s D_s, (T, B, N_in)
+    # post_events lists the KERNEL events first, then the window events (row (2t + k)·B + b of D, weight c_k).
+    n_p = int((events.kind == KERNEL).sum())
+    row = events.b * events.neurons + events.n
+    a_p = _csr(row[:n_p], events.t[:n_p] * B + events.b[:n_p], events.val[:n_p], (rows, T * B))
+    e = a_p @ p.view(T * B, n_in)
+    if n_p < events.val.numel():
+        kind = events.kind[n_p:]
+        cols = (2 * events.t[n_p:] + kind - MEMBRANE) * B + events.b[n_p:]
+        coef = torch.tensor([cm, cs], dtype=p.dtype, device=p.device)
+        vals = events.val[n_p:] * coef.index_select(0, kind - MEMBRANE)
+        e = torch.sparse.addmm(e, _csr(row[n_p:], cols, vals, (rows, 2 * T * B)), d.view(2 * T * B, n_in))
+    return e.view(B, events.neurons, n_in)
 
 
 def anticausal_spsp(events: Events, pre: torch.Tensor, kernel: PSPKernel) -> torch.Tensor:
@@ -353,9 +352,10 @@ def anticausal_spsp(events: Events, pre: torch.Tensor, kernel: PSPKernel) -> tor
     n_out = events.neurons
     a = events.dense(kernel.coeffs).view(T, 2, B, n_out)
     acc = a.new_zeros(T + 1, 2, B, n_out)  # row T stays 0
-    dec = torch.tensor(kernel.decays, dtype=a.dtype, device=a.device).view(2, 1, 1)
-    for s in range(T - 1 - kernel.delay, -1, -1):
-        torch.addcmul(a[s + kernel.delay], acc[s + 1], dec, out=acc[s])
+    for k, decay in enumerate(kernel.decays):
+        src, dst = a[:, k].unbind(0), acc[:, k].unbind(0)
+        for s in range(T - 1 - kernel.delay, -1, -1):
+            torch.add(src[s + kernel.delay], dst[s + 1], alpha=decay, out=dst[s])
     g = torch.add(acc[:T, 0], acc[:T, 1]).view(T * B, n_out)
     idx = spike_index(pre)
     vals = idx.v.to(a.dtype)
