@@ -11,7 +11,8 @@ import torch
 from hm2bp import ops
 from hm2bp.functional import HM2BPRule, LayerSetup, hm2bp_linear
 from hm2bp.neuron import LIFParams, scan_inplace
-from hm2bp.spsp import PSPKernel
+from hm2bp.spsp import PSPKernel, SpikeSums, spike_sums
+from hm2bp.workspace import derived
 
 
 @pytest.fixture(autouse=True)
@@ -134,6 +135,26 @@ def test_layer_gradients_equal_torch_path_float32(convention, output, ops_backen
     torch.testing.assert_close(w_c, w_t, rtol=2e-5, atol=1e-5)
     # the two paths sum e in different orders; terms reach ~10, so float32 resolution is ~1e-6 absolute
     torch.testing.assert_close(x_c, x_t, rtol=2e-5, atol=4e-6)
+
+
+@pytest.mark.parametrize("backend", ["torch", "compiled"])
+def test_backward_leaves_the_spike_sums_for_the_statistics(backend, ops_backend):
+    """After a backward pass the per-neuron spike sums of both rasters come without another pass over them."""
+    ops_backend(backend)
+    g = torch.Generator().manual_seed(5)
+    pre_tm = (torch.rand(60, 4, 70, generator=g) < 0.2).float()  # time-major storage, as layers pass it on
+    weight = (torch.rand(6, 70, generator=g) * 0.6).requires_grad_()
+    setup = LayerSetup(lif=LIFParams(threshold=1.0), rule=HM2BPRule())
+    post = hm2bp_linear(pre_tm.transpose(0, 1), weight, setup)
+    post.sum().backward()
+    post_tm = post.detach().transpose(0, 1)
+    for raster in (pre_tm, post_tm):
+        assert derived.get(raster) is not None  # a spike index (torch) or the kernel's sums (compiled)
+        assert torch.equal(spike_sums(raster), raster.sum(0))
+    if backend == "compiled":
+        assert isinstance(derived.get(pre_tm), SpikeSums)
+    pre_tm[1, 0, 0] = 1 - pre_tm[1, 0, 0]  # written: recomputed
+    assert derived.get(pre_tm) is None and torch.equal(spike_sums(pre_tm), pre_tm.sum(0))
 
 
 def test_ops_schema_and_fake_implementations():

@@ -10,8 +10,9 @@ on spike *counts*, so ``δ_i = mean_t ∂L/∂s_i[t] = ∂L/∂o_i``; with ``g_i
 * error to the layer below ``δ_j = Σ_i g_i w_ij r_ij`` with effect ratio ``r_ij = e_ij/o_j`` (or
   ``silent_effect_ratio`` when ``o_i = 0`` or ``o_j = 0``), broadcast over time.
 
-Every sum over ``(i, j)`` pairs is a contraction of the event matrix ``A`` and trace ``X`` of :mod:`hm2bp.spsp`, so no
-``(B, N_out, N_in)`` tensor is formed; memory stays ``O(B·T·N)``.
+Every sum over ``(i, j)`` pairs is a contraction of the event matrix ``A`` and trace ``X`` of :mod:`hm2bp.spsp`;
+memory stays ``O(B·T·N)``. The ``pairs`` strategy forms ``e (B, N_out, N_in)`` itself, and only where it is no
+larger than the traces (:func:`pairs_allowed`); the other strategies and the fused C++ layer never form it.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from hm2bp.spsp import (
     indexed_matmul,
     post_events,
     pre_traces,
+    remember_sums,
     spike_index,
     spike_sums,
     trace_chunks,
@@ -49,8 +51,8 @@ SILENT_EFFECT_RATIO = 1.0  # r_ij when o_i = 0 or o_j = 0 (`Spiking.cu:661-671`)
 # Our departure (pitfall P4): the authors never clip the lateral factor's denominator 1 − w0²Σ…; we clamp it at 0.1
 # (Λ ≤ 10) and count how often that happens. Set to None for the authors' unclipped behaviour.
 LATERAL_MIN_DENOMINATOR = 0.1
-# Relative cost of one gathered element against one multiply-add inside a GEMM, measured on the project's CPU
-# machines (bench/bench_strategies.py): used only to pick the cheapest contraction strategy.
+# Relative cost of one gathered element against one multiply-add inside a GEMM on the project's CPU machines: used
+# only to choose between "dense" and "sparse" where "pairs" is not allowed.
 SPARSE_ELEMENT_COST = 20.0
 STRATEGIES = ("auto", "pairs", "dense", "sparse")
 # Spiking pooling passes δ_p/k² down (`PoolingSpiking.cu:443-450, 504-510`, pitfall P5); "threshold" uses δ_p/ν_pool,
@@ -74,9 +76,11 @@ class HM2BPRule:
             S-PSPs are computed (`Spiking.cu:1438-1463`).
         lateral_factor: scale output-layer weight gradients by ``Λ_i`` when lateral inhibition is on.
         lateral_min_denominator: clamp of Λ's denominator (None: unclipped, as the authors).
-        strategy: how the pure-PyTorch path contracts the S-PSPs of linear layers (``"pairs"``, ``"dense"``,
-            ``"sparse"``, or ``"auto"``: the cheapest by :func:`choose_strategy`). All give the same result up to
-            rounding. Where the compiled kernels run (:mod:`hm2bp.ops`, the default on CPUs), linear layers use the
+        strategy: how the pure-PyTorch path contracts the S-PSPs of linear layers: ``"pairs"`` (``e`` from one
+            sparse-dense product per event kind, tracing the narrow side), ``"dense"`` (GEMMs over time·batch),
+            ``"sparse"`` (trace rows gathered at events), or ``"auto"`` (:func:`choose_strategy`: ``pairs`` where
+            :func:`pairs_allowed`, else the cheaper of the other two). All give the same result up to rounding.
+            Where the compiled kernels run (:mod:`hm2bp.ops`, the default on CPUs), linear layers use the
             fused C++ layer instead, which forms each sample's S-PSP rows in cache. Conv and pooling layers gather
             receptive-field traces (:mod:`hm2bp.conv`).
         pool_error_scale: spiking pooling divides the error it passes down by ``"window"`` (k², authors) or
@@ -357,6 +361,8 @@ class HM2BPLinearFunction(torch.autograd.Function):
         if ops.cpu_kernels(pre):
             coef, grad_w, gwe, o, o_pre = ops.linear_backward(pre, post, weight, g, lam, rho_silent, nu, need_below,
                                                               kernel)
+            remember_sums(post, o)  # the firing statistics need not read the rasters again
+            remember_sums(pre, o_pre)
             fired = o > 0
         else:
             o = spike_sums(post)

@@ -243,10 +243,28 @@ def spike_index(x: torch.Tensor) -> SpikeIndex:
     return index
 
 
+@dataclass(frozen=True)
+class SpikeSums:
+    """``Σ_t x`` of a raster, as a kernel that read the raster anyway returned it (see :func:`remember_sums`)."""
+
+    sums: torch.Tensor
+
+
+def remember_sums(x: torch.Tensor, sums: torch.Tensor) -> None:
+    """Record ``sums = Σ_t x`` of time-major ``x`` for :func:`spike_sums` (until ``x`` is written)."""
+    if cached_spike_index(x) is None:
+        derived.put(x, SpikeSums(sums))
+
+
 def spike_sums(x: torch.Tensor) -> torch.Tensor:
-    """``Σ_t x`` of time-major ``x (T, B, ...)``: from its spike index when one is cached (no pass over ``x``)."""
-    index = cached_spike_index(x)
-    return index.sums() if index is not None else x.sum(0)
+    """``Σ_t x`` of time-major ``x (T, B, ...)``: from its cached spike index or recorded sums when there are any
+    (no pass over ``x``), else summed."""
+    known = derived.get(x)
+    if isinstance(known, SpikeIndex):
+        return known.sums()
+    if isinstance(known, SpikeSums):
+        return known.sums
+    return x.sum(0)
 
 
 def post_events(post: torch.Tensor, kernel: PSPKernel) -> Events:
