@@ -105,15 +105,13 @@ class PSPKernel:
         return self.t_ref + 1 if self.convention == "original" else 0
 
 
-def exp_traces(x: torch.Tensor, decays: tuple[float, float], delay: int = 0,
-               out: torch.Tensor | None = None) -> torch.Tensor:
+def exp_traces(x: torch.Tensor, decays: tuple[float, float], delay: int = 0) -> torch.Tensor:
     """Two exponential traces of time-major ``x (T, B, N)``: ``D_τ(t) = decay_τ·D_τ(t−1) + x(t − delay)``.
 
-    Returns ``(T, 2, B, N)`` (index 1: membrane, synaptic decay; written into ``out`` if given), zero for
-    ``t < delay``.
+    Returns ``(T, 2, B, N)`` (index 1: membrane, synaptic decay), zero for ``t < delay``.
     """
     T = x.shape[0]
-    out = x.new_empty(T, 2, *x.shape[1:]) if out is None else out
+    out = x.new_empty(T, 2, *x.shape[1:])
     out[:delay].zero_()
     if delay >= T:
         return out
@@ -274,7 +272,8 @@ def post_events(post: torch.Tensor, kernel: PSPKernel) -> Events:
     reads ``P`` with +1 at ``t_k`` and ``−decay_m^{σ_k}`` at ``r_k`` (``k ≥ 2``). With the original window ``L`` the
     reset event only counts when ``σ_k ≤ L − t_ref − 1``, and trace τ gets
     ``−(d_τ^{L−t_ref} − [reset counts]·d_m^{σ_k} d_τ^{L−t_ref−σ_k})`` at ``t_k − L + t_ref``, removing pre spikes
-    older than the window. The events of one neuron are contiguous (sorted by sample and neuron).
+    older than the window. The list holds the KERNEL events, then the window events; in each part the events of one
+    neuron are contiguous, by sample and neuron, and in time order.
     """
     x = post if post.is_floating_point() else post.to(torch.get_default_dtype())
     T, B, N = x.shape
