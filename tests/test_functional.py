@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from hm2bp import functional
 from hm2bp.functional import HM2BPRule, LayerSetup, choose_strategy, hm2bp_linear, patch_silent_target
 from hm2bp.neuron import LIFParams
 from hm2bp.reference import hm2bp_layer_reference
@@ -66,6 +67,22 @@ def test_batched_rule_equals_per_sample_reference(path, convention, output, flag
     # the error to the layer below is the same at every time step
     for t in (0, steps // 2, steps - 1):
         np.testing.assert_allclose(pre.grad[:, t].numpy(), below, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("output", [True, False])
+@pytest.mark.parametrize("n_in, n_out", [(7, 5), (4, 6)])  # pairs traces the post side, then the pre side
+def test_pairs_in_sample_chunks_equals_reference(output, n_in, n_out, ops_backend, monkeypatch):
+    """The pairs strategy gives the literal reference's gradients whether e is formed for the whole batch at once or
+    one sample at a time."""
+    ops_backend("torch")
+    for chunk_bytes in (1 << 30, 1):
+        monkeypatch.setattr(functional, "PAIRS_CHUNK_BYTES", chunk_bytes)
+        rng = np.random.default_rng(7)
+        pre, weight, post, delta, setup, labels = _run_layer(rng, HM2BPRule(strategy="pairs"), output, n_in=n_in,
+                                                             n_out=n_out)
+        dw, below = _reference(pre, weight, post, delta, setup, labels)
+        np.testing.assert_allclose(weight.grad.numpy(), dw, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(pre.grad[:, 0].numpy(), below, rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("backend", ["torch", "compiled"])

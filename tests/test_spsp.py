@@ -6,10 +6,10 @@ from conftest import refractory_trains
 from hm2bp.neuron import LIFParams, lif_scan
 from hm2bp.reference import spsp_reference
 from hm2bp.spsp import (
+    AnticausalSPSP,
+    CausalSPSP,
     PSPKernel,
-    anticausal_spsp,
     cached_spike_index,
-    causal_spsp,
     indexed_matmul,
     post_events,
     spike_index,
@@ -58,15 +58,19 @@ def test_closed_form_equals_literal_reference(convention, window, steps, rng):
 
 @pytest.mark.parametrize("convention, window", CASES)
 @pytest.mark.parametrize("steps", [80, 600])
-@pytest.mark.parametrize("form", [causal_spsp, anticausal_spsp])
+@pytest.mark.parametrize("form", [CausalSPSP, AnticausalSPSP])
 def test_sparse_forms_equal_literal_reference(form, convention, window, steps, rng):
-    """The two sparse-dense products of the pairs strategy (tracing the pre or the post side) give every S-PSP."""
+    """The two sparse-dense products of the pairs strategy (tracing the pre or the post side) give every S-PSP, for
+    the whole batch and for any range of samples."""
     pre, post = _special_trains(rng, steps)
     kernel = PSPKernel.for_layer(64.0, 8.0, 2, convention, window)
     pre_tm, post_tm = pre.transpose(0, 1).contiguous(), post.transpose(0, 1).contiguous()
+    ref = _reference(pre, post, convention, window)
     with torch.sparse.check_sparse_tensor_invariants():  # every CSR matrix is valid (sorted, distinct columns)
-        e = form(post_events(post_tm, kernel), pre_tm, kernel)
-    np.testing.assert_allclose(e.numpy(), _reference(pre, post, convention, window), rtol=1e-9, atol=1e-12)
+        e_of = form(post_events(post_tm, kernel), pre_tm, kernel)
+        np.testing.assert_allclose(e_of(0, 3).numpy(), ref, rtol=1e-9, atol=1e-12)
+        for b0, b1 in ((0, 1), (1, 3), (2, 3)):
+            np.testing.assert_allclose(e_of(b0, b1).numpy(), ref[b0:b1], rtol=1e-9, atol=1e-12)
 
 
 def test_spike_index_orders_sums_and_cache(rng):

@@ -10,14 +10,14 @@ on spike *counts*, so ``δ_i = mean_t ∂L/∂s_i[t] = ∂L/∂o_i``; with ``g_i
 * error to the layer below ``δ_j = Σ_i g_i w_ij r_ij`` with effect ratio ``r_ij = e_ij/o_j`` (or
   ``silent_effect_ratio`` when ``o_i = 0`` or ``o_j = 0``), broadcast over time.
 
-Every sum over ``(i, j)`` pairs is a contraction of the event matrix ``A`` and trace ``X`` of :mod:`hm2bp.spsp`;
-memory stays ``O(B·T·N)``. The ``pairs`` strategy forms ``e (B, N_out, N_in)`` itself, and only where it is no
-larger than the traces (:func:`pairs_allowed`); the other strategies and the fused C++ layer never form it.
+Every sum over ``(i, j)`` pairs is a contraction of the event matrix ``A`` and trace ``X`` of :mod:`hm2bp.spsp`, so no
+``(B, N_out, N_in)`` tensor is formed (the ``pairs`` strategy forms ``e`` a few samples at a time, at most
+:data:`PAIRS_CHUNK_BYTES`); memory stays ``O(B·T·N)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -27,11 +27,11 @@ from hm2bp.neuron import LIFParams
 from hm2bp.spsp import (
     CONVENTIONS,
     PSP_WINDOW_TAUS,
+    AnticausalSPSP,
+    CausalSPSP,
     Convention,
     Events,
     PSPKernel,
-    anticausal_spsp,
-    causal_spsp,
     contract,
     gathered_traces,
     indexed_matmul,
@@ -189,29 +189,62 @@ def lateral_factor(post: torch.Tensor, labels: torch.Tensor | None, setup: Layer
 
 
 def traces_narrow_side(n_in: int, n_out: int) -> bool:
-    """Whether the pairs strategy traces the pre side (:func:`~hm2bp.spsp.causal_spsp`, when ``N_in ≤ N_out``) rather
-    than the post side (:func:`~hm2bp.spsp.anticausal_spsp`, which indexes the wide pre raster instead)."""
+    """Whether the pairs strategy traces the pre side (:class:`~hm2bp.spsp.CausalSPSP`, when ``N_in ≤ N_out``) rather
+    than the post side (:class:`~hm2bp.spsp.AnticausalSPSP`, which indexes the wide pre raster instead)."""
     return n_in <= n_out
 
 
-class _Pairs:
-    """Contractions through the explicit per-sample ``e (B, N_out, N_in)``, built by one sparse-dense product that
-    traces the narrow side; only chosen when ``e`` is no larger than the traces."""
+# The pairs strategy forms e for a few samples at a time, at most this many bytes (never the batch's whole e when it
+# is larger): memory stays O(B·T·N) plus this constant.
+PAIRS_CHUNK_BYTES = 8 << 20
+CoefFor = Callable[[torch.Tensor | None, slice], torch.Tensor]
 
-    def __init__(self, ev: Events, pre: torch.Tensor, kernel: PSPKernel, pool: BufferPool | None = None) -> None:
-        form = causal_spsp if traces_narrow_side(pre.shape[2], ev.neurons) else anticausal_spsp
-        self.e = form(ev, pre, kernel)
+
+class _SideThenGrads:
+    """``contract`` for strategies that compute the side-effect sums of the whole batch, then the gradients."""
 
     def side(self, w: torch.Tensor) -> torch.Tensor:
-        return (self.e * w).sum(2)  # a_bi = Σ_j w_ij e_bij
+        raise NotImplementedError
 
     def grads(self, coef: torch.Tensor, g: torch.Tensor, w: torch.Tensor,
               below: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        grad_w = (self.e * coef.unsqueeze(2)).sum(0)  # Σ_b coef_bi e_bij (einsum would permute e into a bmm)
-        return grad_w, (torch.einsum("bi,ij,bij->bj", g, w, self.e) if below else None)  # Σ_i g w e
+        raise NotImplementedError
+
+    def contract(self, w: torch.Tensor, g: torch.Tensor, coef_for: CoefFor, need_side: bool,
+                 below: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(coef, Σ_b coef ⊗ e, Σ_i g w e or None)`` with ``coef = coef_for(Σ_j w e or None, samples)``."""
+        coef = coef_for(self.side(w) if need_side else None, slice(None))
+        return (coef, *self.grads(coef, g, w, below))
 
 
-class _Dense:
+class _Pairs:
+    """Contractions through the explicit per-sample ``e``, formed a chunk of samples at a time
+    (:data:`PAIRS_CHUNK_BYTES`) by sparse-dense products that trace the narrow side. ``coef`` depends only on its own
+    sample's side-effect sum, so one pass over the chunks gives everything."""
+
+    def __init__(self, ev: Events, pre: torch.Tensor, kernel: PSPKernel, pool: BufferPool | None = None) -> None:
+        form = CausalSPSP if traces_narrow_side(pre.shape[2], ev.neurons) else AnticausalSPSP
+        self.spsp = form(ev, pre, kernel)
+        self.batch = ev.batch
+        self.step = max(1, PAIRS_CHUNK_BYTES // max(1, ev.neurons * pre.shape[2] * pre.element_size()))
+
+    def contract(self, w: torch.Tensor, g: torch.Tensor, coef_for: CoefFor, need_side: bool,
+                 below: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """As :meth:`_SideThenGrads.contract`."""
+        grad_w = w.new_zeros(w.shape)
+        coefs, lower = [], []
+        for b0 in range(0, self.batch, self.step):
+            rows = slice(b0, min(self.batch, b0 + self.step))
+            e = self.spsp(rows.start, rows.stop)
+            coef = coef_for((e * w).sum(2) if need_side else None, rows)  # side: a_bi = Σ_j w_ij e_bij
+            grad_w += (e * coef.unsqueeze(2)).sum(0)  # Σ_b coef_bi e_bij (einsum would permute e into a bmm)
+            if below:
+                lower.append(torch.einsum("bi,ij,bij->bj", g[rows], w, e))  # Σ_i g w e
+            coefs.append(coef)
+        return torch.cat(coefs), grad_w, (torch.cat(lower) if below else None)
+
+
+class _Dense(_SideThenGrads):
     """GEMMs over (time·batch) with a dense event matrix ``A (2T, B, N_out)``; two passes over the traces."""
 
     def __init__(self, ev: Events, pre: torch.Tensor, kernel: PSPKernel, pool: BufferPool | None = None) -> None:
@@ -238,7 +271,7 @@ class _Dense:
         return grad_w, out
 
 
-class _Sparse:
+class _Sparse(_SideThenGrads):
     """Gathers of trace rows at the post-synaptic events only (``A`` is non-zero at spike and reset times)."""
 
     def __init__(self, ev: Events, pre: torch.Tensor, kernel: PSPKernel, pool: BufferPool | None = None,
@@ -281,8 +314,8 @@ class _Sparse:
 
 
 def pairs_allowed(steps: int, n_in: int, n_out: int) -> bool:
-    """Whether ``e (B, N_out, N_in)`` is no larger than the traces ``(2T, B, N_in + N_out)`` (memory stays
-    ``O(B·T·N)``)."""
+    """Whether ``e (B, N_out, N_in)`` is no larger than the traces ``(2T, B, N_in + N_out)``: then forming it (a chunk
+    of samples at a time) costs no more than a pass over the traces."""
     return n_out * n_in <= 2 * steps * (n_in + n_out)
 
 
@@ -369,13 +402,15 @@ class HM2BPLinearFunction(torch.autograd.Function):
             o_pre = spike_sums(pre)
             fired = o > 0
             contraction = make_contraction(post_events(post, kernel), pre, kernel, rule.strategy, setup.buffers)
-            coef = g
-            if rho_silent is not None:
-                side = torch.where(fired, contraction.side(weight) / o.clamp(min=1), rho_silent) / nu
-                coef = coef * (1.0 + side)
-            if lam is not None:
-                coef = coef * lam
-            grad_w, gwe = contraction.grads(coef, g, weight, need_below)
+
+            def coef_for(side_sum: torch.Tensor | None, rows: slice) -> torch.Tensor:
+                coef = g[rows]
+                if side_sum is not None:
+                    side = torch.where(fired[rows], side_sum / o[rows].clamp(min=1), rho_silent) / nu
+                    coef = coef * (1.0 + side)
+                return coef if lam is None else coef * lam[rows]
+
+            coef, grad_w, gwe = contraction.contract(weight, g, coef_for, rho_silent is not None, need_below)
         if rule.silent_post_psp:
             grad_w += rule.silent_post_psp * ((coef * (~fired)).t() @ (o_pre > 0).to(coef.dtype))
 

@@ -336,50 +336,72 @@ def indexed_matmul(index: SpikeIndex, w: torch.Tensor) -> torch.Tensor:
     return x @ w
 
 
-def causal_spsp(events: Events, pre: torch.Tensor, kernel: PSPKernel) -> torch.Tensor:
-    """``e (B, N_out, N_in)`` from the post events (as :func:`post_events` lists them) and the traces of time-major
-    ``pre``: sparse-dense products ``A_P @ P + A_D @ [D_m; D_s]`` with CSR matrices whose rows are (sample, post
-    neuron): the KERNEL events read ``P = c_m D_m + c_s D_s``, the window events one trace each. Cost
-    ``O(events·N_in)`` plus the traces ``O(T·B·N_in)``; meant for narrow ``pre``."""
-    T, B, n_in = pre.shape
-    rows = B * events.neurons
-    d = exp_traces(_traced_input(pre, kernel), kernel.decays, kernel.delay)  # (T, 2, B, N_in)
-    cm, cs = kernel.coeffs
-    p = torch.mul(d[:, 0], cm).add_(d[:, 1], alpha=cs)  # P = c_m D_m + c_s D_s, (T, B, N_in)
-    # post_events lists the KERNEL events first, then the window events (row (2t + k)·B + b of D, weight c_k).
-    n_p = int((events.kind == KERNEL).sum())
-    row = events.b * events.neurons + events.n
-    a_p = _csr(row[:n_p], events.t[:n_p] * B + events.b[:n_p], events.val[:n_p], (rows, T * B))
-    e = a_p @ p.view(T * B, n_in)
-    if n_p < events.val.numel():
-        kind = events.kind[n_p:]
-        cols = (2 * events.t[n_p:] + kind - MEMBRANE) * B + events.b[n_p:]
-        coef = torch.tensor([cm, cs], dtype=p.dtype, device=p.device)
-        vals = events.val[n_p:] * coef.index_select(0, kind - MEMBRANE)
-        e = torch.sparse.addmm(e, _csr(row[n_p:], cols, vals, (rows, 2 * T * B)), d.view(2 * T * B, n_in))
-    return e.view(B, events.neurons, n_in)
+def _sample_range(b: torch.Tensor, b0: int, b1: int) -> tuple[int, int]:
+    """Positions ``lo, hi`` of the entries of samples ``b0 .. b1 − 1`` in the ascending sample list ``b``."""
+    lo, hi = torch.searchsorted(b, torch.tensor([b0, b1], dtype=b.dtype, device=b.device)).tolist()
+    return lo, hi
 
 
-def anticausal_spsp(events: Events, pre: torch.Tensor, kernel: PSPKernel) -> torch.Tensor:
-    """``e (B, N_out, N_in)`` from the pre spikes and the backward traces of the post events:
-    ``e_bij = Σ_s x_bj(s) G_bi(s)`` with ``G = Σ_τ Ã_τ``, ``Ã_τ(s) = A_τ(s + delay) + d_τ Ã_τ(s + 1)`` (the traces
-    of ``X`` moved onto ``A``); one sparse-dense product ``x_csr (B·N_in, T·B) @ G``. Cost ``O(pre spikes·N_out)``
-    plus ``O(T·B·N_out)``; meant for narrow ``post`` and a pre raster that is indexed anyway."""
-    T, B, n_in = pre.shape
-    n_out = events.neurons
-    a = events.dense(kernel.coeffs).view(T, 2, B, n_out)
-    acc = a.new_zeros(T + 1, 2, B, n_out)  # row T stays 0
-    for k, decay in enumerate(kernel.decays):
-        src, dst = a[:, k].unbind(0), acc[:, k].unbind(0)
-        for s in range(T - 1 - kernel.delay, -1, -1):
-            torch.add(src[s + kernel.delay], dst[s + 1], alpha=decay, out=dst[s])
-    g = torch.add(acc[:T, 0], acc[:T, 1]).view(T * B, n_out)
-    idx = spike_index(pre)
-    vals = idx.v.to(a.dtype)
-    if kernel.convention == "original":  # pre spikes at t = 0 never count (see _traced_input)
-        vals = vals * (idx.t > 0)
-    x = _csr(idx.b * n_in + idx.n, idx.t * B + idx.b, vals, (B * n_in, T * B))
-    return (x @ g).view(B, n_in, n_out).transpose(1, 2)
+class CausalSPSP:
+    """``e (b1 − b0, N_out, N_in)`` of any range of samples, from the post events (as :func:`post_events` lists them)
+    and the traces of time-major ``pre``: sparse-dense products ``A_P @ P + A_D @ [D_m; D_s]`` with CSR matrices whose
+    rows are (sample, post neuron): the KERNEL events read ``P = c_m D_m + c_s D_s``, the window events one trace
+    each. Cost ``O(events·N_in)`` plus the traces ``O(T·B·N_in)``, computed once; meant for narrow ``pre``."""
+
+    def __init__(self, events: Events, pre: torch.Tensor, kernel: PSPKernel) -> None:
+        T, B, n_in = pre.shape
+        d = exp_traces(_traced_input(pre, kernel), kernel.decays, kernel.delay)  # (T, 2, B, N_in)
+        cm, cs = kernel.coeffs
+        p = torch.mul(d[:, 0], cm).add_(d[:, 1], alpha=cs)  # P = c_m D_m + c_s D_s, (T, B, N_in)
+        ev, n_p = events, int((events.kind == KERNEL).sum())  # KERNEL events first, then the window events
+        kind = ev.kind[n_p:]
+        weight = torch.tensor([cm, cs], dtype=p.dtype, device=p.device).index_select(0, kind - MEMBRANE)
+        # (samples, neurons, trace row, value, traces): P at row tB + b; c_k D_k at row (2t + k)B + b
+        self.parts = [(ev.b[:n_p], ev.n[:n_p], ev.t[:n_p] * B + ev.b[:n_p], ev.val[:n_p], p.view(T * B, n_in)),
+                      (ev.b[n_p:], ev.n[n_p:], (2 * ev.t[n_p:] + kind - MEMBRANE) * B + ev.b[n_p:],
+                       ev.val[n_p:] * weight, d.view(2 * T * B, n_in))]
+        self.neurons, self.n_in = ev.neurons, n_in
+
+    def __call__(self, b0: int, b1: int) -> torch.Tensor:
+        rows = (b1 - b0) * self.neurons
+        e = self.parts[0][4].new_zeros(rows, self.n_in)
+        for b, n, cols, vals, x in self.parts:
+            lo, hi = _sample_range(b, b0, b1)
+            if hi > lo:
+                a = _csr((b[lo:hi] - b0) * self.neurons + n[lo:hi], cols[lo:hi], vals[lo:hi], (rows, x.shape[0]))
+                e = torch.sparse.addmm(e, a, x)
+        return e.view(b1 - b0, self.neurons, self.n_in)
+
+
+class AnticausalSPSP:
+    """``e (b1 − b0, N_out, N_in)`` of any range of samples, from the pre spikes and the backward traces of the post
+    events: ``e_bij = Σ_s x_bj(s) G_bi(s)`` with ``G = Σ_τ Ã_τ``, ``Ã_τ(s) = A_τ(s + delay) + d_τ Ã_τ(s + 1)`` (the
+    traces of ``X`` moved onto ``A``); one sparse-dense product ``x_csr (samples·N_in, T·B) @ G``. Cost
+    ``O(pre spikes·N_out)`` plus ``O(T·B·N_out)``, computed once; meant for narrow ``post`` and a pre raster that is
+    indexed anyway."""
+
+    def __init__(self, events: Events, pre: torch.Tensor, kernel: PSPKernel) -> None:
+        T, B, n_in = pre.shape
+        n_out = events.neurons
+        a = events.dense(kernel.coeffs).view(T, 2, B, n_out)
+        acc = a.new_zeros(T + 1, 2, B, n_out)  # row T stays 0
+        for k, decay in enumerate(kernel.decays):
+            src, dst = a[:, k].unbind(0), acc[:, k].unbind(0)
+            for s in range(T - 1 - kernel.delay, -1, -1):
+                torch.add(src[s + kernel.delay], dst[s + 1], alpha=decay, out=dst[s])
+        self.g = torch.add(acc[:T, 0], acc[:T, 1]).view(T * B, n_out)
+        idx = spike_index(pre)  # grouped by sample
+        vals = idx.v.to(a.dtype)
+        if kernel.convention == "original":  # pre spikes at t = 0 never count (see _traced_input)
+            vals = vals * (idx.t > 0)
+        self.b, self.n, self.cols, self.vals = idx.b, idx.n, idx.t * B + idx.b, vals
+        self.n_in, self.n_out = n_in, n_out
+
+    def __call__(self, b0: int, b1: int) -> torch.Tensor:
+        lo, hi = _sample_range(self.b, b0, b1)
+        x = _csr((self.b[lo:hi] - b0) * self.n_in + self.n[lo:hi], self.cols[lo:hi], self.vals[lo:hi],
+                 ((b1 - b0) * self.n_in, self.g.shape[0]))
+        return (x @ self.g).view(b1 - b0, self.n_in, self.n_out).transpose(1, 2)
 
 
 # Time steps per chunk of the trace computation are chosen so one chunk stays under this size; small temporaries
