@@ -151,3 +151,16 @@ def test_input_gradient_not_computed_when_not_needed(rng):
 def test_bad_rule(kwargs, message):
     with pytest.raises(ValueError, match=message):
         HM2BPRule(**kwargs)
+
+
+@pytest.mark.parametrize("n_in, n_out", [(6, 4), (3, 8)])
+@pytest.mark.parametrize("output", [True, False])
+def test_empty_batch_gives_zero_gradients(n_in, n_out, output, ops_backend):
+    ops_backend("torch")
+    pre = torch.zeros(0, 50, n_in, requires_grad=True)
+    weight = torch.rand(n_out, n_in, requires_grad=True)
+    setup = LayerSetup(lif=LIFParams(1.0), rule=HM2BPRule(strategy="pairs"), is_output=output,
+                       lateral_w0=1.0 if output else 0.0)
+    labels = torch.zeros(0, dtype=torch.long) if output else None
+    hm2bp_linear(pre, weight, setup, labels).sum().backward()
+    assert torch.equal(weight.grad, torch.zeros_like(weight)) and pre.grad.shape == pre.shape

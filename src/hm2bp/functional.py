@@ -233,7 +233,7 @@ class _Pairs:
         """As :meth:`_SideThenGrads.contract`."""
         grad_w = w.new_zeros(w.shape)
         coefs, lower = [], []
-        for b0 in range(0, self.batch, self.step):
+        for b0 in range(0, max(1, self.batch), self.step):  # one (empty) chunk for an empty batch
             rows = slice(b0, min(self.batch, b0 + self.step))
             e = self.spsp(rows.start, rows.stop)
             coef = coef_for((e * w).sum(2) if need_side else None, rows)  # side: a_bi = Σ_j w_ij e_bij
