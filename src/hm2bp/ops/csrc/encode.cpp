@@ -1,6 +1,6 @@
 // CPU kernel of the Bernoulli rate code (hm2bp.encoding.bernoulli_encode): the same counter-based hash, in uint32
-// arithmetic (the pure-PyTorch path computes it in int64 masked to 32 bits: identical bits), so both paths give the
-// same spikes.
+// arithmetic (the pure-PyTorch path computes it on int32 bit patterns with wrapping multiplies and masked shifts:
+// identical bits), so both paths give the same spikes.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
