@@ -3,23 +3,30 @@
 Examples:
     python src/run.py                                   # HM2-BP 64-800-10 on scikit-learn digits (offline)
     python src/run.py -m seed=0,1,2,3,4 dataset=digits  # five seeds; finished seeds are skipped on rerun
+    python src/run.py -m trainer.lr=0.01,0.001          # two settings: two run dirs (overrides + fingerprint)
     python src/run.py -m seed=0,1 hydra/launcher=joblib # seeds in parallel
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from hm2bp.app.checkpoints import RunInterrupted
 from hm2bp.app.runner import run
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    metrics = run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    try:
+        metrics = run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except RunInterrupted as stop:  # a checkpoint is saved: say how to resume, exit 128 + signal number
+        print(f"error: {stop}", file=sys.stderr, flush=True)
+        sys.exit(stop.exit_code)
     print(f"{cfg.experiment_name} seed {cfg.seed}: final test acc {metrics['test_acc']:.4f}, "
           f"best {metrics['best_test_acc']:.4f} (epoch {metrics['best_epoch']}), "
           f"mean of last 10 {metrics['last10_test_acc']:.4f}", flush=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-METRICS_KEYS = ("experiment", "dataset", "model", "seed", "test_acc", "best_test_acc", "best_epoch",
+METRICS_KEYS = ("experiment", "dataset", "model", "seed", "fingerprint", "test_acc", "best_test_acc", "best_epoch",
                 "last10_test_acc", "epochs", "train_seconds", "train_samples_per_second")
 
 

@@ -83,6 +83,11 @@ def validate(cfg: DictConfig) -> None:
     _positive("trainer.max_epochs", tr.max_epochs, integer=True)
     if tr.lr_schedule not in LR_SCHEDULES:
         raise ConfigError(f"trainer.lr_schedule={tr.lr_schedule!r}; valid choices: {sorted(LR_SCHEDULES)}")
+    if cfg.resume not in (True, False, "auto"):
+        raise ConfigError(f"resume={cfg.resume!r}; valid choices: [true, false, 'auto']")
+    minutes = tr.get("checkpoint_every_minutes")
+    if minutes is not None:
+        _positive("trainer.checkpoint_every_minutes", minutes)
     if cfg.logger.name not in ("wandb", "csv", "none"):
         raise ConfigError(f"logger.name={cfg.logger.name!r}; valid choices: ['wandb', 'csv', 'none']")
     if cfg.logger.name == "wandb" and cfg.logger.mode not in ("online", "offline", "disabled"):

@@ -18,11 +18,12 @@ class EpochPermutation(Sampler[int]):
     """A full random permutation per epoch, a pure function of ``(seed, epoch)`` (so resumed runs repeat it).
 
     Lightning calls :meth:`set_epoch` before every epoch. The authors shuffle with 5000 random swaps per epoch (P7);
-    a full permutation is our documented departure.
+    a full permutation is our documented departure. ``skip`` leaves out the first samples of the next pass only (a
+    run resumed mid-epoch has trained them already).
     """
 
-    def __init__(self, n: int, seed: int) -> None:
-        self.n, self.seed, self.epoch = n, seed, 0
+    def __init__(self, n: int, seed: int, skip: int = 0) -> None:
+        self.n, self.seed, self.epoch, self.skip = n, seed, 0, skip
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -32,7 +33,8 @@ class EpochPermutation(Sampler[int]):
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
+        skip, self.skip = self.skip, 0
+        return iter(torch.randperm(self.n, generator=g).tolist()[skip:])
 
 
 class SpikeData(L.LightningDataModule):
@@ -57,6 +59,11 @@ class SpikeData(L.LightningDataModule):
         self.fixed_trains, self.download, self.options = fixed_trains, download, dict(options or {})
         self.train: StaticSplit | EventSplit | None = None
         self.test: StaticSplit | EventSplit | None = None
+        self._resume_samples = 0
+
+    def resume_within_epoch(self, samples: int) -> None:
+        """The next training pass starts after its first ``samples`` samples (a checkpoint written mid-epoch)."""
+        self._resume_samples = int(samples)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train is not None:
@@ -89,8 +96,10 @@ class SpikeData(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         assert self.train is not None
-        return DataLoader(range(len(self.train)), batch_size=self.batch_size,
-                          sampler=EpochPermutation(len(self.train), self.seed), collate_fn=self._collate(self.train))
+        sampler = EpochPermutation(len(self.train), self.seed, skip=self._resume_samples)
+        self._resume_samples = 0
+        return DataLoader(range(len(self.train)), batch_size=self.batch_size, sampler=sampler,
+                          collate_fn=self._collate(self.train))
 
     def val_dataloader(self) -> DataLoader:
         assert self.test is not None

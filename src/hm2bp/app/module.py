@@ -150,14 +150,34 @@ class HM2BPModule(L.LightningModule):
     def configure_optimizers(self):
         return torch.optim.Adam(self.net.parameters(), lr=self.hparams.lr, betas=(0.9, 0.999), eps=1e-8)
 
+    @property
+    def samples_this_epoch(self) -> int:
+        """Training samples seen so far in the current epoch (a mid-epoch resume skips them)."""
+        return int(self._act["samples"])
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["hm2bp_history"] = self.history
         if self.boost is not None:
             checkpoint["hm2bp_boosting"] = self.boost.state_dict()
+        # the current epoch's accumulators: a checkpoint written mid-epoch resumes them (Lightning does not call
+        # on_train_epoch_start again); at an epoch end the next epoch's start resets them
+        checkpoint["hm2bp_epoch_state"] = {
+            "activity": dict(self._act), "elapsed": time.perf_counter() - getattr(self, "_epoch_start", 0.0),
+            "train_acc": {k: v.clone() for k, v in self.train_acc.metric_state.items()},
+            "lateral": [(layer.stats.lateral_clamped, layer.stats.lateral_evaluated) for layer in self.net.layers]}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.history = list(checkpoint.get("hm2bp_history", []))
         if self.boost is not None and "hm2bp_boosting" in checkpoint:
             self.boost.load_state_dict(checkpoint["hm2bp_boosting"])
+        state = checkpoint.get("hm2bp_epoch_state")
+        if state is not None:
+            self._act = dict(state["activity"])
+            self._epoch_start = time.perf_counter() - state["elapsed"]
+            for k, v in state["train_acc"].items():
+                setattr(self.train_acc, k, v.to(self.device))
+            self.train_acc._update_count = 1 if self._act["samples"] else 0
+            for layer, (clamped, evaluated) in zip(self.net.layers, state["lateral"], strict=True):
+                layer.stats.lateral_clamped, layer.stats.lateral_evaluated = clamped, evaluated
 
 

@@ -1,4 +1,9 @@
-"""One training job of the experiment app: compose → validate → fit (resuming) → metrics.json + figures."""
+"""One training job of the experiment app: compose → validate → fit (resuming) → metrics.json + figures.
+
+A run is identified by the fingerprint of its resolved config (:mod:`hm2bp.app.identity`): a complete
+``metrics.json`` of the same fingerprint means the run is finished and is skipped; one of another fingerprint is
+refused (never overwritten); ``checkpoints/last.ckpt`` is resumed only when it has the same fingerprint.
+"""
 
 from __future__ import annotations
 
@@ -9,27 +14,11 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from hm2bp.app.checkpoints import ForeignCheckpoint, RunCheckpoint, check_resumable, move_aside
 from hm2bp.app.config import ConfigError, model_arch, validate
+from hm2bp.app.identity import differences, fingerprint, run_config
 from hm2bp.io import atomic_write_json
 from hm2bp.metrics import metrics_complete
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read."""
-
-
-def check_checkpoint(path: Path) -> Path:
-    """Return ``path`` if it is a readable Lightning checkpoint, else raise a clear :class:`CheckpointError`."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        if not isinstance(state, dict) or "state_dict" not in state:
-            raise ValueError("no state_dict inside")
-    except Exception as err:
-        raise CheckpointError(
-            f"cannot resume from {path}: the checkpoint is corrupt or truncated ({type(err).__name__}: {err}). "
-            f"Delete that file to start this run fresh, or rerun with resume=false; nothing else was touched."
-        ) from err
-    return path
 
 
 def _wandb_logger(cfg: DictConfig, run_dir: Path, name: str):
@@ -44,7 +33,7 @@ def _wandb_logger(cfg: DictConfig, run_dir: Path, name: str):
         print("wandb: no API key found, logging offline as logger.fallback_offline=true asks", flush=True)
         mode = "offline"
     os.environ.setdefault("WANDB_SILENT", "true")
-    return WandbLogger(project=cfg.logger.project, entity=cfg.logger.entity, group=cfg.experiment_name,
+    return WandbLogger(project=cfg.logger.project, entity=cfg.logger.entity, group=run_dir.parent.name,
                        name=name, save_dir=str(run_dir), mode=mode, job_type="train",
                        config=OmegaConf.to_container(cfg, resolve=True), settings={"init_timeout": 60})
 
@@ -66,20 +55,60 @@ def make_loggers(cfg: DictConfig, run_dir: Path, name: str) -> list:
     return []
 
 
+def finished_metrics(metrics_path: Path, fp: str, config: dict) -> dict | None:
+    """The finished run's metrics if ``metrics_path`` is complete with fingerprint ``fp``; None if there is none.
+
+    A complete file of another config is refused with the differing keys: finished results are never overwritten.
+    """
+    if not metrics_complete(metrics_path):
+        return None
+    done = json.loads(metrics_path.read_text())
+    if done["fingerprint"] == fp:
+        return done
+    diff = differences(done.get("config", {}), config)
+    raise ConfigError(f"{metrics_path} holds the finished results of another config (fingerprint "
+                      f"{done['fingerprint']}, this run {fp}; differing keys: {'; '.join(diff)}); they are never "
+                      f"overwritten: choose another output folder")
+
+
+def resume_path(last: Path, resume: bool | str, fp: str, config: dict) -> Path | None:
+    """The checkpoint to resume (``last`` if it exists and belongs to this config), after ``resume``'s rule:
+    ``true`` refuses a checkpoint of another config, ``false`` moves any old one aside, ``"auto"`` moves aside only
+    one of another config. A moved checkpoint is named in the log."""
+    if not last.exists():
+        return None
+    if resume is not False:
+        try:
+            state = check_resumable(last, fp, config)
+        except ForeignCheckpoint:
+            if resume != "auto":
+                raise
+        else:
+            print(f"resuming from {last} (saved {'during' if state.get('hm2bp_mid_epoch') else 'at the end of'} "
+                  f"epoch {state.get('epoch')})", flush=True)
+            return last
+    moved = move_aside(last)
+    why = "resume=false" if resume is False else "resume=auto: it belongs to another config"
+    print(f"{why}: moved the old checkpoint {last} aside to {moved}; starting over", flush=True)
+    return None
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict:
-    """Train one (experiment, seed) in ``run_dir`` and return its metrics (see :mod:`hm2bp.metrics`)."""
+    """Train one (config, seed) in ``run_dir`` and return its metrics (see :mod:`hm2bp.metrics`)."""
     validate(cfg)
+    config = run_config(cfg)
+    fp = fingerprint(config)
     metrics_path = run_dir / "metrics.json"
-    if metrics_complete(metrics_path):
-        print(f"{metrics_path} is complete: seed {cfg.seed} of {cfg.experiment_name} is finished, skipping",
+    done = finished_metrics(metrics_path, fp, config)
+    if done is not None:
+        print(f"{metrics_path} is complete: seed {cfg.seed} of {cfg.experiment_name} ({fp}) is finished, skipping",
               flush=True)
-        return json.loads(metrics_path.read_text())
+        return done
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"
-    ckpt_path = str(check_checkpoint(last)) if (cfg.resume and last.exists()) else None
+    ckpt_path = resume_path(last, cfg.resume, fp, config)
 
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
 
     from hm2bp.app.data import SpikeData
     from hm2bp.app.figures import learning_curves, spike_raster
@@ -105,19 +134,21 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         boosting=tr.boosting, regularizer=OmegaConf.to_container(tr.regularizer))
     name = f"{cfg.experiment_name}-seed{cfg.seed}"
     loggers = make_loggers(cfg, run_dir, name)
-    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, every_n_epochs=1)
+    checkpoint = RunCheckpoint(last, fp, config, tr.get("checkpoint_every_minutes"))
     limits = {k: tr[k] for k in ("limit_train_batches", "limit_val_batches") if tr[k] is not None}
     trainer = L.Trainer(max_epochs=tr.max_epochs, accelerator=tr.accelerator, devices=tr.devices, logger=loggers,
-                        callbacks=[checkpoint], enable_progress_bar=tr.progress_bar, num_sanity_val_steps=0,
+                        callbacks=[checkpoint], enable_checkpointing=False, enable_progress_bar=tr.progress_bar,
+                        num_sanity_val_steps=0,
                         deterministic=tr.deterministic, default_root_dir=str(run_dir), enable_model_summary=False,
                         log_every_n_steps=1,
                         **limits)
-    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    with checkpoint.handling_signals():
+        trainer.fit(module, datamodule=data, ckpt_path=None if ckpt_path is None else str(ckpt_path))
 
     metrics = {"experiment": cfg.experiment_name, "dataset": cfg.dataset.name, "model": model_cfg.name,
-               "seed": int(cfg.seed), **summarize(module.history),
+               "seed": int(cfg.seed), "fingerprint": fp, **summarize(module.history),
                "test_silent_outputs": module.history[-1]["test_silent_outputs"],
-               "lateral_clamped_last_epoch": module.history[-1].get("lateral_clamped", 0)}
+               "lateral_clamped_last_epoch": module.history[-1].get("lateral_clamped", 0), "config": config}
     atomic_write_json(run_dir / "history.json", module.history)
     figs = [learning_curves(module.history, run_dir / "learning_curves.png", name)]
     spikes, label = data.example(0)
