@@ -2,7 +2,9 @@
 
     python -m hm2bp.report outputs/ [more paths ...] [--out DIR] [--curves DIR] [--readme README.md]
 
-Finds every complete ``metrics.json`` under the given paths, groups runs by experiment and writes
+Finds every complete ``metrics.json`` under the given paths, groups runs by config (experiment and fingerprint:
+one row per distinct config, an experiment run with several configs gets one row each, named
+``<experiment>-<fingerprint>`` with the keys that differ shown) and writes
 ``summary.json``, ``summary.md`` and ``summary.png`` (ours vs the paper, with error bars) to ``--out``
 (default: the first path). ``--curves DIR`` writes ``DIR/<experiment>.csv``: per epoch, test and train accuracy
 (%) as mean and std over seeds (the DVC pipeline's plots). ``--readme FILE`` rewrites the block between
@@ -15,12 +17,14 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import itertools
 import json
 import statistics
+import sys
 from pathlib import Path
 
 from hm2bp.io import atomic_write_json, atomic_write_text
-from hm2bp.metrics import metrics_complete
+from hm2bp.metrics import flatten, metrics_complete
 from hm2bp.paper import PAPER, PROTOCOL, TITAN_XP_SECONDS_PER_SAMPLE
 
 README_START, README_END = "<!-- summary:start -->", "<!-- summary:end -->"
@@ -36,7 +40,48 @@ def find_metrics(paths: list[Path]) -> list[dict]:
         for f in files:
             if metrics_complete(f):
                 found.append({**json.loads(f.read_text()), "run_dir": str(f.parent)})
+            elif _legacy(f):
+                print(f"skipping {f}: written by an older hm2bp without a config fingerprint", file=sys.stderr)
     return found
+
+
+def _legacy(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "test_acc" in data and "fingerprint" not in data
+
+
+def group_runs(runs: list[dict]) -> dict[str, list[dict]]:
+    """Runs by config, sorted by seed: the key is the experiment, or ``<experiment>-<fingerprint>`` where one
+    experiment holds several configs. Raises ``ValueError`` for two runs of one config with the same seed."""
+    by_fp: dict[tuple[str, str], list[dict]] = {}
+    for r in runs:
+        by_fp.setdefault((r["experiment"], r["fingerprint"]), []).append(r)
+    per_experiment: dict[str, int] = {}
+    for experiment, _ in by_fp:
+        per_experiment[experiment] = per_experiment.get(experiment, 0) + 1
+    out = {}
+    for (experiment, fp), rs in sorted(by_fp.items()):
+        rs = sorted(rs, key=lambda r: r["seed"])
+        for a, b in itertools.pairwise(rs):
+            if a["seed"] == b["seed"]:
+                raise ValueError(f"seed {a['seed']} of {experiment} (config {fp}) appears twice: {a['run_dir']} and "
+                                 f"{b['run_dir']}; pass only one of them")
+        out[experiment if per_experiment[experiment] == 1 else f"{experiment}-{fp}"] = rs
+    return out
+
+
+def _settings(groups: dict[str, list[dict]]) -> dict[str, str]:
+    """Per group: the config keys whose values differ between the groups of its experiment (``k=v, …``)."""
+    flat = {name: flatten(rs[0].get("config", {})) for name, rs in groups.items()}
+    out = {}
+    for name, rs in groups.items():
+        siblings = [flat[n] for n, other in groups.items() if other[0]["experiment"] == rs[0]["experiment"]]
+        keys = sorted({k for f in siblings for k in f if any(g.get(k) != f.get(k) for g in siblings)})
+        out[name] = ", ".join(f"{k}={json.dumps(flat[name].get(k))}" for k in keys)
+    return out
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -44,18 +89,18 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def summarize_runs(runs: list[dict]) -> dict[str, dict]:
-    """Per experiment: seeds, mean ± std of final, best and last-10 accuracy (%), best of bests, the paper's row."""
-    groups: dict[str, list[dict]] = {}
-    for r in runs:
-        groups.setdefault(r["experiment"], []).append(r)
+    """Per config (:func:`group_runs`): seeds, mean ± std of final, best and last-10 accuracy (%), best of bests,
+    the paper's row, the fingerprint and the keys that set it apart from other configs of its experiment."""
+    groups = group_runs(runs)
+    settings = _settings(groups)
     out = {}
-    for name, rs in sorted(groups.items()):
-        rs = sorted(rs, key=lambda r: r["seed"])
+    for name, rs in groups.items():
         final = _mean_std([100 * r["test_acc"] for r in rs])
         best = _mean_std([100 * r["best_test_acc"] for r in rs])
         last10 = _mean_std([100 * r["last10_test_acc"] for r in rs])
-        paper = PAPER.get(name)
+        paper = PAPER.get(rs[0]["experiment"])
         out[name] = {
+            "experiment": rs[0]["experiment"], "fingerprint": rs[0]["fingerprint"], "settings": settings[name],
             "dataset": rs[0]["dataset"], "model": rs[0]["model"], "n_seeds": len(rs),
             "seeds": [r["seed"] for r in rs], "epochs": [r["epochs"] for r in rs],
             "final_mean": final[0], "final_std": final[1], "best_mean": best[0], "best_std": best[1],
@@ -71,29 +116,31 @@ def summarize_runs(runs: list[dict]) -> dict[str, dict]:
 
 
 def to_markdown(summary: dict[str, dict]) -> str:
-    lines = ["| experiment | seeds | final % | best % (paper's metric) | best of bests % | last-10 % | "
-             "paper mean ± std | paper best | paper source |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| experiment | config | seeds | final % | best % (paper's metric) | best of bests % | last-10 % | "
+             "paper mean ± std | paper best | paper source |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, s in summary.items():
         p = s["paper"]
         paper_mean = "—" if not p or p["mean"] is None else f"{p['mean']:.2f} ± {p['std']:.2f}"
         paper_best = "—" if not p or p["best"] is None else f"{p['best']:.2f}"
         source = "—" if not p else p["source"] + ("" if p["verified"] else " (unverified)")
-        lines.append(f"| {name} | {s['n_seeds']} | {s['final_mean']:.2f} ± {s['final_std']:.2f} | "
+        config = s["fingerprint"] + (f" ({s['settings']})" if s["settings"] else "")
+        lines.append(f"| {name} | {config} | {s['n_seeds']} | {s['final_mean']:.2f} ± {s['final_std']:.2f} | "
                      f"{s['best_mean']:.2f} ± {s['best_std']:.2f} | {s['best_of_best']:.2f} | "
                      f"{s['last10_mean']:.2f} ± {s['last10_std']:.2f} | {paper_mean} | {paper_best} | {source} |")
     return "\n".join(lines) + "\n"
 
 
 def curves(runs: list[dict]) -> dict[str, list[dict]]:
-    """Per experiment and epoch: mean and std over seeds of test and train accuracy (%), from each history.json.
-
-    Epochs are cut to the shortest history of the experiment, so every row averages the same seeds."""
+    """Per config (:func:`group_runs`) and epoch: mean and std over seeds of test and train accuracy (%), from each
+    history.json. Epochs are cut to the shortest history of the config, so every row averages the same seeds."""
     groups: dict[str, list[list[dict]]] = {}
-    for r in sorted(runs, key=lambda r: (r["experiment"], r["seed"])):
-        path = Path(r["run_dir"]) / "history.json"
-        if not path.exists():
-            raise FileNotFoundError(f"{path} is missing: the run at {r['run_dir']} has metrics.json but no history")
-        groups.setdefault(r["experiment"], []).append(json.loads(path.read_text()))
+    for name, rs in group_runs(runs).items():
+        for r in rs:
+            path = Path(r["run_dir"]) / "history.json"
+            if not path.exists():
+                raise FileNotFoundError(f"{path} is missing: the run at {r['run_dir']} has metrics.json but no "
+                                        f"history")
+            groups.setdefault(name, []).append(json.loads(path.read_text()))
     out = {}
     for name, histories in groups.items():
         rows = []
@@ -132,8 +179,11 @@ def readme_table(summary: dict[str, dict], seeds: int = 5) -> str:
     lines = ["| experiment | paper mean ± std % | paper best % | ours: seeds | ours: best % (paper's metric) | "
              "ours: final % | ours: measured train time | protocol (epochs × train samples) | "
              f"est. GPU-hours, {seeds} seeds |", "|---|---|---|---|---|---|---|---|---|"]
-    for name in sorted(set(PROTOCOL) | set(summary)):
-        p, s = PAPER.get(name), summary.get(name)
+    run_experiments = {s["experiment"] for s in summary.values()}
+    for name in sorted({n for n in PROTOCOL if n not in run_experiments} | set(summary)):
+        s = summary.get(name)
+        experiment = name if s is None else s["experiment"]
+        p = PAPER.get(experiment)
         paper_mean = "—" if not p or p.mean is None else f"{p.mean:.2f} ± {p.std:.2f}"
         paper_best = "—" if not p or p.best is None else f"{p.best:.2f}"
         if s is None:
@@ -142,11 +192,12 @@ def readme_table(summary: dict[str, dict], seeds: int = 5) -> str:
             ours = [str(s["n_seeds"]), f"{s['best_mean']:.2f} ± {s['best_std']:.2f}",
                     f"{s['final_mean']:.2f} ± {s['final_std']:.2f}",
                     f"{_hours(s['train_seconds_total'])} h CPU, {s['n_seeds']} seeds × {max(s['epochs'])} epochs"]
-        if name in PROTOCOL:
-            epochs, n_train, arch = PROTOCOL[name].epochs, PROTOCOL[name].n_train, PROTOCOL[name].arch
+        if experiment in PROTOCOL:
+            row = PROTOCOL[experiment]
+            epochs, n_train, arch = row.epochs, row.n_train, row.arch
         else:
             epochs, n_train = max(s["epochs"]), s["train_samples_per_epoch"]
-            arch = "cnn" if name.endswith("_cnn") else "mlp"
+            arch = "cnn" if experiment.endswith("_cnn") else "mlp"
         work = seeds * epochs * n_train
         lo, hi = TITAN_XP_SECONDS_PER_SAMPLE[arch]
         lines.append(f"| {name} | {paper_mean} | {paper_best} | {' | '.join(ours)} | {epochs} × {n_train:,} | "
@@ -210,7 +261,10 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     if not runs:
         ap.error(f"no complete metrics.json under {', '.join(map(str, args.paths))}")
     out = args.out or (args.paths[0] if args.paths[0].is_dir() else args.paths[0].parent)
-    summary = summarize_runs(runs)
+    try:
+        summary = summarize_runs(runs)
+    except ValueError as err:
+        ap.error(str(err))
     atomic_write_json(out / "summary.json", summary)
     atomic_write_text(out / "summary.md", to_markdown(summary))
     figure(summary, out / "summary.png")

@@ -15,6 +15,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from hm2bp.metrics import flatten
+
 # Top-level keys and dotted paths that never change what a run computes.
 EXCLUDED = frozenset({
     "seed", "experiment_name", "output_root", "data_dir", "resume", "logger", "hydra",
@@ -22,7 +24,7 @@ EXCLUDED = frozenset({
 })
 # Command-line overrides left out of the readable part of the run directory's name (they are in the fingerprint
 # or change nothing): the seed has its own folder, the experiment names the parent folder.
-LABEL_EXCLUDED = frozenset({"seed", "experiment", "output_root", "data_dir", "resume", "logger",
+LABEL_EXCLUDED = frozenset({"seed", "experiment", "output_root", "data_dir", "resume", "logger", "hydra",
                             "trainer.progress_bar", "trainer.num_threads", "trainer.checkpoint_every_minutes"})
 FINGERPRINT_CHARS = 12
 LABEL_MAX_CHARS = 96
@@ -46,17 +48,6 @@ def fingerprint(config: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:FINGERPRINT_CHARS]
 
 
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``."""
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        if isinstance(v, Mapping) and v:
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """``key: old → new`` for every dotted key whose value differs (missing keys show as ``<unset>``)."""
     a, b = flatten(old), flatten(new)
@@ -65,16 +56,15 @@ def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
             for k in sorted(set(a) | set(b)) if a.get(k, unset) != b.get(k, unset)]
 
 
-def _override_key(override: str) -> str:
+def _labelled(override: str) -> bool:
     key = override.split("=", 1)[0].lstrip("+~")
-    return key
+    return not any(key == k or key.startswith((f"{k}.", f"{k}/")) for k in LABEL_EXCLUDED)
 
 
 def run_label(overrides: list[str], fp: str) -> str:
     """The run directory's middle part: the command-line overrides that matter, sorted and comma-joined (``/``
     replaced, cut to :data:`LABEL_MAX_CHARS`), then ``-`` and the fingerprint; ``default-<fp>`` without any."""
-    kept = sorted(o for o in overrides
-                  if not any(_override_key(o) == k or _override_key(o).startswith(f"{k}.") for k in LABEL_EXCLUDED))
+    kept = sorted(o for o in overrides if _labelled(o))
     readable = ",".join(kept).replace("/", "_").replace("\\", "_")
     if len(readable) > LABEL_MAX_CHARS:
         readable = readable[:LABEL_MAX_CHARS - 1] + "…"
