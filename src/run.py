@@ -9,24 +9,20 @@ Examples:
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from hm2bp.app.checkpoints import RunInterrupted
+from hm2bp.app.cli import user_errors
 from hm2bp.app.runner import run
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    try:
+    with user_errors():  # one `error: …` line and a non-zero exit for errors users cause
         metrics = run(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except RunInterrupted as stop:  # a checkpoint is saved: say how to resume, exit 128 + signal number
-        print(f"error: {stop}", file=sys.stderr, flush=True)
-        sys.exit(stop.exit_code)
     print(f"{cfg.experiment_name} seed {cfg.seed}: final test acc {metrics['test_acc']:.4f}, "
           f"best {metrics['best_test_acc']:.4f} (epoch {metrics['best_epoch']}), "
           f"mean of last 10 {metrics['last10_test_acc']:.4f}", flush=True)

@@ -45,3 +45,20 @@ def ops_backend() -> Iterator[Callable[[str], None]]:
 
     yield use
     ops.set_backend("auto")
+
+
+def nonempty(items: list, what: str) -> list:
+    """``items`` for a ``parametrize``, or a collection error when it is empty (a glob that found nothing must not
+    pass as zero tests)."""
+    if not items:
+        raise RuntimeError(f"no {what} found: the parametrized tests would silently vanish")
+    return items
+
+
+def run_dir(root, experiment: str, seed: int = 0):
+    """The single run dir ``<root>/<experiment>/<overrides>-<fingerprint>/seed<seed>`` (fails on none or several)."""
+    from pathlib import Path
+
+    found = sorted(Path(root, experiment).glob(f"*/seed{seed}"))
+    assert len(found) == 1, f"expected one run dir of {experiment} seed {seed} under {root}, found {found}"
+    return found[0]

@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from conftest import nonempty, run_dir
 from hm2bp.app.config import ConfigError, validate
 from hm2bp.metrics import METRICS_KEYS
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
-EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+EXPERIMENTS = nonempty(sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")), "experiment presets")
 # A short but real budget: 2 training batches of 32 and one test batch per epoch, T = 400.
 SMOKE = ["trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.batch_size=32",
          "trainer.progress_bar=false"]
@@ -89,17 +88,19 @@ def test_unknown_group_option_and_misspelled_key(tmp_path):
 
 def test_run_writes_metrics_figures_and_offline_wandb(tmp_path):
     _run([*SMOKE, "trainer.max_epochs=2", f"output_root={tmp_path}"], tmp_path)
-    run_dir = tmp_path / "digits-mlp64-800-10" / "seed0"
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    folder = run_dir(tmp_path, "digits-mlp64-800-10")
+    metrics = json.loads((folder / "metrics.json").read_text())
     assert all(k in metrics for k in METRICS_KEYS)
+    assert folder.parent.name.endswith(f"-{metrics['fingerprint']}")
+    assert metrics["config"]["trainer"]["max_epochs"] == 2 and "logger" not in metrics["config"]
     assert metrics["epochs"] == 2 and 0 <= metrics["test_acc"] <= 1
     assert metrics["best_test_acc"] >= metrics["test_acc"]
-    assert (run_dir / "learning_curves.png").stat().st_size > 1000
-    assert (run_dir / "raster.png").stat().st_size > 1000
-    assert (run_dir / "checkpoints" / "last.ckpt").exists()
-    offline = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert (folder / "learning_curves.png").stat().st_size > 1000
+    assert (folder / "raster.png").stat().st_size > 1000
+    assert (folder / "checkpoints" / "last.ckpt").exists()
+    offline = list((folder / "wandb").glob("offline-run-*/run-*.wandb"))
     assert offline and offline[0].stat().st_size > 0
-    history = json.loads((run_dir / "history.json").read_text())
+    history = json.loads((folder / "history.json").read_text())
     assert {"rate_layer0", "silent_layer1", "lateral_clamped", "test_silent_outputs"} <= set(history[0])
 
 
@@ -114,10 +115,10 @@ def test_cnn_run_with_augmentation(tmp_path):
     """The digits CNN end to end, with the paper CNN's augmentation switched on."""
     _run([*SMOKE, "experiment=digits_cnn", "trainer.max_epochs=1", "logger=none", f"output_root={tmp_path}",
           "dataset.augment={scale:0.12,rotation:12.0,elastic_alpha:3.4,elastic_sigma:4.0}"], tmp_path)
-    run_dir = tmp_path / "digits_cnn" / "seed0"
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    folder = run_dir(tmp_path, "digits_cnn")
+    metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["model"] == "cnn12c3-p2-100-10" and 0 <= metrics["test_acc"] <= 1
-    history = json.loads((run_dir / "history.json").read_text())
+    history = json.loads((folder / "history.json").read_text())
     assert {"rate_layer0", "rate_layer1", "rate_layer2", "rate_layer3"} <= set(history[0])
 
 
@@ -134,7 +135,7 @@ def test_multirun_then_report(tmp_path):
     assert s["final_mean"] == pytest.approx(sum(accs) / 2)
     assert s["best_of_best"] == pytest.approx(max(100 * r["best_test_acc"] for r in runs))
     assert "digits-mlp64-800-10" in proc.stdout and (tmp_path / "summary.png").exists()
-    assert (tmp_path / "digits-mlp64-800-10" / "seed0" / "csv" / "metrics.csv").exists()
+    assert (run_dir(tmp_path, "digits-mlp64-800-10") / "csv" / "metrics.csv").exists()
 
 
 def test_joblib_multirun_and_finished_seeds_are_skipped(tmp_path):
@@ -146,28 +147,3 @@ def test_joblib_multirun_and_finished_seeds_are_skipped(tmp_path):
     proc = _run(args, tmp_path)
     assert proc.stdout.count("is complete") == 2
     assert [(p.read_bytes(), p.stat().st_mtime_ns) for p in files] == before
-
-
-def _history(run_dir: Path) -> list[dict]:
-    return [{k: v for k, v in h.items() if k not in ("train_seconds",)}
-            for h in json.loads((run_dir / "history.json").read_text())]
-
-
-def test_killed_run_resumes_and_matches_uninterrupted(tmp_path):
-    args = [*SMOKE, "trainer.max_epochs=8", "logger=none"]
-    reference = tmp_path / "reference"
-    _run([*args, f"output_root={reference}"], tmp_path)
-    killed = tmp_path / "killed"
-    run_dir = killed / "digits-mlp64-800-10" / "seed0"
-    env = {**os.environ, "WANDB_MODE": "offline"}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "src" / "run.py"), *args, f"output_root={killed}"],
-                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (run_dir / "checkpoints" / "last.ckpt").exists() and time.time() < deadline:
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (run_dir / "metrics.json").exists(), "the run finished before it could be killed"
-    resumed = _run([*args, f"output_root={killed}"], tmp_path)
-    assert "Restoring states from the checkpoint" in resumed.stdout + resumed.stderr
-    assert _history(run_dir) == _history(reference / "digits-mlp64-800-10" / "seed0")

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import run_dir
 from hm2bp.data.idx import DatasetFileError, load_emnist_balanced, load_mnist, read_idx
 
 
@@ -92,7 +93,7 @@ def test_app_trains_on_mnist_fixture(tmp_path):
     make_mnist(tmp_path / "data", n_train=64, n_test=32)
     _run(["dataset=mnist", "model=mnist_mlp", f"data_dir={tmp_path / 'data'}", *SMOKE, "trainer.max_epochs=1",
           "logger=none", f"output_root={tmp_path / 'out'}"], tmp_path)
-    assert (tmp_path / "out" / "mnist-mlp784-800-10" / "seed0" / "metrics.json").exists()
+    assert (run_dir(tmp_path / "out", "mnist-mlp784-800-10") / "metrics.json").exists()
 
 
 def test_app_missing_data_fails_before_training(tmp_path):
@@ -101,4 +102,4 @@ def test_app_missing_data_fails_before_training(tmp_path):
     proc = _run(["dataset=mnist", "model=mnist_mlp", f"data_dir={tmp_path}", *SMOKE, "logger=none",
                  f"output_root={tmp_path / 'out'}"], tmp_path, check=False)
     assert proc.returncode != 0 and "MNIST files not found" in proc.stderr
-    assert not (tmp_path / "out" / "mnist-mlp784-800-10" / "seed0" / "checkpoints").exists()
+    assert not list((tmp_path / "out").rglob("checkpoints"))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import run_dir
 from hm2bp.data.idx import DatasetFileError
 from hm2bp.data.nmnist import N_INPUTS, load_nmnist
 
@@ -82,4 +83,4 @@ def test_app_trains_on_nmnist_fixture(tmp_path):
     _run(["experiment=nmnist_mlp", f"data_dir={tmp_path / 'data'}", *SMOKE, "trainer.batch_size=8",
           "trainer.max_epochs=1", "trainer.accelerator=cpu", "logger=none", f"output_root={tmp_path / 'out'}"],
          tmp_path)
-    assert (tmp_path / "out" / "nmnist_mlp" / "seed0" / "metrics.json").exists()
+    assert (run_dir(tmp_path / "out", "nmnist_mlp") / "metrics.json").exists()

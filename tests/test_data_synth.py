@@ -6,6 +6,7 @@ import json
 
 import torch
 
+from conftest import run_dir
 from hm2bp.data.speech import CHANNELS, load_speech
 from hm2bp.data.synth_speech import generate
 
@@ -35,5 +36,5 @@ def test_speech_experiment_trains_end_to_end(tmp_path):
              speeds=(150,), pitches=(50,))
     _run(["experiment=spoken_synth_mlp", f"data_dir={tmp_path / 'data'}", *SMOKE, "trainer.batch_size=3",
           "trainer.max_epochs=2", "logger=none", f"output_root={tmp_path / 'out'}"], tmp_path)
-    metrics = json.loads((tmp_path / "out" / "spoken_synth_mlp" / "seed0" / "metrics.json").read_text())
+    metrics = json.loads((run_dir(tmp_path / "out", "spoken_synth_mlp") / "metrics.json").read_text())
     assert metrics["dataset"] == "spoken_synth" and metrics["epochs"] == 2

@@ -18,6 +18,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import run_dir
 from hm2bp import HM2BPRule, SpikeCountLoss, SpikingMLP, predict
 from hm2bp.app.data import SpikeData
 from hm2bp.app.module import HM2BPModule, NonFiniteError
@@ -46,34 +47,46 @@ def test_partially_finished_multirun_trains_only_missing_seeds(tmp_path):
     proc = _run(["-m", "seed=0,1,2", *SMOKE, f"output_root={tmp_path}"], tmp_path)
     assert proc.stdout.count("is complete") == 2
     assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in done} == before
-    assert (tmp_path / "digits-mlp64-800-10" / "seed2" / "metrics.json").exists()
+    assert (run_dir(tmp_path, "digits-mlp64-800-10", seed=2) / "metrics.json").exists()
 
 
-def test_same_seed_twice_gives_identical_metrics(tmp_path):
-    for root in ("a", "b"):
-        _run([*SMOKE, f"output_root={tmp_path / root}"], tmp_path)
-    timing = {"train_seconds", "train_samples_per_second"}
+def test_same_seed_twice_gives_identical_histories_and_weights_another_seed_differs(tmp_path):
+    args = [*SMOKE, "trainer.max_epochs=2", "trainer.limit_train_batches=4"]
+    for root, seed in (("a", 0), ("b", 0), ("c", 1)):
+        _run([*args, f"seed={seed}", f"output_root={tmp_path / root}"], tmp_path)
 
-    def load(root):
-        m = json.loads((tmp_path / root / "digits-mlp64-800-10" / "seed0" / "metrics.json").read_text())
-        return {k: v for k, v in m.items() if k not in timing}
+    def load(root, seed):
+        folder = run_dir(tmp_path / root, "digits-mlp64-800-10", seed)
+        history = [{k: v for k, v in h.items() if k != "train_seconds"}
+                   for h in json.loads((folder / "history.json").read_text())]
+        weights = torch.load(folder / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+        return history, weights["state_dict"]
 
-    assert load("a") == load("b")
+    (ha, wa), (hb, wb), (hc, wc) = load("a", 0), load("b", 0), load("c", 1)
+    assert len(ha) == 2 and ha == hb
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert hc != ha and not all(torch.equal(wa[k], wc[k]) for k in wa)
 
 
-def test_corrupt_checkpoint_gives_clear_error_and_deletes_nothing(tmp_path):
-    run_dir = tmp_path / "digits-mlp64-800-10" / "seed0"
-    (run_dir / "checkpoints").mkdir(parents=True)
-    ckpt = run_dir / "checkpoints" / "last.ckpt"
+def test_corrupt_checkpoint_gives_clear_error_and_resume_false_moves_it_aside(tmp_path):
+    folder = tmp_path / "run"
+    fixed = [*SMOKE, f"hydra.run.dir={folder}"]
+    (folder / "checkpoints").mkdir(parents=True)
+    ckpt = folder / "checkpoints" / "last.ckpt"
     ckpt.write_bytes(b"PK\x03\x04 truncated")
-    keep = run_dir / "notes.txt"
+    keep = folder / "notes.txt"
     keep.write_text("mine")
-    proc = _run([*SMOKE, f"output_root={tmp_path}"], tmp_path, check=False)
-    assert proc.returncode != 0
-    assert f"cannot resume from {ckpt}" in proc.stderr and "resume=false" in proc.stderr
+    proc = _run(fixed, tmp_path, check=False)
+    assert proc.returncode == 1 and proc.stderr.startswith(f"error: cannot resume from {ckpt}")
+    assert "resume=false" in proc.stderr and "Traceback" not in proc.stderr
     assert ckpt.read_bytes() == b"PK\x03\x04 truncated" and keep.read_text() == "mine"
-    _run([*SMOKE, f"output_root={tmp_path}", "resume=false"], tmp_path)  # the way out the message names
-    assert (run_dir / "metrics.json").exists()
+    proc = _run([*fixed, "resume=false"], tmp_path)  # the way out the message names
+    moved = list((folder / "checkpoints" / "replaced").glob("*-last.ckpt"))
+    assert len(moved) == 1 and moved[0].read_bytes() == b"PK\x03\x04 truncated"
+    assert f"moved the old checkpoint {ckpt} aside to {moved[0]}" in proc.stdout
+    assert (folder / "metrics.json").exists() and keep.read_text() == "mine"
+    assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == ["last.ckpt", "replaced"]  # no last-v1
+    assert torch.load(ckpt, map_location="cpu", weights_only=False)["epoch"] == 0
 
 
 def test_online_wandb_without_key_fails_clearly_or_falls_back_when_asked(tmp_path):
@@ -87,11 +100,25 @@ def test_online_wandb_without_key_fails_clearly_or_falls_back_when_asked(tmp_pat
     assert list(tmp_path.rglob("offline-run-*"))
 
 
-def test_unwritable_output_is_a_clear_error(tmp_path):
+@pytest.mark.parametrize("multirun", [False, True], ids=["run", "multirun"])
+def test_unwritable_output_is_the_apps_own_one_line_error(tmp_path, multirun):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    proc = _run([*SMOKE, f"output_root={blocker}/sub"], tmp_path, check=False)
-    assert proc.returncode != 0 and str(blocker) in proc.stderr
+    proc = _run([*(["-m", "seed=0,1"] if multirun else []), *SMOKE, f"output_root={blocker}/sub"], tmp_path,
+                check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(f"error: cannot create the run directory {blocker}/sub")
+    assert f"{blocker} is a file, not a folder" in proc.stderr and "Traceback" not in proc.stderr
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    read_only.chmod(0o500)
+    try:
+        if os.access(read_only, os.W_OK):
+            return  # root ignores permissions: the file case above is the check
+        proc = _run([*SMOKE, f"output_root={read_only}/sub"], tmp_path, check=False)
+        assert proc.returncode == 1 and f"{read_only} is not writable" in proc.stderr
+    finally:
+        read_only.chmod(0o700)
 
 
 def test_atomic_write_keeps_previous_content_on_failure(tmp_path, monkeypatch):
@@ -116,13 +143,24 @@ def _tiny_module(n_train=32):
     return data, module
 
 
-def test_non_finite_weights_stop_training_with_location(tmp_path):
+@pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
+@pytest.mark.parametrize("where", ["loss", "weight", "gradient"])
+def test_non_finite_values_stop_training_with_location(tmp_path, where, value):
     data, module = _tiny_module()
-    with torch.no_grad():
-        module.net.layers[1].weight[0, 0] = float("nan")
+    if where == "weight":
+        with torch.no_grad():
+            module.net.layers[1].weight[0, 0] = value
+        message = "non-finite weight in layer 1 at epoch 0, step 0"
+    elif where == "gradient":  # the weights stay finite; layer 0's gradient does not
+        module.net.layers[0].weight.register_hook(lambda g: g + value)
+        message = "non-finite gradient in layer 0 at epoch 0, step 0"
+    else:
+        real = module.loss_fn.forward
+        module.loss_fn.forward = lambda *a, **k: real(*a, **k) * value
+        message = f"non-finite training loss {value} at epoch 0, step 0"
     trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=0, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path)
-    with pytest.raises(NonFiniteError, match="non-finite weight in layer 1 at epoch 0, step 0"):
+    with pytest.raises(NonFiniteError, match=f"^{message}$"):
         trainer.fit(module, datamodule=data)
 
 

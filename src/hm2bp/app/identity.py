@@ -83,6 +83,3 @@ def register_resolvers() -> None:
     """Make ``${hm2bp_run_label:}`` available to Hydra's configs (idempotent)."""
     if not OmegaConf.has_resolver("hm2bp_run_label"):
         OmegaConf.register_new_resolver("hm2bp_run_label", _label_resolver)
-
-
-register_resolvers()

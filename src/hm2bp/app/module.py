@@ -81,7 +81,7 @@ class HM2BPModule(L.LightningModule):
         if reg is not None:
             total = loss + reg
         if not torch.isfinite(total):
-            raise NonFiniteError(f"non-finite training loss {float(total)} at epoch {self.current_epoch}, "
+            raise NonFiniteError(f"non-finite training loss {float(total.detach())} at epoch {self.current_epoch}, "
                                  f"step {batch_idx}")
         pred = predict(counts.detach())
         if self.boost is not None:
