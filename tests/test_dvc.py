@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -95,15 +97,14 @@ def _dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProc
     return proc
 
 
-def _write_params(repo: Path, experiments: list[str], seeds: list[int]) -> None:
-    params = {"seeds": seeds, "data_dir": str(repo / "data"), "out_dir": "outputs/dvc/tiny", "overrides": TINY,
+def _write_params(repo: Path, experiments: list[str], seeds: list[int], overrides: str = TINY) -> None:
+    params = {"seeds": seeds, "data_dir": str(repo / "data"), "out_dir": "outputs/dvc/tiny", "overrides": overrides,
               "profile": "tiny", "experiments": experiments}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def test_tiny_pipeline_missing_dataset_keeps_going_then_aggregates(tmp_path):
-    """The repo's dvc.yaml on a tiny profile: digits trains (2 seeds) while MNIST's prepare fails with the loader's
-    message; then the digits-only pipeline reuses both runs and aggregates them."""
+def _repo(tmp_path: Path) -> Path:
+    """A git + DVC repository holding the project's src/, conf/ and dvc.yaml."""
     repo = tmp_path / "repo"
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
     shutil.copytree(ROOT / "src", repo / "src", ignore=ignore)
@@ -113,7 +114,13 @@ def test_tiny_pipeline_missing_dataset_keeps_going_then_aggregates(tmp_path):
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     _dvc(repo, "init", "-q")
     shutil.copy(ROOT / ".dvc" / "config", repo / ".dvc" / "config")
+    return repo
 
+
+def test_tiny_pipeline_missing_dataset_keeps_going_then_aggregates(tmp_path):
+    """The repo's dvc.yaml on a tiny profile: digits trains (2 seeds) while MNIST's prepare fails with the loader's
+    message; then the digits-only pipeline reuses both runs and aggregates them."""
+    repo = _repo(tmp_path)
     _write_params(repo, ["digits_mlp", "mnist_mlp"], [0, 1])
     proc = _dvc(repo, "repro", "--keep-going", check=False)
     log = proc.stdout + proc.stderr
@@ -139,3 +146,72 @@ def test_tiny_pipeline_missing_dataset_keeps_going_then_aggregates(tmp_path):
     plots = json.loads(_dvc(repo, "plots", "show", "--json").stdout)["data"]
     assert any("curves" in key for key in plots) and any("summary.png" in key for key in plots)
     assert json.loads(_dvc(repo, "status", "--json").stdout) == {"prepare@digits_mlp": ["always changed"]}
+
+
+def test_prepare_manifest_sees_one_changed_byte(tmp_path):
+    """The manifest's sha256 covers the data: one pixel byte changed in one uncompressed IDX file changes it."""
+    from hm2bp.app.prepare import main
+    from test_data_idx import make_mnist
+
+    make_mnist(tmp_path / "data", n_train=20, n_test=10, compress=False)
+    assert main(["mnist_mlp", "--out", str(tmp_path / "a.json"), f"data_dir={tmp_path / 'data'}"]) == 0
+    images = tmp_path / "data" / "mnist" / "t10k-images-idx3-ubyte"
+    raw = bytearray(images.read_bytes())
+    raw[-1] = (raw[-1] + 1) % 256  # the last pixel of the last test image
+    images.write_bytes(bytes(raw))
+    for cache in (tmp_path / "data").rglob("*.npz"):
+        cache.unlink()
+    assert main(["mnist_mlp", "--out", str(tmp_path / "b.json"), f"data_dir={tmp_path / 'data'}"]) == 0
+    a, b = (json.loads((tmp_path / f"{k}.json").read_text()) for k in "ab")
+    assert a["sha256"] != b["sha256"] and {**a, "sha256": ""} == {**b, "sha256": ""}
+
+
+def _history(folder: Path, with_time: bool = False) -> list[dict]:
+    rows = json.loads((folder / "history.json").read_text())
+    return rows if with_time else [{k: v for k, v in h.items() if k != "train_seconds"} for h in rows]
+
+
+def test_killed_dvc_repro_resumes_the_seed_then_skips_it_and_a_changed_config_retrains(tmp_path):
+    import torch
+
+    repo = _repo(tmp_path)
+    long = ("trainer.max_epochs=12 trainer.limit_train_batches=12 trainer.limit_val_batches=1 "
+            "trainer.batch_size=32 trainer.progress_bar=false logger=none")
+    _write_params(repo, ["digits_mlp"], [0], long)
+    folder = repo / "outputs" / "dvc" / "tiny" / "runs" / "digits_mlp" / "seed0"
+    ckpt = folder / "checkpoints" / "last.ckpt"
+    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=repo, env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline, epoch = time.time() + 300, -1
+    while time.time() < deadline and proc.poll() is None and epoch < 2:
+        time.sleep(0.05)
+        try:
+            epoch = int(torch.load(ckpt, map_location="cpu", weights_only=False)["epoch"])
+        except Exception:  # not written yet
+            epoch = -1
+    assert proc.poll() is None, "dvc repro ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)  # dvc and the training process under it
+    proc.wait()
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    k = int(state["epoch"])
+    assert 1 <= k < 11 and not (folder / "metrics.json").exists()
+
+    log = _dvc(repo, "repro").stdout
+    assert f"resuming from {ckpt} (saved at the end of epoch {k})" in log
+    timed = _history(folder, with_time=True)
+    assert [h["train_seconds"] for h in timed[:k + 1]] == [h["train_seconds"] for h in state["hm2bp_history"]]
+    reference = tmp_path / "reference"
+    subprocess.run([sys.executable, str(repo / "src" / "run.py"), "experiment=digits_mlp", "seed=0",
+                    f"data_dir={repo / 'data'}", *long.split(), f"output_root={reference}"], cwd=tmp_path, env=ENV,
+                   check=True, capture_output=True)
+    assert _history(folder) == _history(next(reference.rglob("seed0")))
+
+    stamp = (folder / "metrics.json").stat().st_mtime_ns
+    assert "Stage 'train@digits_mlp-0' didn't change, skipping" in _dvc(repo, "repro").stdout
+    assert (folder / "metrics.json").stat().st_mtime_ns == stamp
+
+    _write_params(repo, ["digits_mlp"], [0], long.replace("trainer.max_epochs=12", "trainer.max_epochs=3"))
+    log = _dvc(repo, "repro").stdout
+    assert "resume=auto: it belongs to another config" in log
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["epochs"] == 3 and metrics["config"]["trainer"]["max_epochs"] == 3

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import refractory_trains
 from hm2bp import functional
 from hm2bp.functional import HM2BPRule, LayerSetup, choose_strategy, hm2bp_linear, patch_silent_target
 from hm2bp.neuron import LIFParams
-from hm2bp.reference import hm2bp_layer_reference
+from hm2bp.reference import hm2bp_layer_reference, spsp_reference
 from hm2bp.spsp import post_events
 
 FLAG_SETS = {
@@ -109,7 +110,37 @@ def test_silent_target_patch():
     assert post[:, 1, 2].sum() == 0  # the input is not modified
 
 
-def test_lateral_clamp_counts_and_bounds(rng):
+def _lateral_denominators(post: np.ndarray, label: int, setup: LayerSetup) -> np.ndarray:
+    """Unclamped ``1 − w0² Σ_{l≠i} d_i d_l r_{l←i} r_{i←l}`` of one sample, literally from the definition."""
+    o = post.sum(0)
+    e = spsp_reference(post, post, setup.kernel)  # e[l, i]: output i onto output l
+    n = post.shape[1]
+    d = [(1.0 / setup.lif.threshold) if (o[x] > 0 or x == label) else 0.0 for x in range(n)]
+
+    def r(l_: int, i_: int) -> float:
+        return e[l_, i_] / o[i_] if (o[l_] > 0 and o[i_] > 0) else 1.0
+
+    return np.array([1.0 - setup.lateral_w0**2 * sum(d[i] * d[l_] * r(l_, i) * r(i, l_) for l_ in range(n) if l_ != i)
+                     for i in range(n)])
+
+
+@pytest.mark.parametrize("floor", [0.1, 0.5])
+def test_lateral_clamp_counts_and_bounds(rng, floor):
+    """Λ = 1/max(denominator, floor) against the literal reference, and the clamp count is exactly the number of
+    denominators below the floor (some are, some are not)."""
+    rule = HM2BPRule(lateral_min_denominator=floor)
+    post = torch.cat([refractory_trains(rng, 1, 200, 4, rate) for rate in (0.0, 0.005, 0.01, 0.02, 0.04, 0.08)])
+    labels = torch.tensor([0, 1, 2, 3, 0, 1])
+    setup = LayerSetup(lif=LIFParams(threshold=1.0), rule=rule, lateral_w0=1.0, is_output=True, target_count=10)
+    lam = functional.lateral_factor(post.transpose(0, 1), labels, setup)
+    denom = np.stack([_lateral_denominators(post[b].numpy(), int(labels[b]), setup) for b in range(6)])
+    assert 0 < (denom < floor).sum() < denom.size
+    assert setup.stats.lateral_evaluated == denom.size
+    assert setup.stats.lateral_clamped == int((denom < floor).sum())
+    torch.testing.assert_close(lam, torch.from_numpy(1.0 / np.maximum(denom, floor)), rtol=1e-9, atol=0)
+
+
+def test_lateral_clamp_keeps_gradients_finite(rng):
     # Strong lateral coupling and small thresholds drive Λ's denominator below the clamp.
     rule = HM2BPRule(lateral_min_denominator=0.1)
     pre = (torch.from_numpy(rng.random((6, 200, 10))) < 0.3).double()
@@ -117,8 +148,7 @@ def test_lateral_clamp_counts_and_bounds(rng):
     setup = LayerSetup(lif=LIFParams(threshold=0.3), rule=rule, lateral_w0=3.0, is_output=True, target_count=10)
     post = hm2bp_linear(pre, weight, setup, torch.zeros(6, dtype=torch.long))
     post.sum().backward()
-    assert setup.stats.lateral_evaluated == 24
-    assert setup.stats.lateral_clamped > 0
+    assert setup.stats.lateral_evaluated == 24 and setup.stats.lateral_clamped > 0
     assert torch.isfinite(weight.grad).all()
 
 

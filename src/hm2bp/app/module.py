@@ -9,6 +9,7 @@ import lightning as L
 import torch
 import torchmetrics
 
+from hm2bp.app.checkpoints import MID_EPOCH_KEY
 from hm2bp.functional import HM2BPRule
 from hm2bp.layers import SpikingNet
 from hm2bp.loss import BoostingWeights, SpikeCountLoss, predict
@@ -66,6 +67,7 @@ class HM2BPModule(L.LightningModule):
         for group in self.optimizers().param_groups:
             group["lr"] = self.hparams.lr * factor
         self._reset_activity()
+        self.train_acc.reset()
         for layer in self.net.layers:
             layer.stats.lateral_clamped = layer.stats.lateral_evaluated = 0
         self._epoch_start = time.perf_counter()
@@ -159,8 +161,8 @@ class HM2BPModule(L.LightningModule):
         checkpoint["hm2bp_history"] = self.history
         if self.boost is not None:
             checkpoint["hm2bp_boosting"] = self.boost.state_dict()
-        # the current epoch's accumulators: a checkpoint written mid-epoch resumes them (Lightning does not call
-        # on_train_epoch_start again); at an epoch end the next epoch's start resets them
+        # the current epoch's accumulators: a checkpoint written mid-epoch (MID_EPOCH_KEY) resumes them, as
+        # Lightning does not call on_train_epoch_start again; after an epoch-end checkpoint the next epoch resets them
         checkpoint["hm2bp_epoch_state"] = {
             "activity": dict(self._act), "elapsed": time.perf_counter() - getattr(self, "_epoch_start", 0.0),
             "train_acc": {k: v.clone() for k, v in self.train_acc.metric_state.items()},
@@ -171,7 +173,7 @@ class HM2BPModule(L.LightningModule):
         if self.boost is not None and "hm2bp_boosting" in checkpoint:
             self.boost.load_state_dict(checkpoint["hm2bp_boosting"])
         state = checkpoint.get("hm2bp_epoch_state")
-        if state is not None:
+        if state is not None and checkpoint.get(MID_EPOCH_KEY):
             self._act = dict(state["activity"])
             self._epoch_start = time.perf_counter() - state["elapsed"]
             for k, v in state["train_acc"].items():
