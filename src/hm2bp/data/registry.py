@@ -76,7 +76,7 @@ def _spoken_synth(data_dir: Path, download: bool, steps: int = 1000):
 
     root = Path(data_dir) / "spoken_synth"
     if not (root / "test").is_dir():
-        generate(root)  # made locally with espeak-ng: nothing to download
+        generate(root)  # spoken locally by eSpeak NG: nothing to download
     return load_speech(root, steps)
 
 
@@ -89,7 +89,7 @@ DATASETS: dict[str, DatasetInfo] = {
     "ti46_alpha": DatasetInfo("ti46_alpha", (78,), 26, "events", _speech("ti46_alpha", 26),
                               "TI46-Alpha audio under <data_dir>/ti46_alpha (LDC93S9)"),
     "spoken_synth": DatasetInfo("spoken_synth", (78,), 26, "events", _spoken_synth,
-                                "generated with espeak-ng under <data_dir>/spoken_synth"),
+                                "generated with eSpeak NG (espeakng-loader) under <data_dir>/spoken_synth"),
     "ti46_digits": DatasetInfo("ti46_digits", (78,), 10, "events", _speech("ti46_digits", 10),
                                "TI46 digits audio under <data_dir>/ti46_digits (LDC93S9)"),
 }
