@@ -10,13 +10,14 @@ from hm2bp.paper import PAPER, PROTOCOL
 from hm2bp.report import README_END, README_START, main
 
 
-def _run(root, experiment: str, seed: int, accs: list[float]) -> None:
-    run_dir = root / experiment / f"seed{seed}"
+def _run(root, experiment: str, seed: int, accs: list[float], fingerprint: str = "0123456789ab") -> None:
+    run_dir = root / experiment / fingerprint / f"seed{seed}"
     run_dir.mkdir(parents=True)
     history = [{"epoch": e, "test_acc": a, "train_acc": a / 2, "train_seconds": 10.0, "train_samples": 100}
                for e, a in enumerate(accs)]
     (run_dir / "history.json").write_text(json.dumps(history))
-    metrics = {"experiment": experiment, "dataset": "digits", "model": "m", "seed": seed, "test_acc": accs[-1],
+    metrics = {"experiment": experiment, "dataset": "digits", "model": "m", "seed": seed, "fingerprint": fingerprint,
+               "config": {"trainer": {"lr": int(fingerprint, 16) % 7}}, "test_acc": accs[-1],
                "best_test_acc": max(accs), "best_epoch": accs.index(max(accs)), "last10_test_acc": accs[-1],
                "epochs": len(accs), "train_seconds": 10.0 * len(accs), "train_samples_per_second": 10.0}
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
@@ -53,3 +54,19 @@ def test_curves_and_readme_block(tmp_path, capsys):
         main([str(runs), "--out", str(tmp_path / "elsewhere"), "--readme", str(readme)])
     assert f"{readme} has no {README_START} … {README_END} block to fill" in capsys.readouterr().err
     assert readme.read_text() == "no markers\n" and not (tmp_path / "elsewhere").exists()
+
+
+def test_legacy_metrics_are_named_and_configs_get_their_own_rows(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    _run(runs, "digits_mlp", 0, [0.5, 0.9], fingerprint="00000000000a")
+    _run(runs, "digits_mlp", 1, [0.5, 0.7], fingerprint="00000000000a")
+    _run(runs, "digits_mlp", 0, [0.2, 0.4], fingerprint="00000000000b")
+    legacy = runs / "old" / "seed0"
+    legacy.mkdir(parents=True)
+    (legacy / "metrics.json").write_text(json.dumps({"experiment": "old", "seed": 0, "test_acc": 0.5}))
+    summary = main([str(runs)])
+    assert f"skipping {legacy / 'metrics.json'}: written by an older hm2bp" in capsys.readouterr().err
+    assert sorted(summary) == ["digits_mlp-00000000000a", "digits_mlp-00000000000b"]
+    a, b = summary["digits_mlp-00000000000a"], summary["digits_mlp-00000000000b"]
+    assert (a["n_seeds"], b["n_seeds"]) == (2, 1) and a["final_mean"] == pytest.approx(80.0)
+    assert (a["settings"], b["settings"]) == ("trainer.lr=3", "trainer.lr=4")
