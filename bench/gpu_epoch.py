@@ -3,7 +3,7 @@
     python bench/gpu_epoch.py [--device cuda] [--samples 60000] [--batch 128] [--out bench/results/gpu_epoch.json]
 
 Inputs are Bernoulli trains at MNIST-like rates drawn on the device per batch; labels are random. Reports seconds
-per epoch and samples/s (the authors' CUDA code: 600–780 s per MNIST epoch on a Titan Xp, spec §7).
+per epoch and samples/s (the authors' CUDA code: 600–780 s per MNIST epoch on a Titan Xp, docs/algorithm.md §7).
 """
 
 from __future__ import annotations

@@ -48,7 +48,8 @@ def main() -> None:
     update_section("speech-synth", f"""## Speech path on the offline spoken-letter corpus
 
 `python bench/speech_synth.py` — `python src/run.py experiment=spoken_synth_mlp` ({args.epochs} epochs): 26 letters
-spoken by eSpeak NG (espeakng-loader), 6 training voices / 2 test voices (speaker-independent, 624 / 208 utterances), the TI46 front
+spoken by eSpeak NG (espeakng-loader), 6 training voices / 2 test voices (speaker-independent, 624 / 208 utterances),
+the TI46 front
 end (12.5 kHz, Lyon ear 78 channels, BSA, T = 1000), 78-400-26, batch 32, Adam 1e-2. Chance is 3.85 %.
 
 | seed | final test acc % | best test acc % | last-10 test acc % | train samples/s |

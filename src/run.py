@@ -15,17 +15,19 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from hm2bp.app.cli import user_errors
+from hm2bp.app.cli import user_errors, where_the_files_are
 from hm2bp.app.runner import run
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
     with user_errors():  # one `error: …` line and a non-zero exit for errors users cause
-        metrics = run(cfg, Path(HydraConfig.get().runtime.output_dir))
+        metrics = run(cfg, run_dir)
     print(f"{cfg.experiment_name} seed {cfg.seed}: final test acc {metrics['test_acc']:.4f}, "
           f"best {metrics['best_test_acc']:.4f} (epoch {metrics['best_epoch']}), "
           f"mean of last 10 {metrics['last10_test_acc']:.4f}", flush=True)
+    print(where_the_files_are(run_dir), flush=True)
     return float(metrics["test_acc"])
 
 

@@ -147,3 +147,25 @@ def test_joblib_multirun_and_finished_seeds_are_skipped(tmp_path):
     proc = _run(args, tmp_path)
     assert proc.stdout.count("is complete") == 2
     assert [(p.read_bytes(), p.stat().st_mtime_ns) for p in files] == before
+
+
+def test_config_errors_are_one_line_without_traceback_unless_hydra_full_error(tmp_path):
+    args = ["model.thresholds=[0,8]", f"output_root={tmp_path}"]
+    proc = _run(args, tmp_path, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr == "error: model.thresholds[0] must be a number > 0, got 0\n"
+    env = {**os.environ, "HYDRA_FULL_ERROR": "1"}
+    proc = subprocess.run([sys.executable, str(ROOT / "src" / "run.py"), *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1 and "Traceback" in proc.stderr and "ConfigError" in proc.stderr
+
+
+def test_default_job_logs_are_quiet_and_end_with_where_the_files_are(tmp_path):
+    proc = _run([*SMOKE, "trainer.max_epochs=1", f"output_root={tmp_path}"], tmp_path)
+    log = proc.stdout + proc.stderr
+    for noise in ("litlogger", "LeafSpec", "anonymous", "Warning", "WARNING"):
+        assert noise not in log, noise
+    folder = run_dir(tmp_path, "digits-mlp64-800-10")
+    offline = next((folder / "wandb").glob("offline-run-*"))
+    assert f"run files in {folder}: metrics.json, history.json, learning_curves.png, raster.png" in proc.stdout
+    assert f"upload it with: wandb sync {offline}" in proc.stdout

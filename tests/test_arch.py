@@ -15,7 +15,7 @@ def test_paper_cnn_shapes():
     net = SpikingNet("15C5-P2-40C5-P2-300-10", (1, 28, 28), [5, 2, 12, 4, 10, 10])
     kinds = [type(layer) for layer in net.layers]
     assert kinds == [SpikingConv2d, SpikingPool2d, SpikingConv2d, SpikingPool2d, SpikingLinear, SpikingLinear]
-    assert net.layers[4].in_features == 640  # 4²×40 (spec §6)
+    assert net.layers[4].in_features == 640  # 4²×40 (docs/algorithm.md §6)
     assert net.layers[0].weight.abs().max() <= 0.5 < net.layers[4].weight.abs().max()  # U(±.5) conv, U(±1) FC
     assert net.layers[0].setup.lif.threshold_eps == 0 and net.layers[1].setup.lif.threshold_eps > 0
     assert net.layers[-1].setup.is_output and not net.layers[-2].setup.is_output
@@ -37,7 +37,7 @@ def test_bad_arch(arch, shape, message):
 
 
 def test_flattening_is_channel_major():
-    """Spec §6: the first FC layer reads pooled maps at c·(H·W) + y·W + x."""
+    """docs/algorithm.md §6: the first FC layer reads pooled maps at c·(H·W) + y·W + x."""
     net = SpikingNet("3C1-4", (1, 2, 2), [0.5, 1.0])
     with torch.no_grad():
         net.layers[0].weight.copy_(torch.tensor([1.0, 0.0, 0.0]).view(3, 1, 1, 1))  # only map 0 sees the input
@@ -92,7 +92,7 @@ def test_augmentation_geometry():
     assert torch.allclose(out[:, :, 4, 4], torch.ones(4, 1))  # scaling and rotation fix the centre
     edge = torch.ones(1, 1, 9, 9)
     far = Augmentation(scale=0.0, rotation=0.0, elastic_alpha=200.0)(edge, torch.arange(1), 0)
-    assert (far == 0).any()  # sources outside the frame give 0 (spec §2)
+    assert (far == 0).any()  # sources outside the frame give 0 (docs/algorithm.md §2)
     with pytest.raises(ValueError, match="scale"):
         Augmentation(scale=1.5)
 

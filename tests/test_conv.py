@@ -143,7 +143,7 @@ def test_pool_forward_is_lif_on_window_sums(rng):
 
 
 def test_pool_scales_agree_when_threshold_is_window_area(rng):
-    """Spec §6: for pool2 (ν = 4 = 2²) the authors' δ/k² and the chain rule's δ/ν coincide."""
+    """docs/algorithm.md §6: for pool2 (ν = 4 = 2²) the authors' δ/k² and the chain rule's δ/ν coincide."""
     grads = []
     spikes = _pool_inputs(rng).detach()
     for scale in ("window", "threshold"):
@@ -167,7 +167,7 @@ def test_field_indices():
 
 def test_layers_shapes_and_errors():
     conv = SpikingConv2d(2, 3, 3, threshold=1.0)
-    assert conv.weight.abs().max() <= 0.5  # U(−0.5, 0.5), spec §7
+    assert conv.weight.abs().max() <= 0.5  # U(−0.5, 0.5), docs/algorithm.md §7
     assert conv(torch.zeros(1, 20, 2, 5, 5)).shape == (1, 20, 3, 3, 3)
     with pytest.raises(ValueError, match="expects input spikes"):
         conv(torch.zeros(1, 20, 3, 5, 5))
@@ -182,7 +182,7 @@ def test_layers_shapes_and_errors():
 
 
 def test_first_conv_layer_propagates_nothing(rng):
-    """Spec §6: conv1's input is the data layer; no error is formed for it."""
+    """docs/algorithm.md §6: conv1's input is the data layer; no error is formed for it."""
     pre, weight = _conv_inputs(rng, steps=60)
     post = hm2bp_conv2d(pre.detach(), weight, _conv_setup(HM2BPRule()))
     post.sum().backward()

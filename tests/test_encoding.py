@@ -12,7 +12,7 @@ def test_rate_and_no_spike_at_t0():
     assert spikes[:, 0].sum() == 0
     assert spikes[..., 0].sum() == 0  # zero pixels never spike
     rate = spikes[:, 1:].mean((0, 1))
-    assert abs(rate[2].item() - 1 / 5.5) < 0.005  # q = 255/(5.5·255) (spec §2)
+    assert abs(rate[2].item() - 1 / 5.5) < 0.005  # q = 255/(5.5·255) (docs/algorithm.md §2)
     assert abs(rate[1].item() - 0.5 / 5.5) < 0.005
 
 

@@ -106,7 +106,7 @@ def test_silent_target_patch():
     patched = patch_silent_target(post, torch.tensor([1, 2]), 35)
     assert torch.equal(patched[:, 0], post[:, 0])
     times = patched[:, 1, 2].nonzero().squeeze(1)
-    assert times.tolist() == list(range(11, 400, 11))  # spec §5: t = 11, 22, …, 396 (36 spikes)
+    assert times.tolist() == list(range(11, 400, 11))  # docs/algorithm.md §5: t = 11, 22, …, 396 (36 spikes)
     assert post[:, 1, 2].sum() == 0  # the input is not modified
 
 

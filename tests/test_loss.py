@@ -11,7 +11,7 @@ def test_loss_gradient_is_the_authors_output_error():
     labels = torch.tensor([0, 2])
     weights = torch.tensor([1.0, 2.0])
     SpikeCountLoss()(counts, labels, weights).backward()
-    # δ = a·(o − y)·1[|o − y| > 5] / B with y⁺ = 35, y⁻ = 5 (spec §3)
+    # δ = a·(o − y)·1[|o − y| > 5] / B with y⁺ = 35, y⁻ = 5 (docs/algorithm.md §3)
     expected = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 2.0 * (12 - 35)]]) / 2
     expected[0, 0] = 0.0  # |40 − 35| = 5 is inside the dead zone
     assert torch.equal(counts.grad, expected)
@@ -48,7 +48,7 @@ def test_regularizer_gradient_matches_authors_formula():
     lam, beta, limit = 10.0, 0.04, 8.0
     weight_regularizer(w, lam, beta, limit).backward()
     q = ((w.detach() / limit) ** 2).mean(1, keepdim=True)
-    expected = lam * beta * (w.detach() / limit) * torch.exp(beta * (q - 1))  # spec §7
+    expected = lam * beta * (w.detach() / limit) * torch.exp(beta * (q - 1))  # docs/algorithm.md §7
     torch.testing.assert_close(w.grad, expected)
 
 

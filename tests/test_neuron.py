@@ -54,7 +54,7 @@ def test_lateral_inhibition_suppresses_rivals():
 
 
 def test_discrete_psp_peak():
-    # Spec §1: one spike of weight 1 gives a discrete peak of 0.757 at k = 18 steps after arrival.
+    # docs/algorithm.md §1: one spike of weight 1 gives a discrete peak of 0.757 at k = 18 steps after arrival.
     currents = torch.zeros(1, 60, 1, dtype=torch.float64)
     currents[0, 0, 0] = 1.0
     v, c, trace = 0.0, 0.0, []

@@ -112,7 +112,7 @@ def test_window_changes_little_but_something(rng):
     with_window = spsp(pre, post, window_taus=4.0)
     without = spsp(pre, post, window_taus=None)
     rel = ((without - with_window).abs().sum() / without.abs().sum()).item()
-    assert 0 < rel < 0.02  # spec §10: the window changes e by well under 1 %
+    assert 0 < rel < 0.02  # docs/algorithm.md §10: the window changes e by well under 1 %
 
 
 def _membrane_at_spikes(currents: np.ndarray, params: LIFParams) -> np.ndarray:
@@ -134,7 +134,7 @@ def _membrane_at_spikes(currents: np.ndarray, params: LIFParams) -> np.ndarray:
 
 
 def test_exact_convention_reproduces_the_membrane(rng):
-    # Spec §13: with the exact convention, Σ_j w_ij e_ij equals the sum of the membrane at i's spike times.
+    # docs/algorithm.md §13: with the exact convention, Σ_j w_ij e_ij equals the sum of the membrane at i's spike times.
     pre = (torch.from_numpy(rng.random((2, 300, 20))) < 0.1).double()
     w = torch.from_numpy(rng.uniform(-0.3, 1.0, size=(6, 20)))
     params = LIFParams(threshold=2.0)

@@ -3,7 +3,7 @@
 Tokens, separated by ``-``: ``<n>C<k>`` a spiking conv layer with ``n`` maps and ``k×k`` kernels ("valid", stride
 1), ``P<k>`` spiking ``k×k`` pooling (stride ``k``), ``<n>`` a fully-connected layer of ``n`` neurons. Conv and
 pooling need image-shaped input ``(C, H, W)``; the first fully-connected layer flattens channel-major
-(``c·H·W + y·W + x``, spec §6). The last token is the output layer and must be fully connected.
+(``c·H·W + y·W + x``, docs/algorithm.md §6). The last token is the output layer and must be fully connected.
 """
 
 from __future__ import annotations

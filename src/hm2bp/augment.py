@@ -1,4 +1,4 @@
-"""Training-time image augmentation of the spiking CNN (spec §2), batched on tensors.
+"""Training-time image augmentation of the spiking CNN (docs/algorithm.md §2), batched on tensors.
 
 As the authors' ``dataAugmentation/cuTransformation.cu`` does it, each image gets a displacement field made of
 
@@ -14,7 +14,7 @@ function of ``(seed, epoch, sample key)``, so runs are reproducible and resumabl
 
 Departure (documented in the README): the authors' kernel clamps the scaling draws to ≥ 0 whenever rotation is on
 (so images only shrink) and reuses the elastic noise as the scale/rotation draws; we draw them independently and
-scale both ways, as the spec's "scale ±12 %" says.
+scale both ways, as docs/algorithm.md §2's "scale ±12 %" reads.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-# Provenance: spec §2 [CODE `dataAugmentation/cuTransformation.cu:15,27`; config SCALE/ROTATION/DISTORTION].
+# Provenance: docs/algorithm.md §2 [CODE `dataAugmentation/cuTransformation.cu:15,27`; config
+# SCALE/ROTATION/DISTORTION].
 SCALE = 0.12
 ROTATION_DEG = 12.0
 ELASTIC_ALPHA = 3.4
@@ -101,7 +102,7 @@ class Augmentation:
         src_c = torch.arange(W, dtype=torch.float64).view(1, 1, W) - d[:, 1]
         r0, c0 = torch.floor(src_r), torch.floor(src_c)
         fr, fc = src_r - r0, src_c - c0
-        # a pixel whose (weighted) 2×2 source leaves the frame becomes 0 (spec §2)
+        # a pixel whose (weighted) 2×2 source leaves the frame becomes 0 (docs/algorithm.md §2)
         inside = (r0 >= 0) & (c0 >= 0) & ((r0 + 1 < H) | (fr == 0)) & ((c0 + 1 < W) | (fc == 0))
         r0, c0 = r0.long().clamp(0, H - 1), c0.long().clamp(0, W - 1)
         flat = images.to(torch.float64).reshape(B, C, H * W)

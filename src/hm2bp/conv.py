@@ -1,10 +1,10 @@
-"""HM2-BP for spiking convolution and spiking pooling layers (spec §6), as custom autograd functions.
+"""HM2-BP for spiking convolution and spiking pooling layers (docs/algorithm.md §6), as custom autograd functions.
 
 A conv layer is a linear layer whose weight matrix is sparse and shared, so its HM2-BP quantities are those of
 :mod:`hm2bp.functional` restricted to the (output pixel ``p``, input pixel ``q``) pairs of each receptive field. The
 backward pass forms these *local* S-PSPs ``e[b, p, m] = e_{p, q_m(p)}`` (``O(B·N_out·C·K²)`` numbers, never
 ``(B, N_out, N_in)``) by reading, at each post-synaptic event of :mod:`hm2bp.spsp`, the pre-synaptic traces of the
-event's receptive field (:func:`local_spsp`), and then applies spec §6 pair by pair, vectorised:
+event's receptive field (:func:`local_spsp`), and then applies docs/algorithm.md §6 pair by pair, vectorised:
 
 * side effect ``S_p = (1/ν) Σ_m w_m ρ_pm`` and weight gradient ``∂L/∂w_m = Σ_{b, p} g_p ê_pm (1 + S_p)``, summed over
   the output pixels of the map (weight sharing), with ``g_p = δ_p/ν``;
@@ -91,7 +91,7 @@ def pool_index(in_shape: tuple[int, int, int], k: int, device: torch.device | No
 
 class HM2BPConv2dFunction(torch.autograd.Function):
     """Spiking conv layer ("valid" cross-correlation, stride 1, no bias): forward = conv over all (t, b) + LIF
-    scan; backward = HM2-BP per spec §6 (see the module docstring)."""
+    scan; backward = HM2-BP per docs/algorithm.md §6 (see the module docstring)."""
 
     @staticmethod
     def forward(ctx, pre: torch.Tensor, weight: torch.Tensor, setup: LayerSetup) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Input spike encoders (spec §2).
+"""Input spike encoders (docs/algorithm.md §2).
 
 The Bernoulli ("Poisson") rate code draws its uniforms from a counter-based hash of
 ``(seed, sample index, epoch, time, pixel)``, so a sample's train is a pure function of those keys: the authors'
@@ -13,7 +13,8 @@ import torch
 
 from hm2bp import ops
 
-# Provenance: spec §2 [CODE `readData/readMnistData.cpp:168-223`]: q = pixel / (5.5 · 255), at most 0.1818 per step.
+# Provenance: docs/algorithm.md §2 [CODE `readData/readMnistData.cpp:168-223`]: q = pixel / (5.5 · 255), at most 0.1818
+# per step.
 PIXEL_MAX = 255.0
 RATE_DIVISOR = 5.5
 
@@ -83,7 +84,8 @@ def _hashed_spikes(q: torch.Tensor, steps: int, keys: torch.Tensor, dtype: torch
 def bernoulli_encode(pixels: torch.Tensor, steps: int, *, seed: int, indices: torch.Tensor, epoch: int = 0,
                      fixed: bool = True, pixel_max: float = PIXEL_MAX, rate_divisor: float = RATE_DIVISOR,
                      dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Bernoulli rate code: spike at step ``t ≥ 1`` with probability ``q = p/(rate_divisor·pixel_max)`` (spec §2).
+    """Bernoulli rate code: spike at step ``t ≥ 1`` with probability ``q = p/(rate_divisor·pixel_max)``
+    (docs/algorithm.md §2).
 
     Args:
         pixels: ``(B, N)`` intensities in ``[0, pixel_max]``.

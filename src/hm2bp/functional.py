@@ -1,4 +1,4 @@
-"""HM2-BP as a custom autograd rule for a spiking fully-connected layer (spec §4–§6, §13).
+"""HM2-BP as a custom autograd rule for a spiking fully-connected layer (docs/algorithm.md §4–§6, §13).
 
 Forward: input currents for all T in one GEMM, then the LIF scan (or, with the compiled kernels on CPUs, the fused
 layer of :mod:`hm2bp.ops`: event-driven currents inside the scan). Backward receives ``∂L/∂s`` of a loss that depends
@@ -44,25 +44,29 @@ from hm2bp.spsp import (
 )
 from hm2bp.workspace import BufferPool
 
-# Provenance of the defaults: spec §4–§5 [CODE]; each is a flag so it can be ablated (pitfall P3).
+# Provenance of the defaults: docs/algorithm.md §4–§5 [CODE]; each is a flag so it can be ablated (docs/algorithm.md
+# P3).
 SILENT_POST_PSP = 0.1  # e_ij used when o_i = 0 < o_j (`common/cuBase.cu:77-78`)
 SILENT_POST_RHO = 0.5  # ρ in the side effect when o_i = 0, summed over all inputs ("se=0.5"; `Spiking.cu:1615`)
 SILENT_EFFECT_RATIO = 1.0  # r_ij when o_i = 0 or o_j = 0 (`Spiking.cu:661-671`)
-# Our departure (pitfall P4): the authors never clip the lateral factor's denominator 1 − w0²Σ…; we clamp it at 0.1
+# Our departure (docs/algorithm.md P4): the authors never clip the lateral factor's denominator 1 − w0²Σ…; we clamp it
+# at 0.1
 # (Λ ≤ 10) and count how often that happens. Set to None for the authors' unclipped behaviour.
 LATERAL_MIN_DENOMINATOR = 0.1
 # Relative cost of one gathered element against one multiply-add inside a GEMM on the project's CPU machines: used
 # only to choose between "dense" and "sparse" where "pairs" is not allowed.
 SPARSE_ELEMENT_COST = 20.0
 STRATEGIES = ("auto", "pairs", "dense", "sparse")
-# Spiking pooling passes δ_p/k² down (`PoolingSpiking.cu:443-450, 504-510`, pitfall P5); "threshold" uses δ_p/ν_pool,
+# Spiking pooling passes δ_p/k² down (`PoolingSpiking.cu:443-450, 504-510`, docs/algorithm.md P5); "threshold" uses
+# δ_p/ν_pool,
 # the chain rule of the linear layer (the two agree when ν_pool = k², as for the paper's pool2).
 POOL_ERROR_SCALES = ("window", "threshold")
 
 
 @dataclass(frozen=True)
 class HM2BPRule:
-    """Switches of the HM2-BP gradient rule; the defaults are the authors' behaviour (except the Λ clamp, P4).
+    """Switches of the HM2-BP gradient rule; the defaults are the authors' behaviour (except the Λ clamp,
+    docs/algorithm.md P4).
 
     Attributes:
         convention: S-PSP convention, ``"original"`` (authors' kernel) or ``"exact"`` (matches the forward pass).
@@ -144,7 +148,7 @@ class LayerSetup:
 
 
 def patch_silent_target(post: torch.Tensor, labels: torch.Tensor, target_count: int) -> torch.Tensor:
-    """Give each sample's silent label neuron regular spikes at ``k·⌊T/y⁺⌋``, ``k ≥ 1`` (spec §5).
+    """Give each sample's silent label neuron regular spikes at ``k·⌊T/y⁺⌋``, ``k ≥ 1`` (docs/algorithm.md §5).
 
     ``post`` is time-major ``(T, B, N)``; returns a patched copy, or ``post`` itself when no target is silent.
     """
@@ -161,7 +165,8 @@ def patch_silent_target(post: torch.Tensor, labels: torch.Tensor, target_count: 
 
 
 def lateral_factor(post: torch.Tensor, labels: torch.Tensor | None, setup: LayerSetup) -> torch.Tensor:
-    """``Λ_i = 1/(1 − w0² Σ_{l≠i} d_i d_l r_{l←i} r_{i←l})`` (spec §4, §13) from the unpatched output trains.
+    """``Λ_i = 1/(1 − w0² Σ_{l≠i} d_i d_l r_{l←i} r_{i←l})`` (docs/algorithm.md §4, §13) from the unpatched output
+    trains.
 
     ``post`` is time-major ``(T, B, N)``. ``d_x = 1/ν`` if ``o_x > 0`` or ``x`` is the label, else 0;
     ``r_{l←i} = e_{l|i}/o_i`` (S-PSP of output ``i`` onto output ``l``), 1 if either count is 0. The denominator is
@@ -385,7 +390,7 @@ class HM2BPLinearFunction(torch.autograd.Function):
 
         lam = None
         if setup.is_output and rule.lateral_factor and setup.lateral_w0 > 0:
-            lam = lateral_factor(post, labels, setup)  # before the patch (spec §13)
+            lam = lateral_factor(post, labels, setup)  # before the patch (docs/algorithm.md §13)
         if setup.is_output and rule.silent_target_patch and labels is not None:
             post = patch_silent_target(post, labels, setup.target_count)
 

@@ -14,16 +14,17 @@ from hm2bp.conv import hm2bp_conv2d, hm2bp_pool2d
 from hm2bp.functional import HM2BPRule, LayerSetup, LayerStats, hm2bp_linear
 from hm2bp.neuron import T_REF, TAU_M, TAU_S, LIFParams, check_spikes
 
-FC_INIT_SCALE = 1.0  # FC weights ~ U(−1, 1): the configs' "Bernoulli" init with initW = 1 (spec §7, pitfall P8)
-CONV_INIT_SCALE = 0.5  # conv weights ~ U(−0.5, 0.5): initW = 0.5 of the CNN config (spec §7)
-CONV_THRESHOLD_EPS = 0.0  # conv neurons fire at v > ν exactly; FC and pooling at v > ν − 1e-6 (spec §1)
-LATERAL_W0 = 1.0  # fixed output-layer lateral inhibition strength `localInbStrength` (spec §1)
-DESIRED_COUNT = 35  # y⁺, spikes wanted from the label neuron (spec §3); also sets the silent-target patch period
+FC_INIT_SCALE = 1.0  # FC weights ~ U(−1, 1): the configs' "Bernoulli" init with initW = 1 (docs/algorithm.md §7, P8)
+CONV_INIT_SCALE = 0.5  # conv weights ~ U(−0.5, 0.5): initW = 0.5 of the CNN config (docs/algorithm.md §7)
+CONV_THRESHOLD_EPS = 0.0  # conv neurons fire at v > ν exactly; FC and pooling at v > ν − 1e-6 (docs/algorithm.md §1)
+LATERAL_W0 = 1.0  # fixed output-layer lateral inhibition strength `localInbStrength` (docs/algorithm.md §1)
+# y⁺, spikes wanted from the label neuron (docs/algorithm.md §3); also sets the silent-target patch period
+DESIRED_COUNT = 35
 
 
 class _SpikingLayer(nn.Module):
     """What every spiking layer shares: its :class:`LayerSetup` (neurons, rule, counters) and, when it has one, a
-    weight drawn from U(−init_scale, init_scale) (spec §7)."""
+    weight drawn from U(−init_scale, init_scale) (docs/algorithm.md §7)."""
 
     setup: LayerSetup
     init_scale: float
@@ -103,7 +104,7 @@ def _check_maps(name: str, spikes: torch.Tensor, channels: int) -> None:
 
 
 class SpikingConv2d(_SpikingLayer):
-    """Convolution layer of LIF neurons: "valid" cross-correlation, stride 1, no bias (spec §6).
+    """Convolution layer of LIF neurons: "valid" cross-correlation, stride 1, no bias (docs/algorithm.md §6).
 
     ``(B, T, C_in, H, W)`` spikes → ``(B, T, C_out, H − K + 1, W − K + 1)`` spikes; backward = HM2-BP with shared
     weights (:mod:`hm2bp.conv`). Never an output layer (no lateral inhibition, no margin).
@@ -142,7 +143,8 @@ class SpikingConv2d(_SpikingLayer):
 
 
 class SpikingPool2d(_SpikingLayer):
-    """Spiking pooling (spec §6): one LIF neuron per non-overlapping ``size×size`` window, driven by the sum of
+    """Spiking pooling (docs/algorithm.md §6): one LIF neuron per non-overlapping ``size×size`` window, driven by the
+    sum of
     the window's spikes with fixed weight 1, with its own threshold; nothing is trainable.
 
     Example:

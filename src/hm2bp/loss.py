@@ -1,4 +1,4 @@
-"""Spike-count loss, prediction rule, boosting weights and the weight regulariser (spec §3, §7)."""
+"""Spike-count loss, prediction rule, boosting weights and the weight regulariser (docs/algorithm.md §3, §7)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import torch
 
-# Provenance: spec §3 [CODE configs, all datasets except TI46].
+# Provenance: docs/algorithm.md §3 [CODE configs, all datasets except TI46].
 DESIRED_LEVEL = 35  # y⁺: spikes wanted from the label neuron
 UNDESIRED_LEVEL = 5  # y⁻: spikes wanted from every other output neuron
 MARGIN = 5  # dead zone: no error while |o − y| ≤ M
@@ -25,7 +25,8 @@ def count_targets(labels: torch.Tensor, n_classes: int, desired: float = DESIRED
 class SpikeCountLoss(torch.nn.Module):
     """``L = mean_b a_b · ½ Σ_i (o_bi − y_bi)² · 1[|o_bi − y_bi| > M]``, so that ``∂L/∂o = a·(o − y)·1[·]/B``.
 
-    ``∂L/∂o`` is the authors' output error δ (spec §3: the plain difference with a dead zone, times the boosting
+    ``∂L/∂o`` is the authors' output error δ (docs/algorithm.md §3: the plain difference with a dead zone, times the
+    boosting
     weight). The authors' E has no ½; we keep it so the gradient is δ itself. The batch mean makes a batch of one
     equal the authors' per-sample update.
     """
@@ -49,7 +50,7 @@ class SpikeCountLoss(torch.nn.Module):
 
 
 def predict(counts: torch.Tensor) -> torch.Tensor:
-    """Argmax of output counts; ties and all-silent outputs go to the lowest class index (spec §3, P11)."""
+    """Argmax of output counts; ties and all-silent outputs go to the lowest class index (docs/algorithm.md §3, P11)."""
     return counts.argmax(dim=1)  # torch.argmax returns the first maximal index
 
 
@@ -59,7 +60,7 @@ def silent_outputs(counts: torch.Tensor) -> int:
 
 
 class BoostingWeights:
-    """Per-sample boosting weights ``a_n`` (spec §7, ``BOOST_METHOD``).
+    """Per-sample boosting weights ``a_n`` (docs/algorithm.md §7, ``BOOST_METHOD``).
 
     After each epoch, per class ``c``: ``ε_c = Σ_{n∈c, wrong} a_n / Σ_{n∈c} a_n`` and every misclassified ``n`` gets
     ``a_n ← a_n·exp(ε_c/rate)``. Never renormalised.
@@ -105,7 +106,8 @@ class BoostingWeights:
         self._labels = state.get("labels", torch.full_like(self._labels, -1)).clone()
 
 
-# Regulariser settings per config (spec §7): MNIST λ=10, β=0.04; N-MNIST λ=10, β=0.01; CNN λ=0; L = WEIGHT_LIMIT = 8.
+# Regulariser settings per config (docs/algorithm.md §7): MNIST λ=10, β=0.04; N-MNIST λ=10, β=0.01; CNN λ=0; L =
+# WEIGHT_LIMIT = 8.
 REG_LAMBDA = 10.0
 REG_BETA = 0.04
 REG_LIMIT = 8.0

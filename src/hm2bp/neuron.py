@@ -1,4 +1,4 @@
-"""LIF neuron with a first-order current synapse, simulated as the authors' code does (spec §1).
+"""LIF neuron with a first-order current synapse, simulated as the authors' code does (docs/algorithm.md §1).
 
 Per neuron, with synaptic state ``c`` and membrane ``v`` both 0 at ``t = 0``, for ``t = 1 .. T-1``:
 
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-# Provenance of every default below: spec §1 [CODE `layers/Spiking.cu:1470-1538`].
+# Provenance of every default below: docs/algorithm.md §1 [CODE `layers/Spiking.cu:1470-1538`].
 TAU_M = 64.0  # membrane time constant, in steps
 TAU_S = 8.0  # synaptic time constant, in steps
 T_REF = 2  # refractory period, in steps
@@ -83,7 +83,7 @@ def check_spikes(name: str, x: torch.Tensor, ndim: int = 3) -> None:
 
 
 def lif_scan(currents: torch.Tensor, params: LIFParams, lateral_w0: float = 0.0) -> torch.Tensor:
-    """Simulate one layer over time (spec §1); the only sequential part of the engine.
+    """Simulate one layer over time (docs/algorithm.md §1); the only sequential part of the engine.
 
     Args:
         currents: ``(B, T, N)`` input currents ``I[t] = W s_in[t]``.

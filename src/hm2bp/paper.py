@@ -1,4 +1,4 @@
-"""The paper's reported accuracies (%), in one table, each with where it comes from (spec §9).
+"""The paper's reported accuracies (%), in one table, each with where it comes from (docs/algorithm.md §9).
 
 ``verified`` is True only where the number was read from a primary source (the authors' logs or the abstract) or
 corroborated by an independent table; the others are recollections of the paper's tables to be checked against the
@@ -42,7 +42,7 @@ class Protocol:
 
 
 # Training-set sizes: MNIST and N-MNIST 60,000; EMNIST-balanced 112,800 (Cohen et al. 2017); TI46-Alpha 4,142 as the
-# authors' config uses (spec §2).
+# authors' config uses (docs/algorithm.md §2).
 PROTOCOL: dict[str, Protocol] = {
     "mnist_mlp": Protocol(200, 60_000, "MNIST train set"),
     "mnist_cnn": Protocol(200, 60_000, "MNIST train set", "cnn"),
@@ -54,7 +54,8 @@ PROTOCOL: dict[str, Protocol] = {
     "ti46_alpha_mlp_800_800": Protocol(50, 4_142, "TI46-Alpha train set of the authors' config"),
 }
 
-# The authors' logs, Titan Xp at batch 1 (spec §7): 600–780 s per 60,000-sample MNIST-MLP epoch (N-MNIST's 600–670 s
+# The authors' logs, Titan Xp at batch 1 (docs/algorithm.md §7): 600–780 s per 60,000-sample MNIST-MLP epoch (N-MNIST's
+# 600–670 s
 # falls in the same range), 1000–1700 s per MNIST-CNN epoch.
 TITAN_XP_SECONDS_PER_SAMPLE: dict[str, tuple[float, float]] = {
     "mlp": (600 / 60_000, 780 / 60_000),

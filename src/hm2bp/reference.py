@@ -1,4 +1,4 @@
-"""Slow, literal references written straight from the spec's definitions (scalar loops, float64).
+"""Slow, literal references written straight from the definitions in docs/algorithm.md (scalar loops, float64).
 
 They exist to test the fast paths (:mod:`hm2bp.neuron`, :mod:`hm2bp.spsp`, :mod:`hm2bp.functional`) and to make the
 math readable. They work on one sample at a time, on lists of spike times, and are far too slow for training.
@@ -17,7 +17,7 @@ from hm2bp.spsp import PSPKernel
 
 
 def lif_reference(currents: np.ndarray, params: LIFParams, lateral_w0: float = 0.0) -> np.ndarray:
-    """Spec §1, one neuron at a time (lateral inhibition reads the previous step of all neurons).
+    """docs/algorithm.md §1, one neuron at a time (lateral inhibition reads the previous step of all neurons).
 
     ``currents (T, N)`` → spikes ``(T, N)``.
     """
@@ -51,7 +51,7 @@ def spike_times(train: np.ndarray) -> list[list[int]]:
 
 
 def _k_original(sigma: int, delta: int, tau_m: float, tau_s: float) -> float:
-    """Authors' pairwise kernel K(σ, Δ) (spec §1 "Paper form", §4)."""
+    """Authors' pairwise kernel K(σ, Δ) (docs/algorithm.md §1 "Paper form", §4)."""
     if sigma < 0 or delta < 0:
         return 0.0
     m = min(sigma, delta)
@@ -60,7 +60,7 @@ def _k_original(sigma: int, delta: int, tau_m: float, tau_s: float) -> float:
 
 
 def _p_exact(k: int, tau_m: float, tau_s: float) -> float:
-    """Discrete kernel p(k) = (d_m^k − d_s^k)/(1 − κ) for k > 0, else 0 (spec §13)."""
+    """Discrete kernel p(k) = (d_m^k − d_s^k)/(1 − κ) for k > 0, else 0 (docs/algorithm.md §13)."""
     if k <= 0:
         return 0.0
     return ((1 - 1 / tau_m) ** k - (1 - 1 / tau_s) ** k) / (1.0 - tau_s / tau_m)
@@ -78,7 +78,7 @@ def spsp_pair_reference(pre_t: Sequence[int], post_t: Sequence[int], kernel: PSP
                     continue
                 if tm >= tk:
                     break
-                q = tm + kernel.t_ref  # pitfall P1: pre spike shifted by t_ref
+                q = tm + kernel.t_ref  # docs/algorithm.md P1: pre spike shifted by t_ref
                 if q > tk:
                     continue
                 total += _k_original(tk - last_reset, tk - q, kernel.tau_m, kernel.tau_s)
@@ -103,7 +103,7 @@ def spsp_reference(pre: np.ndarray, post: np.ndarray, kernel: PSPKernel) -> np.n
 
 def hm2bp_layer_reference(pre: np.ndarray, post: np.ndarray, weight: np.ndarray, delta: np.ndarray,
                           setup: LayerSetup, label: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """One sample's HM2-BP weight gradient and error to the layer below, literally from spec §4–§6, §13.
+    """One sample's HM2-BP weight gradient and error to the layer below, literally from docs/algorithm.md §4–§6, §13.
 
     Args:
         pre: ``(T, N_in)`` input trains; post: ``(T, N_out)`` output trains from the forward pass.
@@ -164,7 +164,7 @@ def hm2bp_layer_reference(pre: np.ndarray, post: np.ndarray, weight: np.ndarray,
 
 
 def _pair_terms(e: float, o_post: float, o_pre: float, setup: LayerSetup) -> tuple[float, float, float]:
-    """Per pair: (ρ for the side effect, ê for the weight gradient, r for the error below), spec §4–§5."""
+    """Per pair: (ρ for the side effect, ê for the weight gradient, r for the error below), docs/algorithm.md §4–§5."""
     rule = setup.rule
     rho = e / o_post if o_post > 0 else rule.silent_post_rho
     e_hat = rule.silent_post_psp if (o_post == 0 and o_pre > 0) else e
@@ -178,7 +178,8 @@ def _pair_terms(e: float, o_post: float, o_pre: float, setup: LayerSetup) -> tup
 
 
 def conv_forward_reference(pre: np.ndarray, weight: np.ndarray, params: LIFParams) -> np.ndarray:
-    """Spec §6 conv forward for one sample: ``pre (T, C, H, W)`` → spikes ``(T, C', H', W')``, currents by loops."""
+    """docs/algorithm.md §6 conv forward for one sample: ``pre (T, C, H, W)`` → spikes ``(T, C', H', W')``, currents by
+    loops."""
     T, C, H, W = pre.shape
     c_out, _, K, _ = weight.shape
     ho, wo = H - K + 1, W - K + 1
@@ -194,7 +195,8 @@ def conv_forward_reference(pre: np.ndarray, weight: np.ndarray, params: LIFParam
 
 def hm2bp_conv_reference(pre: np.ndarray, post: np.ndarray, weight: np.ndarray, delta: np.ndarray,
                          setup: LayerSetup) -> tuple[np.ndarray, np.ndarray]:
-    """One sample's HM2-BP gradients of a spiking conv layer, pair by pair (spec §6 with §4–§5's fallbacks).
+    """One sample's HM2-BP gradients of a spiking conv layer, pair by pair (docs/algorithm.md §6 with §4–§5's
+    fallbacks).
 
     Output pixel ``p = (c', y, x)`` sees inputs ``q = (c, y+u, x+v)`` through the shared weight ``w[c', c, u, v]``:
     ``∂E/∂w[c', c, u, v] = Σ_p g_p ê_pq (1 + S_p)``, ``S_p = (1/ν) Σ_q w ρ_pq``, ``δ_q = Σ_p g_p w r_pq``.
@@ -232,7 +234,8 @@ def hm2bp_conv_reference(pre: np.ndarray, post: np.ndarray, weight: np.ndarray, 
 
 def hm2bp_pool_reference(pre: np.ndarray, post: np.ndarray, delta: np.ndarray, size: int,
                          setup: LayerSetup) -> np.ndarray:
-    """One sample's error below a spiking pooling layer, pair by pair (spec §6): ``δ_q = (δ_p/scale)·r_pq`` for the
+    """One sample's error below a spiking pooling layer, pair by pair (docs/algorithm.md §6): ``δ_q =
+    (δ_p/scale)·r_pq`` for the
     window's pooling neuron ``p``, ``scale = size²`` (authors) or ``ν_pool``.
 
     Args:

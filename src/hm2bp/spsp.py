@@ -1,4 +1,5 @@
-"""The spike-train level post-synaptic potential (S-PSP) ``e_ij`` of HM2-BP, in closed form (spec §4, §10, §13).
+"""The spike-train level post-synaptic potential (S-PSP) ``e_ij`` of HM2-BP, in closed form (docs/algorithm.md §4, §10,
+§13).
 
 ``e_ij`` sums, over every post spike ``t_k`` of neuron ``i``, the part of ``i``'s membrane at ``t_k`` that pre neuron
 ``j`` contributed with unit weight since ``i``'s last reset. Because the membrane is linear and the reset only zeroes
@@ -17,13 +18,14 @@ so no ``(B, N_out, N_in)`` tensor is needed on the training path: every quantity
 
 Two conventions:
 
-``"exact"`` (spec §13)
+``"exact"`` (docs/algorithm.md §13)
     Consistent with the discrete forward pass of :mod:`hm2bp.neuron`: kernel ``p(k) = (d_m^k − d_s^k)/(1 − κ)`` with
     Euler decays ``d = 1 − 1/τ``, reset reference ``r_k = t_{k−1} + t_ref`` (``r_1 = 0``), decay ``d_m^{t_k − r_k}``.
     Then ``Σ_j w_ij e_ij`` equals the sum of ``i``'s membrane values at its spike times, exactly.
-``"original"`` (spec §4, authors' ``common/cuBase.cu:41-81``)
+``"original"`` (docs/algorithm.md §4, authors' ``common/cuBase.cu:41-81``)
     The authors' pairwise kernel ``K(σ, Δ)`` with continuous exponentials, pre spikes shifted by ``t_ref``
-    (pitfall P1), ``r_1 = 1``, and only pre spikes with ``max(1, t_k − L) ≤ t_pre < t_k`` counted, ``L = 4·τm``.
+    (docs/algorithm.md P1), ``r_1 = 1``, and only pre spikes with ``max(1, t_k − L) ≤ t_pre < t_k`` counted, ``L =
+    4·τm``.
     ``K(σ, Δ) = ε(Δ) − e^{−σ/τm} ε(Δ − σ)`` with ``ε(x) = (e^{−x/τm} − e^{−x/τs})/(1 − κ)`` for ``x > 0``, else 0.
     The window makes the kernel depend on ``t_k`` as well, so the post side gets extra events at ``t_k − L + t_ref``
     that read the two exponential traces separately and subtract what left the window.
@@ -489,7 +491,8 @@ def spsp(pre: torch.Tensor, post: torch.Tensor, *, tau_m: float = TAU_M, tau_s: 
         pre: ``(B, T, N_in)`` 0/1 pre-synaptic spike trains.
         post: ``(B, T, N_out)`` 0/1 post-synaptic spike trains; inter-spike intervals must exceed ``t_ref``.
         tau_m, tau_s, t_ref: neuron constants (steps).
-        convention: ``"original"`` (authors' kernel, spec §4) or ``"exact"`` (discrete forward pass, spec §13).
+        convention: ``"original"`` (authors' kernel, docs/algorithm.md §4) or ``"exact"`` (discrete forward pass,
+        docs/algorithm.md §13).
         window_taus: original convention only: pre spikes older than ``window_taus·τm`` steps before a post spike
             are ignored (authors: 4); ``None`` disables the window.
 

@@ -1,6 +1,7 @@
 """A plain-PyTorch training step and epoch for spiking networks (MLP or CNN) on static images (no Lightning needed).
 
-The step is what the authors' loop does per sample (spec §3, §7), vectorised over a batch: encode → forward with
+The step is what the authors' loop does per sample (docs/algorithm.md §3, §7), vectorised over a batch: encode →
+forward with
 labels → count loss (boosted) + regulariser → HM2-BP backward → optimizer step; the training prediction is taken
 from the forward pass before the update, as the authors record it.
 """
@@ -30,12 +31,13 @@ from hm2bp.spsp import spike_sums
 
 
 def inverse_sqrt_lr(epoch: int) -> float:
-    """Learning-rate multiplier ``1/√max(e, 1)`` of the MLP configs (spec §7): epochs 0 and 1 use the base rate."""
+    """Learning-rate multiplier ``1/√max(e, 1)`` of the MLP configs (docs/algorithm.md §7): epochs 0 and 1 use the base
+    rate."""
     return 1.0 / math.sqrt(max(epoch, 1))
 
 
 def inverse_sqrt_plus_one_lr(epoch: int) -> float:
-    """Learning-rate multiplier ``1/√(e + 1)``, the variant the authors' CNN log shows (spec §7)."""
+    """Learning-rate multiplier ``1/√(e + 1)``, the variant the authors' CNN log shows (docs/algorithm.md §7)."""
     return 1.0 / math.sqrt(epoch + 1)
 
 
@@ -97,7 +99,8 @@ class StaticSplit:
         key_offset: added to sample indices to form encoder keys, so different splits draw different trains.
         cache_bytes: with ``encoder.fixed``, trains are drawn once and kept (as bool) when they fit in this budget;
             otherwise they are re-derived from the hash for every batch (same values either way).
-        augment: training-time augmentation of the images (the CNN's, spec §2), with ``image_shape`` ``(C, H, W)``:
+        augment: training-time augmentation of the images (the CNN's, docs/algorithm.md §2), with ``image_shape`` ``(C,
+        H, W)``:
             every use of a sample augments it afresh and encodes the result with fresh trains (keyed by the epoch).
     """
 
@@ -193,7 +196,8 @@ def run_epoch(model: SpikingNet, split: StaticSplit, *, epoch: int, batch_size: 
 
 
 def summarize(history: list[dict[str, float]]) -> dict[str, float]:
-    """Final, best (max over epochs: the paper's "best", selected on the test set, P6) and mean-of-last-10 test
+    """Final, best (max over epochs: the paper's "best", selected on the test set, docs/algorithm.md P6) and
+    mean-of-last-10 test
     accuracy of a per-epoch history, with training throughput."""
     if not history:
         raise ValueError("no completed epoch to summarize")
@@ -212,7 +216,7 @@ def fit(model: SpikingNet, train: StaticSplit, test: StaticSplit, *, epochs: int
         loss_fn: SpikeCountLoss | None = None, schedule: Callable[[int], float] = inverse_sqrt_lr,
         log: bool = False) -> list[dict[str, float]]:
     """Train with Adam and the ``1/√max(e, 1)`` schedule (or ``schedule``: epoch → multiplier of ``lr``),
-    evaluating on ``test`` after every epoch (spec §7).
+    evaluating on ``test`` after every epoch (docs/algorithm.md §7).
 
     The shuffle order comes from ``seed``; the encoders' seeds are part of the splits. Returns the per-epoch
     history (see :func:`summarize`).

@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import shlex
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -75,3 +78,32 @@ class Preflight(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(config.hydra.sweep.dir)
+
+
+class _DropLitLoggerTip(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+def quiet_library_noise() -> None:
+    """Silence, narrowly, messages of libraries that tell a user nothing about the run (idempotent):
+    Lightning 2.6's litlogger advertisement and its own use of torch's deprecated ``LeafSpec``."""
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropLitLoggerTip) for f in logger.filters):
+        logger.addFilter(_DropLitLoggerTip())
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                            module=r"lightning\.pytorch\.utilities\._pytree")
+
+
+def where_the_files_are(run_dir: Path) -> str:
+    """Lines for the end of a run: its folder, the files in it and, for an offline wandb run, how to upload it."""
+    names = [n for n in ("metrics.json", "history.json", "learning_curves.png", "raster.png", "checkpoints/last.ckpt")
+             if (run_dir / n).exists()]
+    lines = [f"run files in {run_dir}: {', '.join(names)}"]
+    offline = sorted((run_dir / "wandb").glob("offline-run-*"), key=lambda p: p.stat().st_mtime)
+    if offline:
+        run = offline[-1]
+        lines.append(f"wandb (offline) run in {run}; upload it with: wandb sync {shlex.quote(str(run))}")
+    elif (run_dir / "csv" / "metrics.csv").exists():
+        lines.append(f"per-step metrics in {run_dir / 'csv' / 'metrics.csv'}")
+    return "\n".join(lines)

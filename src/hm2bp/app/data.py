@@ -17,7 +17,8 @@ from hm2bp.train import Encoder, StaticSplit
 class EpochPermutation(Sampler[int]):
     """A full random permutation per epoch, a pure function of ``(seed, epoch)`` (so resumed runs repeat it).
 
-    Lightning calls :meth:`set_epoch` before every epoch. The authors shuffle with 5000 random swaps per epoch (P7);
+    Lightning calls :meth:`set_epoch` before every epoch. The authors shuffle with 5000 random swaps per epoch
+    (docs/algorithm.md P7);
     a full permutation is our documented departure. ``skip`` leaves out the first samples of the next pass only (a
     run resumed mid-epoch has trained them already).
     """
@@ -38,7 +39,8 @@ class EpochPermutation(Sampler[int]):
 
 
 class SpikeData(L.LightningDataModule):
-    """Train and test splits of a registered dataset as spike trains: static images Bernoulli-encoded (spec §2),
+    """Train and test splits of a registered dataset as spike trains: static images Bernoulli-encoded
+    (docs/algorithm.md §2),
     event datasets binned (N-MNIST).
 
     Batches are ``(spikes (B, T, N), labels (B,), indices (B,))``; the indices feed the boosting weights. The

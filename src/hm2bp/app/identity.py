@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -62,12 +63,12 @@ def _labelled(override: str) -> bool:
 
 
 def run_label(overrides: list[str], fp: str) -> str:
-    """The run directory's middle part: the command-line overrides that matter, sorted and comma-joined (``/``
-    replaced, cut to :data:`LABEL_MAX_CHARS`), then ``-`` and the fingerprint; ``default-<fp>`` without any."""
-    kept = sorted(o for o in overrides if _labelled(o))
-    readable = ",".join(kept).replace("/", "_").replace("\\", "_")
+    """The run directory's middle part: the command-line overrides that matter, sorted and comma-joined, with every
+    character a shell would expand or split on (brackets, braces, quotes, spaces, slashes, …) replaced by ``_`` and
+    cut to :data:`LABEL_MAX_CHARS`; then ``-`` and the fingerprint. ``default-<fp>`` without any."""
+    readable = re.sub(r"[^A-Za-z0-9._=,+:@-]", "_", ",".join(sorted(o for o in overrides if _labelled(o))))
     if len(readable) > LABEL_MAX_CHARS:
-        readable = readable[:LABEL_MAX_CHARS - 1] + "…"
+        readable = readable[:LABEL_MAX_CHARS - 3] + "..."
     return f"{readable or 'default'}-{fp}"
 
 

@@ -22,7 +22,8 @@ class NonFiniteError(RuntimeError):
 
 class HM2BPModule(L.LightningModule):
     """HM2-BP training of a :class:`~hm2bp.layers.SpikingNet` (``arch`` in the paper's notation, e.g. ``800-10`` or
-    ``15C5-P2-40C5-P2-300-10``, on inputs of ``input_shape``) with the authors' training rules (spec §3, §7).
+    ``15C5-P2-40C5-P2-300-10``, on inputs of ``input_shape``) with the authors' training rules (docs/algorithm.md §3,
+    §7).
 
     Per epoch it records train/test accuracy and loss, per-layer firing rate and silent fraction, the lateral-clamp
     count and the number of all-silent test outputs in :attr:`history`, and logs them. The learning rate is set at

@@ -15,6 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from hm2bp.app.checkpoints import ForeignCheckpoint, RunCheckpoint, check_resumable, move_aside
+from hm2bp.app.cli import quiet_library_noise
 from hm2bp.app.config import ConfigError, model_arch, validate
 from hm2bp.app.identity import differences, fingerprint, run_config
 from hm2bp.io import atomic_write_json
@@ -33,9 +34,12 @@ def _wandb_logger(cfg: DictConfig, run_dir: Path, name: str):
         print("wandb: no API key found, logging offline as logger.fallback_offline=true asks", flush=True)
         mode = "offline"
     os.environ.setdefault("WANDB_SILENT", "true")
-    return WandbLogger(project=cfg.logger.project, entity=cfg.logger.entity, group=run_dir.parent.name,
-                       name=name, save_dir=str(run_dir), mode=mode, job_type="train",
-                       config=OmegaConf.to_container(cfg, resolve=True), settings={"init_timeout": 60})
+    logger = WandbLogger(project=cfg.logger.project, entity=cfg.logger.entity, group=run_dir.parent.name,
+                         name=name, save_dir=str(run_dir), mode=mode, job_type="train",
+                         config=OmegaConf.to_container(cfg, resolve=True), settings={"init_timeout": 60})
+    # Lightning 2.6 always passes anonymous=None to wandb.init, which current wandb warns about; we never set it
+    logger._wandb_init.pop("anonymous", None)
+    return logger
 
 
 def _wandb_credentials() -> bool:
@@ -115,6 +119,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     from hm2bp.app.module import HM2BPModule
     from hm2bp.train import summarize
 
+    quiet_library_noise()
     tr = cfg.trainer
     if tr.num_threads:
         torch.set_num_threads(int(tr.num_threads))

@@ -1,4 +1,4 @@
-"""N-MNIST through tonic, binned into spike trains the way the authors prepared it (spec §2).
+"""N-MNIST through tonic, binned into spike trains the way the authors prepared it (docs/algorithm.md §2).
 
 Files: tonic's layout, ``<data_dir>/NMNIST/{Train,Test}/<digit>/*.bin`` (the unzipped ``train.zip``/``test.zip`` of
 https://www.garrickorchard.com/datasets/n-mnist). Each event record is 5 bytes: x, y, (p << 7) | (t >> 16 & 127),
@@ -25,9 +25,9 @@ from hm2bp.data.idx import DatasetFileError
 
 SENSOR = 34  # N-MNIST sensor is 34 × 34 pixels, 2 polarities
 N_INPUTS = SENSOR * SENSOR * 2  # 2312
-OFF_OFFSET = SENSOR * SENSOR  # polarity-2 (OFF) events add 1156 (spec §2)
-BIN_US = 600  # data dir 2312_600_stable: 600 µs bins (spec §2)
-STEPS = 540  # END_TIME of Config/NMnistConfig.txt (spec §1)
+OFF_OFFSET = SENSOR * SENSOR  # polarity-2 (OFF) events add 1156 (docs/algorithm.md §2)
+BIN_US = 600  # data dir 2312_600_stable: 600 µs bins (docs/algorithm.md §2)
+STEPS = 540  # END_TIME of Config/NMnistConfig.txt (docs/algorithm.md §1)
 
 
 def bin_events(events: np.ndarray, steps: int = STEPS, bin_us: int = BIN_US) -> tuple[np.ndarray, np.ndarray]:

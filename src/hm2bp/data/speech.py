@@ -1,4 +1,4 @@
-"""Spoken-word front end for TI46: audio → Lyon's passive ear → BSA spike trains (spec §2).
+"""Spoken-word front end for TI46: audio → Lyon's passive ear → BSA spike trains (docs/algorithm.md §2).
 
 Pipeline (the authors' lab script ``TI46_Lyon_ear.m`` in stonezwr/ST-RSBP, and ``readSpeechData.cpp``):
 
@@ -31,7 +31,7 @@ import numpy as np
 from hm2bp.data.events import EventSplit
 from hm2bp.data.idx import DatasetFileError
 
-# Provenance: spec §2 [CODE readData/readSpeechData.cpp:12-160; SRC2 TI46_Lyon_ear.m].
+# Provenance: docs/algorithm.md §2 [CODE readData/readSpeechData.cpp:12-160; SRC2 TI46_Lyon_ear.m].
 LYON_RATE = 12_500  # Hz, TI46's own sampling rate
 LYON_DECIMATION = 200  # 62.5 frames/s
 CHANNELS = 78  # cochlear channels of the passive ear at 12.5 kHz

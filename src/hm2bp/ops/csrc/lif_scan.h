@@ -1,4 +1,4 @@
-// Fused LIF scan (spec §1) shared by the CPU and CUDA kernels of hm2bp.ops.
+// Fused LIF scan (docs/algorithm.md §1) shared by the CPU and CUDA kernels of hm2bp.ops.
 // buf is a time-major (T + 1, B, N) work buffer: row t + 1 holds I[t]/tau_s on entry; row t holds spike s[t]
 // (0/1) on exit. Row t is read (drive of step t) before s[t] is written into it.
 #pragma once
