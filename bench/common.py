@@ -24,16 +24,17 @@ def machine() -> dict[str, object]:
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "python": platform.python_version()}
 
 
-def update_section(name: str, body: str) -> None:
-    """Replace the text between ``<!-- name:start -->`` and ``<!-- name:end -->`` in BENCHMARKS.md."""
-    text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else "# Benchmarks\n"
+def update_section(name: str, body: str, path: Path = BENCHMARKS_MD) -> None:
+    """Replace the text between ``<!-- name:start -->`` and ``<!-- name:end -->`` in ``path`` (BENCHMARKS.md; the
+    block is appended when missing)."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     block = f"{start}\n{body.rstrip()}\n{end}"
     if start in text:
         text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
-    atomic_write_text(BENCHMARKS_MD, text)
+    atomic_write_text(path, text)
 
 
 SUMMARY_KEYS = ("test_acc", "best_test_acc", "last10_test_acc", "train_samples_per_second", "peak_rss_mib")

@@ -70,3 +70,23 @@ def test_legacy_metrics_are_named_and_configs_get_their_own_rows(tmp_path, capsy
     a, b = summary["digits_mlp-00000000000a"], summary["digits_mlp-00000000000b"]
     assert (a["n_seeds"], b["n_seeds"]) == (2, 1) and a["final_mean"] == pytest.approx(80.0)
     assert (a["settings"], b["settings"]) == ("trainer.lr=3", "trainer.lr=4")
+
+
+def test_every_test_the_readme_names_exists():
+    """README rows cite `tests/<file>.py::<test>` (later cells `::<test>` of the same file): each must exist."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    cited: list[tuple[str, str, str]] = []
+    for line in (root / "README.md").read_text().splitlines():
+        current = None
+        for file, name, star in re.findall(r"`(tests/test_\w+\.py)?::(\w+)(\*?)", line):
+            current = file or current
+            assert current, f"README cites ::{name} without a file: {line}"
+            cited.append((current, name, star))
+    assert len(cited) > 20
+    for file, name, star in cited:  # `name*` cites every test starting with name
+        tail = r"\w*\(" if star else r"\("
+        pattern = rf"^def {name}{tail}"
+        assert re.search(pattern, (root / file).read_text(), re.M), f"{file}::{name}{star} is cited but missing"

@@ -1,0 +1,86 @@
+"""The README's measured figures, from fresh runs: ``python bench/readme_figures.py [--suite]``.
+
+Runs the default job exactly as ``make run`` does (``python src/run.py``, into a temporary output folder so no
+earlier run is skipped), times it from the command to the figures, copies its two figures to ``docs/figures/`` and
+rewrites the README's ``default-job`` block with its numbers and settings. ``--suite`` also times the default test
+suite (``python -m pytest``) and rewrites the ``timings`` block. Results: ``bench/results/readme_figures.json``.
+Run it alone on the machine: both figures are wall-clock times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import RESULTS, ROOT, machine, update_section
+from hm2bp.io import atomic_write_json
+
+README = ROOT / "README.md"
+
+
+def default_job() -> dict:
+    """Run ``python src/run.py`` in a fresh output folder; its metrics, settings and wall time."""
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+        start = time.perf_counter()
+        subprocess.run([sys.executable, str(ROOT / "src" / "run.py"), f"output_root={tmp}",
+                        "trainer.progress_bar=false"], cwd=ROOT, env=env, check=True, capture_output=True)
+        seconds = time.perf_counter() - start
+        [metrics_file] = Path(tmp).rglob("metrics.json")
+        metrics = json.loads(metrics_file.read_text())
+        figures = ROOT / "docs" / "figures"
+        shutil.copy(metrics_file.parent / "learning_curves.png", figures / "digits_learning_curves.png")
+        shutil.copy(metrics_file.parent / "raster.png", figures / "digits_raster.png")
+    return {"seconds": seconds, "metrics": metrics}
+
+
+def suite() -> float:
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=ROOT,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"the test suite failed, no timing written:\n{proc.stdout[-4000:]}")
+    return time.perf_counter() - start
+
+
+def describe(job: dict) -> str:
+    m, config = job["metrics"], job["metrics"]["config"]
+    model, tr, ds = config["model"], config["trainer"], config["dataset"]
+    trains = "training trains drawn once (the authors' fixed trains)" if ds["fixed_trains"] else \
+        "training trains redrawn every epoch"
+    return (f"The default job, seed {m['seed']} ({'-'.join(map(str, model['sizes']))}, thresholds "
+            f"{'/'.join(f'{t:g}' for t in model['thresholds'])}, Adam lr {tr['lr']:g}, batch {tr['batch_size']}, "
+            f"{trains}, {m['epochs']} epochs) reached {100 * m['test_acc']:.2f} % final test accuracy, "
+            f"{100 * m['best_test_acc']:.2f} % best and {100 * m['last10_test_acc']:.2f} % mean over the last 10 "
+            f"epochs, in {job['seconds']:.0f} s from the command to the figures on {machine()['cores']} cores "
+            f"(`bench/readme_figures.py`):")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--suite", action="store_true", help="also time the default test suite")
+    args = ap.parse_args()
+    job = default_job()
+    result = {"machine": machine(), "default_job_seconds": job["seconds"],
+              "default_job": {k: job["metrics"][k] for k in ("seed", "test_acc", "best_test_acc",
+                                                               "last10_test_acc", "epochs", "fingerprint")}}
+    update_section("default-job", describe(job), README)
+    if args.suite:
+        seconds = suite()
+        result["suite_seconds"] = seconds
+        update_section("timings", f"Measured on {machine()['cores']} cores (`bench/readme_figures.py --suite`): "
+                                  f"`make run` {job['seconds']:.0f} s once installed (plus ~25 s the first time, to "
+                                  f"compile the kernels), `make test` {seconds / 60:.0f} minutes.", README)
+    atomic_write_json(RESULTS / "readme_figures.json", result)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
