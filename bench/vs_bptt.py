@@ -43,7 +43,7 @@ def run_hm2bp(epochs: int, seed: int) -> dict:
     train, test = _splits(seed)
     history = fit(SpikingMLP(SIZES, THRESHOLDS), train, test, epochs=epochs, batch_size=BATCH, lr=LR, seed=seed,
                   regularizer=Regularizer())
-    path = "compiled CPU kernels" if ops.cpu_kernels(torch.empty(0)) else "pure PyTorch"
+    path = "compiled CPU kernels" if ops.kernels_for(torch.empty(0)) == "cpp" else "pure PyTorch"
     return {**summarize(history), "path": path}
 
 

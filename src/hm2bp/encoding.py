@@ -103,13 +103,19 @@ def bernoulli_encode(pixels: torch.Tensor, steps: int, *, seed: int, indices: to
         raise ValueError(f"steps (T) must be > 0, got {steps}")
     if not (pixel_max > 0 and rate_divisor >= 1):
         raise ValueError(f"need pixel_max > 0 and rate_divisor >= 1, got {pixel_max}, {rate_divisor}")
-    if pixels.numel() and (float(pixels.min()) < 0 or float(pixels.max()) > pixel_max):
+    # the range check reads the pixels on the host: CPU tensors only (a GPU step must not wait for the device)
+    if not pixels.is_cuda and pixels.numel() and (float(pixels.min()) < 0 or float(pixels.max()) > pixel_max):
         raise ValueError(f"pixels must lie in [0, {pixel_max}], got [{float(pixels.min())}, {float(pixels.max())}]")
     q = pixels.to(torch.float64) / (rate_divisor * pixel_max)
     draw = 0 if fixed else epoch
-    if ops.cpu_kernels(pixels):  # the same hash in C++: same spikes, no (T, B, N) int64 temporaries
+    family = ops.kernels_for(pixels)
+    if family != "torch":  # the same hash in C++ or Triton: same spikes, no (T, B, N) int64 temporaries
         spikes = pixels.new_empty(steps, *pixels.shape, dtype=dtype or torch.get_default_dtype())
-        torch.ops.hm2bp.bernoulli_hash_(sample_keys(seed, indices, draw), q.contiguous(), spikes)
+        keys = sample_keys(seed, indices.to(pixels.device), draw)
+        if family == "cpp":
+            torch.ops.hm2bp.bernoulli_hash_(keys, q.contiguous(), spikes)
+        else:
+            ops.triton_module(pixels.device).bernoulli_spikes(keys, q.contiguous(), spikes)
     else:
         spikes = _hashed_spikes(q, steps, sample_keys(seed, indices, draw), dtype or torch.get_default_dtype())
     return spikes.transpose(0, 1)  # (B, T, N) view of time-major storage: the layers use it without a copy

@@ -362,7 +362,7 @@ class HM2BPLinearFunction(torch.autograd.Function):
         B, T, n_in = pre.shape
         n_out = weight.shape[0]
         pre_tm = pre.transpose(0, 1).contiguous()  # free when pre is itself a view of a time-major tensor
-        if ops.cpu_kernels(pre_tm):
+        if ops.kernels_for(pre_tm) == "cpp":
             out = setup.buffers.get((T, B, n_out), pre_tm)
             post_tm = ops.linear_forward(pre_tm, weight, setup.lif, setup.lateral_w0, out=out)
         else:
@@ -396,7 +396,7 @@ class HM2BPLinearFunction(torch.autograd.Function):
 
         rho_silent = rule.silent_post_rho * weight.sum(1) if rule.side_effect else None
         need_below = ctx.needs_input_grad[0] and rule.effect_ratio
-        if ops.cpu_kernels(pre):
+        if ops.kernels_for(pre) == "cpp":
             coef, grad_w, gwe, o, o_pre = ops.linear_backward(pre, post, weight, g, lam, rho_silent, nu, need_below,
                                                               kernel)
             remember_sums(post, o)  # the firing statistics need not read the rasters again

@@ -1,4 +1,4 @@
-"""Custom ops: the fused LIF scan (C++ and CUDA) and the fused spiking linear layer (C++), as ``torch.library`` ops.
+"""Custom ops and the one backend table that decides which kernels run: C++ on CPUs, Triton on GPUs.
 
 ``torch.ops.hm2bp.lif_scan_(buf, fire_at, decay_m, decay_s, t_ref, lateral)`` runs the scan of
 :func:`hm2bp.neuron.scan_core` in place; :func:`scan` is the dispatching twin of :func:`hm2bp.neuron.scan_inplace`.
@@ -9,17 +9,27 @@ and the HM2-BP contractions from per-sample S-PSP rows that never leave the cach
 pure-PyTorch path of :class:`hm2bp.functional.HM2BPLinearFunction` computes; only the order of floating-point sums
 differs (the input current adds weight rows spike by spike instead of a GEMM).
 
-Kernels are compiled on first use with ``torch.utils.cpp_extension``
-(cached under ``$HM2BP_EXTENSIONS_DIR``, default ``~/.cache/hm2bp/extensions``); when a build is impossible (no
-compiler, no CUDA toolkit) the op falls back to the pure-PyTorch scan. One log line says which path runs.
+**The backend table** (:func:`kernels_for`), chosen by :func:`set_backend` or ``HM2BP_OPS``:
 
-Backend selection: :func:`set_backend` or the environment variable ``HM2BP_OPS``: ``"auto"`` (the compiled kernels
-where they build: on CPUs the fused linear layer and the C++ scan for conv/pool layers, on GPUs the CUDA scan;
-otherwise pure PyTorch), ``"torch"`` (pure PyTorch everywhere) or ``"compiled"`` (the compiled kernels, or an error).
+=============  ===========================  ======================================================
+``HM2BP_OPS``  CPU tensors                  CUDA tensors
+=============  ===========================  ======================================================
+``auto``       C++ kernels, else PyTorch    Triton kernels (:mod:`hm2bp.ops.triton_kernels`), else PyTorch
+``compiled``   C++ kernels, or an error     Triton kernels, or an error
+``triton``     Triton through its           Triton kernels, or an error
+               interpreter (needs
+               ``TRITON_INTERPRET=1``; CI)
+``torch``      pure PyTorch                 pure PyTorch
+=============  ===========================  ======================================================
+
+Triton kernels exist for the LIF scan and the Bernoulli encoder; the rest of a layer runs in PyTorch on the same
+device. C++ kernels are compiled on first use with ``torch.utils.cpp_extension`` (cached under
+``$HM2BP_EXTENSIONS_DIR``, default ``~/.cache/hm2bp/extensions``). One log line says which path runs, and why when
+it falls back.
 
 Measured on the project's 2-core CPU machines (``bench/ops_scan.py``, ``bench/engine_digits.py``): the fused linear
 layer is ~3× faster than GEMM + scan + sparse contractions; the C++ scan beats the pure-PyTorch scan at every size
-(most at small B·N, where the latter's 400 × 6 op launches dominate). The CUDA kernel replaces those launches with one.
+(most at small B·N, where the latter's 400 × 6 op launches dominate).
 """
 
 from __future__ import annotations
@@ -38,7 +48,7 @@ from hm2bp.spsp import PSPKernel
 
 log = logging.getLogger("hm2bp.ops")
 CSRC = Path(__file__).resolve().parent / "csrc"
-BACKENDS = ("auto", "torch", "compiled")
+BACKENDS = ("auto", "torch", "compiled", "triton")
 _backend = os.environ.get("HM2BP_OPS", "auto")
 _lock = threading.Lock()
 _built: dict[str, ModuleType | None] = {}
@@ -46,7 +56,7 @@ _announced: set[str] = set()
 
 
 def set_backend(name: str) -> None:
-    """Choose how :func:`lif_scan_` runs: ``"auto"``, ``"torch"`` or ``"compiled"``."""
+    """Choose the kernels (see the module docstring): ``"auto"``, ``"torch"``, ``"compiled"`` or ``"triton"``."""
     global _backend
     if name not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
@@ -67,7 +77,10 @@ def _build_dir() -> Path:
 
 
 def load_extension(device: str) -> ModuleType | None:
-    """The compiled extension for ``"cpu"`` or ``"cuda"``, building it on first call; None when it cannot build."""
+    """The compiled C++ extension for ``"cpu"``, building it on first call; None when it cannot build (or for any
+    other device: GPU kernels are Triton, :func:`triton_module`)."""
+    if device != "cpu":
+        return None
     with _lock:
         if device in _built:
             return _built[device]
@@ -85,12 +98,9 @@ def load_extension(device: str) -> ModuleType | None:
         # library resolves to the libgomp that torch itself loaded (same soname), so there is one OpenMP runtime.
         openmp = ["-fopenmp"] if sys.platform.startswith("linux") and torch.backends.openmp.is_available() else []
         flags += openmp
-        if device == "cuda":
-            sources.append(str(CSRC / "lif_scan.cu"))
-            flags.append("-DHM2BP_WITH_CUDA")
         try:
             module = cpp_extension.load(name=f"hm2bp_ops_{device}", sources=sources, extra_cflags=flags,
-                                        extra_cuda_cflags=["-O3"], extra_ldflags=openmp,
+                                        extra_ldflags=openmp,
                                         extra_include_paths=[str(CSRC)],
                                         build_directory=str(build), verbose=False)
         except Exception as err:
@@ -101,26 +111,72 @@ def load_extension(device: str) -> ModuleType | None:
         return module
 
 
-def _announce(path: str) -> None:
+def _announce(path: str, why: str = "") -> None:
     if path not in _announced:
         _announced.add(path)
-        log.info("hm2bp: kernels run on the %s path", path)
+        (log.warning if why else log.info)("hm2bp: kernels run on the %s path%s", path, f" ({why})" if why else "")
+
+
+_triton: ModuleType | None = None
+
+
+def triton_module(device: torch.device) -> ModuleType | None:
+    """:mod:`hm2bp.ops.triton_kernels` for tensors on ``device``, or None (logged) when Triton is unavailable there;
+    raises instead where the backend demands Triton (``"triton"``, or ``"compiled"`` on a GPU)."""
+    global _triton
+    demanded = _backend == "triton" or (_backend == "compiled" and device.type == "cuda")
+    why = None
+    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        why = "Triton runs on CPU tensors only through its interpreter: set TRITON_INTERPRET=1 before importing hm2bp"
+    elif device.type not in ("cpu", "cuda"):
+        why = f"no Triton kernels for {device.type} tensors"
+    else:
+        try:
+            from hm2bp.ops import triton_kernels as module
+        except ImportError as err:
+            why = f"Triton is not importable ({err})"
+        else:
+            _triton = module
+            return module
+    if demanded:
+        raise RuntimeError(f"HM2BP_OPS={_backend}: {why}")
+    _announce(f"pure-PyTorch {device.type}", why)
+    return None
+
+
+def kernels_for(x: torch.Tensor) -> str:
+    """The backend table: ``"cpp"``, ``"triton"`` or ``"torch"``, the kernels that run work on ``x``'s device under
+    the current backend (module docstring). Logs the choice once, and why on a fallback."""
+    if _backend == "torch":
+        _announce("pure-PyTorch")
+        return "torch"
+    if x.is_cuda or _backend == "triton":
+        if triton_module(x.device) is None:
+            return "torch"
+        _announce(f"Triton {x.device.type}" + (" (interpreted)" if not x.is_cuda else ""))
+        return "triton"
+    if load_extension("cpu") is None:
+        if _backend == "compiled":
+            raise RuntimeError("HM2BP_OPS=compiled but the cpu kernels could not be built (see the log)")
+        _announce("pure-PyTorch CPU", "the C++ kernels could not be built")
+        return "torch"
+    _announce("compiled CPU")
+    return "cpp"
 
 
 @torch.library.custom_op("hm2bp::lif_scan_", mutates_args=("buf",))
 def lif_scan_(buf: torch.Tensor, fire_at: float, decay_m: float, decay_s: float, t_ref: int,
               lateral: float) -> None:
     """In-place LIF scan of the ``(T + 1, B, N)`` work buffer (see :func:`hm2bp.neuron.scan_inplace`)."""
-    device = "cuda" if buf.is_cuda else "cpu"
-    module = load_extension(device) if _backend != "torch" else None
-    if module is None:
-        if _backend == "compiled":
-            raise RuntimeError(f"HM2BP_OPS=compiled but the {device} kernel could not be built (see the log)")
-        _announce("pure-PyTorch")
+    family = kernels_for(buf)
+    if family == "triton" and buf.dtype in (torch.float32, torch.float64) and buf.is_contiguous():
+        _triton.lif_scan(buf, fire_at, decay_m, decay_s, t_ref, lateral)
+    elif family == "cpp":
+        _cpu_module().lif_scan_cpu(buf, fire_at, decay_m, decay_s, t_ref, lateral)
+    else:
+        if family == "triton":
+            _announce(f"pure-PyTorch scan for {buf.dtype}", "the Triton scan takes contiguous float32/float64")
         scan_core(buf, fire_at, decay_m, decay_s, t_ref, lateral)
-        return
-    _announce(f"compiled {device}")
-    getattr(module, f"lif_scan_{device}")(buf, fire_at, decay_m, decay_s, t_ref, lateral)
 
 
 @lif_scan_.register_fake
@@ -135,20 +191,6 @@ def scan(buf: torch.Tensor, params: LIFParams, lateral_w0: float = 0.0) -> torch
         return scan_core(buf, *args)
     torch.ops.hm2bp.lif_scan_(buf, *args)
     return buf[: buf.shape[0] - 1]
-
-
-def cpu_kernels(x: torch.Tensor) -> bool:
-    """Whether work on ``x``'s device runs the C++ CPU kernels (the fused linear layer, the encoder): True on CPUs
-    unless the backend is ``"torch"`` or the build failed (then ``"compiled"`` raises)."""
-    if x.is_cuda or _backend == "torch":
-        return False
-    if load_extension("cpu") is None:
-        if _backend == "compiled":
-            raise RuntimeError("HM2BP_OPS=compiled but the cpu kernels could not be built (see the log)")
-        _announce("pure-PyTorch CPU")
-        return False
-    _announce("compiled CPU")
-    return True
 
 
 def _cpu_module() -> ModuleType:

@@ -1,4 +1,4 @@
-// Python bindings of the compiled kernels of hm2bp.ops (one extension per device).
+// Python bindings of the compiled kernels of hm2bp.ops (CPU; the GPU kernels are Triton, hm2bp/ops/triton_kernels.py).
 #include <torch/extension.h>
 
 #include <vector>
@@ -12,16 +12,10 @@ std::vector<torch::Tensor> linear_backward_cpu(torch::Tensor pre, torch::Tensor 
                                                double coef_s, int64_t delay, int64_t t_ref, int64_t window,
                                                bool zero_first);
 void bernoulli_hash_cpu(torch::Tensor keys, torch::Tensor q, torch::Tensor out);
-#ifdef HM2BP_WITH_CUDA
-void lif_scan_cuda(torch::Tensor buf, double fire_at, double decay_m, double decay_s, int64_t t_ref, double lateral);
-#endif
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("lif_scan_cpu", &lif_scan_cpu, "fused LIF scan, in place (CPU)");
   m.def("linear_forward_cpu", &linear_forward_cpu, "spiking linear layer forward into post: event-driven drive + LIF scan");
   m.def("linear_backward_cpu", &linear_backward_cpu, "spiking linear layer HM2-BP backward contractions");
   m.def("bernoulli_hash_cpu", &bernoulli_hash_cpu, "Bernoulli rate code from the counter-based hash, into out");
-#ifdef HM2BP_WITH_CUDA
-  m.def("lif_scan_cuda", &lif_scan_cuda, "fused LIF scan, in place (CUDA)");
-#endif
 }

@@ -7,7 +7,6 @@
 #include <cmath>
 #include <vector>
 
-#include "lif_scan.h"
 #include "madd.h"
 
 namespace {
@@ -86,19 +85,3 @@ void lif_scan_cpu(at::Tensor buf, double fire_at, double decay_m, double decay_s
     }
   });
 }
-
-#ifdef HM2BP_WITH_CUDA
-void lif_scan_cuda(at::Tensor buf, double fire_at, double decay_m, double decay_s, int64_t t_ref,
-                   double lateral) {
-  TORCH_CHECK(buf.dim() == 3 && buf.is_contiguous() && buf.is_cuda(), "buf must be a contiguous CUDA tensor");
-  const int64_t T = buf.size(0) - 1, B = buf.size(1), N = buf.size(2);
-  if (T <= 0) return;
-  TORCH_CHECK(lateral == 0.0 || N <= 8192, "lif_scan_cuda: lateral inhibition supports at most 8192 neurons");
-  if (buf.scalar_type() == at::kFloat) {
-    hm2bp_lif_scan_cuda_f32(buf.data_ptr<float>(), T, B, N, fire_at, decay_m, decay_s, t_ref, lateral);
-  } else {
-    TORCH_CHECK(buf.scalar_type() == at::kDouble, "lif_scan_cuda supports float32 and float64");
-    hm2bp_lif_scan_cuda_f64(buf.data_ptr<double>(), T, B, N, fire_at, decay_m, decay_s, t_ref, lateral);
-  }
-}
-#endif

@@ -1,0 +1,178 @@
+"""Triton kernels of the engine's GPU path: the LIF scan and the Bernoulli encoder.
+
+Each kernel computes, bit for bit, what its pure-PyTorch definition computes (:func:`hm2bp.neuron.scan_core`,
+:func:`hm2bp.encoding.bernoulli_encode`), with no host synchronisation. The same source runs on CUDA tensors
+(compiled) and, with ``TRITON_INTERPRET=1`` set before this module is imported, on CPU tensors: that is how the CPU
+test suite proves them (``tests/test_triton.py``), and :func:`compile_for` builds each one for an NVIDIA architecture
+without a GPU, so a compile error shows there too.
+
+Loop bounds are compile-time constants (``tl.constexpr``): one compiled variant per T, which also keeps Triton 3.6's
+interpreter working beside NumPy ≥ 2.4.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+SCAN_BLOCK = 128  # neurons per program of the scan (all of them when lateral inhibition couples a sample's neurons)
+ENCODE_BLOCK = 256  # inputs per program of the encoder
+
+
+@triton.jit
+def _lif_scan_kernel(buf_ptr, counts_ptr, params_ptr, B, N,
+                     T: tl.constexpr, T_REF: tl.constexpr, LATERAL: tl.constexpr, BLOCK: tl.constexpr):
+    """One program: neurons ``[pid_n·BLOCK, …)`` of sample ``pid_b``, all T steps of the ``(T + 1, B, N)`` buffer.
+
+    ``params_ptr`` holds ``(fire_at, decay_m, decay_s, lateral)`` in the buffer's dtype (Python floats would reach
+    the kernel as float32). Per step, as ``scan_core``: ``c ← I + decay_s·c`` (− ``lateral``·(other neurons fired
+    at t−1)), ``v ← c + decay_m·v``, held at 0 while the refractory counter runs, fire at ``v > fire_at``.
+    """
+    pid_b = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    offs = pid_n * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < N
+    ptrs = buf_ptr + pid_b * N + offs
+    step = B * N
+    fire_at = tl.load(params_ptr)
+    decay_m = tl.load(params_ptr + 1)
+    decay_s = tl.load(params_ptr + 2)
+    lateral = tl.load(params_ptr + 3)
+    dtype = buf_ptr.dtype.element_ty
+    c = tl.zeros([BLOCK], dtype=dtype)
+    v = tl.zeros([BLOCK], dtype=dtype)
+    prev = tl.zeros([BLOCK], dtype=dtype)  # s[t − 1]
+    hold = tl.zeros([BLOCK], dtype=tl.int32)  # refractory steps left
+    count = tl.zeros([BLOCK], dtype=dtype)
+    tl.store(ptrs, prev, mask=mask)  # no spike at t = 0
+    for t in range(1, T):
+        drive = tl.load(ptrs + t * step, mask=mask, other=0.0)
+        c = tl.fma(c, decay_s, drive)
+        if LATERAL:
+            others = tl.sum(prev, axis=0) - prev  # exact: sums of 0/1
+            c = tl.fma(others, -lateral, c)
+        v = tl.fma(v, decay_m, c)
+        if T_REF > 0:
+            v = tl.where(hold > 0, 0.0, v)
+            hold = tl.where(hold > 0, hold - 1, hold)
+        spike = v > fire_at
+        s = spike.to(dtype)
+        if T_REF > 0:
+            hold = tl.where(spike, T_REF, hold)
+        else:
+            v = tl.where(spike, 0.0, v)
+        tl.store(ptrs + t * step, s, mask=mask)
+        count += s
+        prev = s
+    tl.store(counts_ptr + pid_b * N + offs, count, mask=mask)
+
+
+@triton.jit
+def _hash32(x):
+    """lowbias32 on uint32 (multiplies wrap modulo 2³², shifts are logical), as ``hm2bp.encoding._hash32``."""
+    x ^= x >> 16
+    x *= 0x7FEB352D
+    x ^= x >> 15
+    x *= 0x846CA68B
+    x ^= x >> 16
+    return x
+
+
+@triton.jit
+def _bernoulli_kernel(keys_ptr, bound_ptr, out_ptr, B, N, BLOCK: tl.constexpr):
+    """One program: inputs ``[pid_n·BLOCK, …)`` of sample ``pid_b`` at step ``pid_t`` of the ``(T, B, N)`` output:
+    spike where ``hash(key_b + t·N + i) < bound_bi = ⌈q_bi·2³²⌉`` (never at t = 0)."""
+    pid_n = tl.program_id(0)
+    pid_b = tl.program_id(1)
+    pid_t = tl.program_id(2)
+    offs = pid_n * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < N
+    key = tl.load(keys_ptr + pid_b).to(tl.uint32)
+    cell = (pid_t * N + offs).to(tl.uint32)
+    h = _hash32(key + cell).to(tl.int64)
+    bound = tl.load(bound_ptr + pid_b * N + offs, mask=mask, other=0)
+    spike = (h < bound) & (pid_t > 0)
+    tl.store(out_ptr + (pid_t * B + pid_b) * N + offs, spike.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _check(name: str, tensor: torch.Tensor, dtypes: tuple[torch.dtype, ...]) -> None:
+    if tensor.dtype not in dtypes:
+        raise TypeError(f"{name} must be one of {[str(d) for d in dtypes]} for the Triton kernels, got {tensor.dtype}")
+    if not tensor.is_contiguous():
+        raise ValueError(f"{name} must be contiguous for the Triton kernels")
+
+
+SCAN_DTYPES = (torch.float32, torch.float64)
+_PARAMS: dict[tuple, torch.Tensor] = {}
+
+
+def _scan_params(buf: torch.Tensor, values: tuple[float, float, float, float]) -> torch.Tensor:
+    """The scan's scalars as a device tensor of ``buf``'s dtype, made once per (device, dtype, values): no host
+    copy in a training step (which CUDA-graph capture would also forbid)."""
+    key = (buf.device, buf.dtype, values)
+    if key not in _PARAMS:
+        _PARAMS[key] = torch.tensor(values, dtype=buf.dtype, device=buf.device)
+    return _PARAMS[key]
+
+
+def lif_scan(buf: torch.Tensor, fire_at: float, decay_m: float, decay_s: float, t_ref: int,
+             lateral: float) -> torch.Tensor:
+    """:func:`hm2bp.neuron.scan_core` in place on a float32/float64 ``(T + 1, B, N)`` buffer; returns the spike
+    counts ``(B, N)`` in the buffer's dtype. With lateral inhibition one program holds all N neurons of a sample."""
+    if buf.dim() != 3 or buf.shape[0] < 1:
+        raise ValueError(f"buf must be (T + 1, batch, neurons), got shape {tuple(buf.shape)}")
+    _check("buf", buf, SCAN_DTYPES)
+    rows, B, N = buf.shape
+    counts = torch.zeros(B, N, dtype=buf.dtype, device=buf.device)
+    if rows <= 1 or B == 0 or N == 0:
+        buf[:1].zero_()
+        return counts
+    block = triton.next_power_of_2(N) if lateral else min(SCAN_BLOCK, triton.next_power_of_2(N))
+    if lateral and block > 4096:
+        raise ValueError(f"lateral inhibition couples all {N} neurons of a sample; the Triton scan holds at most 4096")
+    params = _scan_params(buf, (float(fire_at), float(decay_m), float(decay_s), float(lateral)))
+    grid = (B, triton.cdiv(N, block))
+    _lif_scan_kernel[grid](buf, counts, params, B, N, T=rows - 1, T_REF=int(t_ref), LATERAL=bool(lateral),
+                           BLOCK=block)
+    return counts
+
+
+def bernoulli_spikes(keys: torch.Tensor, q: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Fill the time-major ``out (T, B, N)`` with the Bernoulli spikes of :func:`hm2bp.encoding.bernoulli_encode`
+    for per-sample hash keys ``keys (B,)`` (int64 in [0, 2³²)) and probabilities ``q (B, N)`` (float64)."""
+    _check("keys", keys, (torch.int64,))
+    _check("q", q, (torch.float64,))
+    _check("out", out, (torch.float32, torch.float64, torch.bool, torch.uint8))
+    steps, B, N = out.shape
+    if q.shape != (B, N) or keys.shape != (B,):
+        raise ValueError(f"need keys (B,) and q (B, N) for out {tuple(out.shape)}, got {tuple(keys.shape)}, "
+                         f"{tuple(q.shape)}")
+    if out.numel() == 0:
+        return out
+    bound = torch.ceil(q * 2.0**32).to(torch.int64)  # q = 1 gives 2³², above every hash
+    grid = (triton.cdiv(N, ENCODE_BLOCK), B, steps)
+    _bernoulli_kernel[grid](keys, bound, out, B, N, BLOCK=ENCODE_BLOCK)
+    return out
+
+
+KERNELS = {"lif_scan": _lif_scan_kernel, "bernoulli": _bernoulli_kernel}
+
+
+def compile_for(name: str, capability: int) -> object:
+    """Compile kernel ``name`` of :data:`KERNELS` for NVIDIA compute capability ``capability`` (e.g. 90, 80)
+    without a GPU; raises on any compile error. Returns Triton's compiled kernel (``.asm`` holds PTX and cubin)."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    fn = KERNELS[name]
+    if name == "lif_scan":
+        signature = {"buf_ptr": "*fp32", "counts_ptr": "*fp32", "params_ptr": "*fp32", "B": "i32", "N": "i32",
+                     "T": "constexpr", "T_REF": "constexpr", "LATERAL": "constexpr", "BLOCK": "constexpr"}
+        constexprs = {"T": 400, "T_REF": 2, "LATERAL": True, "BLOCK": 16}
+    else:
+        signature = {"keys_ptr": "*i64", "bound_ptr": "*i64", "out_ptr": "*fp32", "B": "i32", "N": "i32",
+                     "BLOCK": "constexpr"}
+        constexprs = {"BLOCK": ENCODE_BLOCK}
+    return triton.compile(ASTSource(fn, signature, constexprs=constexprs),
+                          target=GPUTarget("cuda", capability, 32))

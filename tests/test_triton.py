@@ -1,0 +1,143 @@
+"""The Triton kernels equal their pure-PyTorch definitions bit for bit (on CPU tensors through Triton's interpreter,
+on CUDA tensors where a GPU is present) and compile for sm_90 and sm_80 without a GPU."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are imported: run them on CPU tensors
+triton = pytest.importorskip("triton", reason="Triton is a dev dependency on Linux")
+
+from hm2bp.encoding import _hashed_spikes, sample_keys  # noqa: E402
+from hm2bp.neuron import LIFParams, scan_core  # noqa: E402
+from hm2bp.ops import triton_kernels as tk  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _drive(rng: torch.Generator, steps: int, batch: int, neurons: int, scale: float) -> torch.Tensor:
+    buf = torch.empty(steps + 1, batch, neurons)
+    buf[1:] = torch.rand(steps, batch, neurons, generator=rng) * scale
+    return buf
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("t_ref", [0, 1, 2, 3])
+@pytest.mark.parametrize("lateral_w0", [0.0, 1.0])
+@pytest.mark.parametrize("batch, neurons", [(1, 1), (3, 5), (2, 130)])  # 130: two programs and a masked tail
+def test_scan_equals_scan_core_spike_for_spike(t_ref, lateral_w0, batch, neurons, dtype):
+    if lateral_w0 and neurons > 5:
+        neurons = 7  # lateral inhibition: one program holds a sample's neurons (output layers are small)
+    rng = torch.Generator().manual_seed(100 * t_ref + neurons)
+    params = LIFParams(threshold=0.6, t_ref=t_ref)
+    steps = 24  # refractory holds reach the last steps
+    buf = _drive(rng, steps, batch, neurons, scale=0.5).to(dtype)
+    args = params.scan_args(lateral_w0)
+    expected = scan_core(buf.clone(), *args)
+    got = buf.clone().to(DEVICE)
+    counts = tk.lif_scan(got, *args)
+    assert torch.equal(got[:steps].cpu(), expected)
+    assert torch.equal(counts.cpu(), expected.sum(0))
+    assert expected.sum() > 0 and (expected.sum(0) < steps - 1).all()  # spikes and refractory gaps both occur
+
+
+def test_scan_threshold_ties_do_not_fire_and_one_above_does():
+    # Constant drives put v exactly on fire_at at some step for one neuron, one ulp above for another.
+    fire_at = 0.25
+    buf = torch.zeros(4, 1, 2)
+    buf[1, 0, :] = torch.tensor([fire_at, torch.nextafter(torch.tensor(fire_at), torch.tensor(1.0)).item()])
+    expected = scan_core(buf.clone(), fire_at, 0.0, 0.0, 2, 0.0)  # no leak: v[1] = c[1] = drive
+    got = buf.clone().to(DEVICE)
+    tk.lif_scan(got, fire_at, 0.0, 0.0, 2, 0.0)
+    assert expected[1].tolist() == [[0.0, 1.0]] and torch.equal(got[:3].cpu(), expected)
+
+
+def test_scan_degenerate_shapes_and_bad_input():
+    for shape in [(1, 2, 3), (5, 0, 3), (5, 2, 0)]:
+        buf = torch.ones(shape).to(DEVICE)
+        counts = tk.lif_scan(buf, 0.5, 0.9, 0.8, 2, 0.0)
+        assert counts.shape == shape[1:] and (buf[:1] == 0).all()
+    with pytest.raises(TypeError, match=r"buf must be one of \['torch.float32', 'torch.float64'\]"):
+        tk.lif_scan(torch.zeros(3, 1, 1, dtype=torch.float16), 0.5, 0.9, 0.8, 2, 0.0)
+    with pytest.raises(ValueError, match="must be contiguous"):
+        tk.lif_scan(torch.zeros(3, 2, 4).transpose(1, 2), 0.5, 0.9, 0.8, 2, 0.0)
+    with pytest.raises(ValueError, match=r"must be \(T \+ 1, batch, neurons\)"):
+        tk.lif_scan(torch.zeros(3, 4), 0.5, 0.9, 0.8, 2, 0.0)
+
+
+@pytest.mark.parametrize("epoch", [0, 3])
+def test_bernoulli_equals_the_cpu_encoder_bit_for_bit(epoch):
+    rng = torch.Generator().manual_seed(epoch)
+    batch, n, steps = 3, 300, 6  # 300 inputs: two programs, a masked tail
+    q = torch.rand(batch, n, generator=rng, dtype=torch.float64) * 0.9
+    q[0, :5] = torch.tensor([0.0, 1.0, 0.5, 1e-12, 1 - 1e-12], dtype=torch.float64)
+    q[1, :] = 1.0  # every step fires (after t = 0)
+    keys = sample_keys(7, torch.tensor([0, 11, 2**31 + 5]), epoch)
+    expected = _hashed_spikes(q, steps, keys, torch.float32)
+    got = torch.empty(steps, batch, n, dtype=torch.float32, device=DEVICE)
+    tk.bernoulli_spikes(keys.to(DEVICE), q.to(DEVICE), got)
+    assert torch.equal(got.cpu(), expected)
+    assert (expected[1:, 1] == 1).all() and (expected[:, 0, 0] == 0).all() and (expected[0] == 0).all()
+
+
+def test_every_kernel_compiles_for_sm90_and_sm80():
+    """In a fresh process without the interpreter (which replaces the kernels by Python functions)."""
+    code = ("from hm2bp.ops import triton_kernels as tk\n"
+            "for name in sorted(tk.KERNELS):\n"
+            "    for cap in (90, 80):\n"
+            "        k = tk.compile_for(name, cap)\n"
+            "        assert f'.target sm_{cap}' in k.asm['ptx'] and len(k.asm['cubin']) > 1000, (name, cap)\n"
+            "        print(name, cap, 'ok')\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split("\n")[:-1] == [f"{n} {c} ok" for n in sorted(tk.KERNELS) for c in (90, 80)]
+
+
+def _step(backend: str, make_net, x_pixels: torch.Tensor, labels: torch.Tensor, steps: int):
+    """Encode, forward and HM2-BP backward of one batch under ``backend``: (spikes per layer, gradients)."""
+    from hm2bp import SpikeCountLoss, ops
+    from hm2bp.encoding import bernoulli_encode
+
+    ops.set_backend(backend)
+    try:
+        torch.manual_seed(0)
+        net = make_net().to(DEVICE)
+        pixels = x_pixels.to(DEVICE)
+        x = bernoulli_encode(pixels, steps, seed=3, indices=torch.arange(len(labels), device=DEVICE),
+                             rate_divisor=1.5, dtype=torch.float32)
+        y = labels.to(DEVICE)
+        outs = net.forward_all(x, y)
+        SpikeCountLoss(6, 1, 1)(outs[-1].sum(1), y).backward()
+        return [x.cpu()] + [o.detach().cpu() for o in outs], [p.grad.cpu() for p in net.parameters()]
+    finally:
+        ops.set_backend("auto")
+
+
+@pytest.mark.parametrize("arch, shape", [("16-4", (10,)), ("3C3-P2-4", (1, 6, 6))], ids=["mlp", "cnn"])
+def test_training_step_through_triton_equals_pure_pytorch(arch, shape):
+    """One whole step of a small MLP and a small CNN with HM2BP_OPS=triton (encoder and every scan in Triton) gives
+    the spikes of HM2BP_OPS=torch exactly and the same gradients."""
+    from hm2bp import SpikingNet
+
+    def make_net():
+        return SpikingNet(arch, shape, [0.8] * len(arch.split("-")), target_count=6)
+
+    n = 1
+    for d in shape:
+        n *= d
+    g = torch.Generator().manual_seed(5)
+    pixels = torch.randint(0, 256, (3, n), generator=g).float()
+    labels = torch.tensor([0, 3, 1])
+    spikes_t, grads_t = _step("torch", make_net, pixels, labels, steps=40)
+    spikes_x, grads_x = _step("triton", make_net, pixels, labels, steps=40)
+    assert all(torch.equal(a, b) for a, b in zip(spikes_t, spikes_x, strict=True))
+    assert all(s.sum() > 0 for s in spikes_t)
+    for a, b in zip(grads_t, grads_x, strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
