@@ -43,7 +43,7 @@ def main() -> None:
         loss.backward()
         opt.step()
 
-    step()  # warm-up: builds the CUDA op, fills caches
+    step()  # warm-up: compiles the Triton kernels, fills caches
     sync()
     batches = max(1, args.samples // args.batch)
     start = time.perf_counter()

@@ -234,9 +234,8 @@ def hm2bp_conv_reference(pre: np.ndarray, post: np.ndarray, weight: np.ndarray, 
 
 def hm2bp_pool_reference(pre: np.ndarray, post: np.ndarray, delta: np.ndarray, size: int,
                          setup: LayerSetup) -> np.ndarray:
-    """One sample's error below a spiking pooling layer, pair by pair (docs/algorithm.md §6): ``δ_q =
-    (δ_p/scale)·r_pq`` for the
-    window's pooling neuron ``p``, ``scale = size²`` (authors) or ``ν_pool``.
+    """One sample's error below a spiking pooling layer, pair by pair (docs/algorithm.md §6):
+    ``δ_q = (δ_p/scale)·r_pq`` for the window's pooling neuron ``p``, ``scale = size²`` (authors) or ``ν_pool``.
 
     Args:
         pre: ``(T, C, H, W)``; post: ``(T, C, H/size, W/size)``; delta: ``(C, H/size, W/size)``.

@@ -24,8 +24,8 @@ Two conventions:
     Then ``Σ_j w_ij e_ij`` equals the sum of ``i``'s membrane values at its spike times, exactly.
 ``"original"`` (docs/algorithm.md §4, authors' ``common/cuBase.cu:41-81``)
     The authors' pairwise kernel ``K(σ, Δ)`` with continuous exponentials, pre spikes shifted by ``t_ref``
-    (docs/algorithm.md P1), ``r_1 = 1``, and only pre spikes with ``max(1, t_k − L) ≤ t_pre < t_k`` counted, ``L =
-    4·τm``.
+    (docs/algorithm.md P1), ``r_1 = 1``, and only pre spikes with ``max(1, t_k − L) ≤ t_pre < t_k`` counted,
+    ``L = 4·τm``.
     ``K(σ, Δ) = ε(Δ) − e^{−σ/τm} ε(Δ − σ)`` with ``ε(x) = (e^{−x/τm} − e^{−x/τs})/(1 − κ)`` for ``x > 0``, else 0.
     The window makes the kernel depend on ``t_k`` as well, so the post side gets extra events at ``t_k − L + t_ref``
     that read the two exponential traces separately and subtract what left the window.

@@ -99,9 +99,9 @@ class StaticSplit:
         key_offset: added to sample indices to form encoder keys, so different splits draw different trains.
         cache_bytes: with ``encoder.fixed``, trains are drawn once and kept (as bool) when they fit in this budget;
             otherwise they are re-derived from the hash for every batch (same values either way).
-        augment: training-time augmentation of the images (the CNN's, docs/algorithm.md §2), with ``image_shape`` ``(C,
-        H, W)``:
-            every use of a sample augments it afresh and encodes the result with fresh trains (keyed by the epoch).
+        augment: training-time augmentation of the images (the CNN's, docs/algorithm.md §2), with ``image_shape``
+            ``(C, H, W)``: every use of a sample augments it afresh and encodes the result with fresh trains (keyed
+            by the epoch).
     """
 
     def __init__(self, pixels: torch.Tensor, labels: torch.Tensor, encoder: Encoder, key_offset: int = 0,

@@ -1,4 +1,4 @@
-// CPU kernel of the fused LIF scan: neurons in parallel, a loop over time per chunk of neurons.
+// CPU kernel of the fused LIF scan (docs/algorithm.md §1): neurons in parallel, a loop over time per chunk of neurons.
 // The arithmetic mirrors the pure-PyTorch path op for op (fused multiply-adds where PyTorch's vectorised
 // add-with-alpha uses them), so both give the same spikes.
 #include <ATen/ATen.h>
