@@ -169,3 +169,15 @@ def test_default_job_logs_are_quiet_and_end_with_where_the_files_are(tmp_path):
     offline = next((folder / "wandb").glob("offline-run-*"))
     assert f"run files in {folder}: metrics.json, history.json, learning_curves.png, raster.png" in proc.stdout
     assert f"upload it with: wandb sync {offline}" in proc.stdout
+
+
+def test_device_encoding_run_equals_the_cpu_encoding_run(tmp_path):
+    """trainer.device_encoding=true (what trainer=gpu sets) on the CPU: the same history as the default path."""
+    histories = []
+    for flag, root in (("false", "cpu"), ("true", "device")):
+        _run([*SMOKE, "trainer.max_epochs=2", "logger=none", f"trainer.device_encoding={flag}",
+              f"output_root={tmp_path / root}"], tmp_path)
+        histories.append([{k: v for k, v in h.items() if k != "train_seconds"}
+                          for h in json.loads((run_dir(tmp_path / root, "digits-mlp64-800-10")
+                                               / "history.json").read_text())])
+    assert len(histories[0]) == 2 and histories[0] == histories[1]

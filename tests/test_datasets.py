@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from conftest import nonempty
@@ -120,3 +121,27 @@ def test_design_card_command_trains_the_emnist_row_on_fixture_files(tmp_path):
     assert {r["model"] for r in runs} == {"mlp784-400-400-47"} and len({r["fingerprint"] for r in runs}) == 1
     assert all(r["config"]["model"]["sizes"] == [784, 400, 400, 47] for r in runs)
     assert all(r["config"]["trainer"]["batch_size"] == 1 for r in runs)  # the paper's protocol
+
+
+@pytest.mark.parametrize("name, augment", [("digits", None), ("mnist", None), ("nmnist", None),
+                                           ("digits", {"scale": 0.1, "rotation": 10.0})],
+                         ids=["digits", "mnist-bytes", "nmnist-bool", "digits-augmented"])
+def test_device_encoding_gives_the_cpu_batches(tmp_path, name, augment):
+    """The loader sends pixels (bytes where exact) or bool rasters and the module-side encoding reproduces the
+    trains of the CPU path exactly, for training (shuffled, augmented) and test batches."""
+    from hm2bp.app.data import PixelBatch, SpikeData
+
+    make_fixture(name, tmp_path)
+    steps = 540 if name == "nmnist" else 60
+    both = [SpikeData(name, tmp_path, steps, 8, seed=1, augment=augment, device_encoding=flag)
+            for flag in (False, True)]
+    for data in both:
+        data.setup()
+    for loader in ("train_dataloader", "val_dataloader"):
+        cpu, dev = (next(iter(getattr(d, loader)())) for d in both)
+        assert isinstance(dev, PixelBatch) and dev.inputs.dim() == 2 + (name == "nmnist")
+        if name == "mnist":
+            assert dev.inputs.dtype == torch.uint8
+        encoded = both[1].on_after_batch_transfer(dev, 0)
+        assert all(torch.equal(a, b) for a, b in zip(cpu, encoded, strict=True))
+        assert cpu[0].sum() > 0

@@ -130,13 +130,18 @@ class StaticSplit:
         """``(B, T, N)`` spike trains (a view of time-major storage) of the samples ``idx``."""
         if self._trains is not None:
             return self._trains[:, idx].to(torch.get_default_dtype()).transpose(0, 1)
+        return self.encode(self.pixels[idx], idx, epoch)
+
+    def encode(self, pixels: torch.Tensor, idx: torch.Tensor, epoch: int) -> torch.Tensor:
+        """The trains of :meth:`spikes` from the samples' ``pixels (B, N)`` on any device (no cache): what a GPU
+        run computes on the device from the pixels the data loader sends (same spikes as on the CPU)."""
         keys = idx + self.key_offset
         if self.augment is not None:
             assert self.image_shape is not None
-            images = self.augment(self.pixels[idx].view(len(idx), *self.image_shape), keys, epoch)
+            images = self.augment(pixels.view(len(idx), *self.image_shape), keys, epoch)
             fresh = Encoder(self.encoder.steps, self.encoder.seed, fixed=False)
             return fresh(images.reshape(len(idx), -1).clamp(0, 255), keys, epoch)
-        return self.encoder(self.pixels[idx], keys, epoch)
+        return self.encoder(pixels, keys, epoch)
 
 
 def run_epoch(model: SpikingNet, split: StaticSplit, *, epoch: int, batch_size: int, loss_fn: SpikeCountLoss,

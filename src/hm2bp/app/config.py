@@ -85,6 +85,9 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.lr_schedule={tr.lr_schedule!r}; valid choices: {sorted(LR_SCHEDULES)}")
     if cfg.resume not in (True, False, "auto"):
         raise ConfigError(f"resume={cfg.resume!r}; valid choices: [true, false, 'auto']")
+    workers = tr.get("num_workers", 0)
+    if not (isinstance(workers, int) and not isinstance(workers, bool) and workers >= 0):
+        raise ConfigError(f"trainer.num_workers must be an integer >= 0, got {workers!r}")
     minutes = tr.get("checkpoint_every_minutes")
     if minutes is not None:
         _positive("trainer.checkpoint_every_minutes", minutes)

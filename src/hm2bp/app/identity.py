@@ -22,11 +22,13 @@ from hm2bp.metrics import flatten
 EXCLUDED = frozenset({
     "seed", "experiment_name", "output_root", "data_dir", "resume", "logger", "hydra",
     "dataset.download", "trainer.progress_bar", "trainer.num_threads", "trainer.checkpoint_every_minutes",
+    "trainer.device_encoding", "trainer.num_workers", "trainer.pin_memory",  # same spikes wherever they are made
 })
 # Command-line overrides left out of the readable part of the run directory's name (they are in the fingerprint
 # or change nothing): the seed has its own folder, the experiment names the parent folder.
 LABEL_EXCLUDED = frozenset({"seed", "experiment", "output_root", "data_dir", "resume", "logger", "hydra",
-                            "trainer.progress_bar", "trainer.num_threads", "trainer.checkpoint_every_minutes"})
+                            "trainer.progress_bar", "trainer.num_threads", "trainer.checkpoint_every_minutes",
+                            "trainer.device_encoding", "trainer.num_workers", "trainer.pin_memory"})
 FINGERPRINT_CHARS = 12
 LABEL_MAX_CHARS = 96
 

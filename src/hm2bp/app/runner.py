@@ -59,6 +59,14 @@ def make_loggers(cfg: DictConfig, run_dir: Path, name: str) -> list:
     return []
 
 
+def device_encoding(tr: DictConfig) -> bool:
+    """``trainer.device_encoding``, or when null: whether training runs on a GPU (``accelerator`` gpu/cuda, or auto
+    with CUDA available)."""
+    if tr.get("device_encoding") is not None:
+        return bool(tr.device_encoding)
+    return tr.accelerator in ("gpu", "cuda") or (tr.accelerator == "auto" and torch.cuda.is_available())
+
+
 def finished_metrics(metrics_path: Path, fp: str, config: dict) -> dict | None:
     """The finished run's metrics if ``metrics_path`` is complete with fingerprint ``fp``; None if there is none.
 
@@ -127,7 +135,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     augment = cfg.dataset.get("augment", None)
     data = SpikeData(cfg.dataset.name, cfg.data_dir, cfg.dataset.steps, tr.batch_size, cfg.seed,
                      cfg.dataset.get("fixed_trains", True), cfg.dataset.get("download", False),
-                     cfg.dataset.get("options", None), None if augment is None else OmegaConf.to_container(augment))
+                     cfg.dataset.get("options", None), None if augment is None else OmegaConf.to_container(augment),
+                     device_encoding=device_encoding(tr), num_workers=int(tr.get("num_workers") or 0),
+                     pin_memory=bool(tr.get("pin_memory", False)))
     data.setup()  # loads the files now: a missing or corrupt file fails here, before any training
     model_cfg = cfg.model
     module = HM2BPModule(
