@@ -14,6 +14,10 @@ from hm2bp import ops
 # Subprocesses that change HOME (e.g. the wandb tests) must still find the compiled kernels instead of rebuilding
 # them (~2 minutes here).
 os.environ.setdefault("HM2BP_EXTENSIONS_DIR", str(ops.DEFAULT_EXTENSIONS_DIR))
+# Without a GPU the Triton kernels run on CPU tensors through Triton's interpreter (HM2BP_OPS=triton in the tests);
+# it must be chosen before the kernels' module is first imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def refractory_trains(rng: np.random.Generator, batch: int, steps: int, neurons: int, rate: float,

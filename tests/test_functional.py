@@ -50,14 +50,15 @@ def _reference(pre, weight, post, delta, setup, labels):
     return dw, np.stack(below)
 
 
-@pytest.mark.parametrize("path", ["pairs", "dense", "sparse", "auto", "fused"])
+@pytest.mark.parametrize("path", ["pairs", "dense", "sparse", "auto", "fused", "triton"])
 @pytest.mark.parametrize("convention", ["original", "exact"])
 @pytest.mark.parametrize("output", [True, False])
 @pytest.mark.parametrize("flags", list(FLAG_SETS))
 def test_batched_rule_equals_per_sample_reference(path, convention, output, flags, rng, ops_backend):
-    """Every contraction strategy of the pure-PyTorch path, and the fused C++ layer, against the literal reference."""
-    ops_backend("compiled" if path == "fused" else "torch")
-    strategy = "auto" if path == "fused" else path
+    """Every contraction strategy of the pure-PyTorch path, the fused C++ layer, and the Triton path (its kernels
+    interpreted on CPU tensors: scan, traces, event matrix) against the literal reference."""
+    ops_backend({"fused": "compiled", "triton": "triton"}.get(path, "torch"))
+    strategy = "auto" if path in ("fused", "triton") else path
     rule = HM2BPRule(convention=convention, strategy=strategy, **FLAG_SETS[flags])
     steps = 300 if flags == "authors" else 100  # T > 256 exercises the original convention's window
     pre, weight, post, delta, setup, labels = _run_layer(rng, rule, output, steps=steps)

@@ -254,8 +254,20 @@ class _Dense(_SideThenGrads):
 
     def __init__(self, ev: Events, pre: torch.Tensor, kernel: PSPKernel, pool: BufferPool | None = None) -> None:
         self.a, self.pre, self.kernel, self.pool = ev.dense(kernel.coeffs), pre, kernel, pool
+        self.x: torch.Tensor | None = None
+
+    @classmethod
+    def from_sides(cls, a: torch.Tensor, x: torch.Tensor) -> _Dense:
+        """The contraction of a ready event matrix ``a (2T, B, N_out)`` with ready traces ``x (2T, B, N_in)`` (the
+        Triton path makes both on the device, without listing events: no host synchronisation)."""
+        self = cls.__new__(cls)
+        self.a, self.x = a, x
+        return self
 
     def _chunks(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.x is not None:
+            yield self.a, self.x
+            return
         for t0, t1, d in trace_chunks(self.pre, self.kernel, pool=self.pool):
             yield self.a[2 * t0:2 * t1], d.flatten(0, 1)
 
@@ -396,7 +408,8 @@ class HM2BPLinearFunction(torch.autograd.Function):
 
         rho_silent = rule.silent_post_rho * weight.sum(1) if rule.side_effect else None
         need_below = ctx.needs_input_grad[0] and rule.effect_ratio
-        if ops.kernels_for(pre) == "cpp":
+        family = ops.kernels_for(pre)
+        if family == "cpp":
             coef, grad_w, gwe, o, o_pre = ops.linear_backward(pre, post, weight, g, lam, rho_silent, nu, need_below,
                                                               kernel)
             remember_sums(post, o)  # the firing statistics need not read the rasters again
@@ -406,7 +419,12 @@ class HM2BPLinearFunction(torch.autograd.Function):
             o = spike_sums(post)
             o_pre = spike_sums(pre)
             fired = o > 0
-            contraction = make_contraction(post_events(post, kernel), pre, kernel, rule.strategy, setup.buffers)
+            if family == "triton" and pre.dtype == post.dtype and pre.dtype in (torch.float32, torch.float64):
+                tk = ops.triton_module(pre.device)  # dense GEMM form, both sides from Triton kernels
+                contraction = _Dense.from_sides(tk.post_event_matrix(post.contiguous(), kernel),
+                                                tk.pre_traces(pre.contiguous(), kernel))
+            else:
+                contraction = make_contraction(post_events(post, kernel), pre, kernel, rule.strategy, setup.buffers)
 
             def coef_for(side_sum: torch.Tensor | None, rows: slice) -> torch.Tensor:
                 coef = g[rows]

@@ -1,4 +1,5 @@
-"""Triton kernels of the engine's GPU path: the LIF scan and the Bernoulli encoder.
+"""Triton kernels of the engine's GPU path: the LIF scan, the Bernoulli encoder, and the two sides of the HM2-BP
+contraction (pre traces and the dense post-event matrix).
 
 Each kernel computes, bit for bit, what its pure-PyTorch definition computes (:func:`hm2bp.neuron.scan_core`,
 :func:`hm2bp.encoding.bernoulli_encode`), with no host synchronisation. The same source runs on CUDA tensors
@@ -12,12 +13,27 @@ interpreter working beside NumPy ≥ 2.4.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 
+# Triton 3.6's interpreter evaluates tl.fma as a rounded product plus a rounded sum; interpreted, float32 fused
+# multiply-adds are therefore formed in float64 (the product of two float32 is exact there), as GPUs and PyTorch's
+# vectorised CPU kernels fuse them. Compiled kernels use the hardware FMA.
+_INTERPRETED = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")
+
 SCAN_BLOCK = 128  # neurons per program of the scan (all of them when lateral inhibition couples a sample's neurons)
 ENCODE_BLOCK = 256  # inputs per program of the encoder
+
+
+@triton.jit
+def _fma(a, b, c):
+    """``a·b + c`` with one rounding (see ``_INTERPRETED``)."""
+    if _INTERPRETED and c.dtype == tl.float32:
+        return (a.to(tl.float64) * b.to(tl.float64) + c.to(tl.float64)).to(tl.float32)
+    return tl.fma(a, b, c)
 
 
 @triton.jit
@@ -48,11 +64,11 @@ def _lif_scan_kernel(buf_ptr, counts_ptr, params_ptr, B, N,
     tl.store(ptrs, prev, mask=mask)  # no spike at t = 0
     for t in range(1, T):
         drive = tl.load(ptrs + t * step, mask=mask, other=0.0)
-        c = tl.fma(c, decay_s, drive)
+        c = _fma(c, decay_s, drive)
         if LATERAL:
             others = tl.sum(prev, axis=0) - prev  # exact: sums of 0/1
-            c = tl.fma(others, -lateral, c)
-        v = tl.fma(v, decay_m, c)
+            c = _fma(others, -lateral, c)
+        v = _fma(v, decay_m, c)
         if T_REF > 0:
             v = tl.where(hold > 0, 0.0, v)
             hold = tl.where(hold > 0, hold - 1, hold)
@@ -156,7 +172,118 @@ def bernoulli_spikes(keys: torch.Tensor, q: torch.Tensor, out: torch.Tensor) -> 
     return out
 
 
-KERNELS = {"lif_scan": _lif_scan_kernel, "bernoulli": _bernoulli_kernel}
+@triton.jit
+def _traces_kernel(pre_ptr, out_ptr, decay_ptr, B, N, T: tl.constexpr, DELAY: tl.constexpr,
+                   ZERO_FIRST: tl.constexpr, BLOCK: tl.constexpr):
+    """One program: inputs ``[pid_n·BLOCK, …)`` of sample ``pid_b``: the two exponential traces
+    ``D_k(t) = decay_k·D_k(t−1) + x(t − DELAY)`` (0 before the delay; ``x(0)`` dropped with ``ZERO_FIRST``) into
+    row ``2t + k`` of the ``(2T, B, N)`` output, as :func:`hm2bp.spsp.pre_traces`."""
+    pid_b = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    offs = pid_n * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < N
+    step = B * N
+    col = pid_b * N + offs
+    dm = tl.load(decay_ptr)
+    ds = tl.load(decay_ptr + 1)
+    dtype = out_ptr.dtype.element_ty
+    m = tl.zeros([BLOCK], dtype=dtype)
+    s = tl.zeros([BLOCK], dtype=dtype)
+    for t in range(T):
+        src = t - DELAY
+        ok = mask & (src > 0) if ZERO_FIRST else mask & (src >= 0)
+        x = tl.load(pre_ptr + src * step + col, mask=ok, other=0.0).to(dtype)
+        m = _fma(m, dm, x)
+        s = _fma(s, ds, x)
+        tl.store(out_ptr + 2 * t * step + col, m, mask=mask)
+        tl.store(out_ptr + (2 * t + 1) * step + col, s, mask=mask)
+
+
+@triton.jit
+def _add(ptr, value, mask):
+    """``*ptr += value`` where ``mask`` (addresses owned by this program: no other program touches them)."""
+    tl.store(ptr, tl.load(ptr, mask=mask, other=0.0) + value, mask=mask)
+
+
+@triton.jit
+def _post_events_kernel(post_ptr, a_ptr, pow_m_ptr, pow_s_ptr, coef_ptr, B, N, T: tl.constexpr,
+                        T_REF: tl.constexpr, SPLIT: tl.constexpr, WINDOW: tl.constexpr, BLOCK: tl.constexpr):
+    """One program: post neurons ``[pid_n·BLOCK, …)`` of sample ``pid_b``: the dense event matrix ``A (2T, B, N)``
+    of :meth:`hm2bp.spsp.Events.dense` straight from the raster. Per spike ``k`` at ``t``: ``(c_m, c_s)`` at ``t``;
+    ``−d_m^σ·(c_m, c_s)`` at the previous reset ``r = t_{k−1} + T_REF`` (``σ = t − r``; with the window only for
+    ``σ ≤ WINDOW − T_REF − 1``); with the window, ``(kept_τ − d_τ^{span})·c_τ`` on trace τ at ``t − WINDOW + T_REF``.
+    Powers come from tables ``pow_τ[k] = d_τ^k`` (the pure-PyTorch path's own ``torch.pow`` values)."""
+    pid_b = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    offs = pid_n * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < N
+    step = B * N
+    col = pid_b * N + offs
+    cm = tl.load(coef_ptr)
+    cs = tl.load(coef_ptr + 1)
+    last = tl.full([BLOCK], -1, dtype=tl.int32)
+    for t in range(T):
+        spk = mask & (tl.load(post_ptr + t * step + col, mask=mask, other=0.0) > 0)
+        _add(a_ptr + 2 * t * step + col, cm, spk)
+        _add(a_ptr + (2 * t + 1) * step + col, cs, spk)
+        has_prev = spk & (last >= 0)
+        r = last + T_REF
+        sigma = t - r
+        dms = tl.load(pow_m_ptr + sigma, mask=has_prev, other=0.0)
+        reset = has_prev & (sigma <= WINDOW - T_REF - 1) if SPLIT else has_prev
+        _add(a_ptr + 2 * r * step + col, -dms * cm, reset)
+        _add(a_ptr + (2 * r + 1) * step + col, -dms * cs, reset)
+        if SPLIT:
+            u = t - WINDOW + T_REF
+            far = spk & (u >= 0)
+            span = WINDOW - T_REF
+            rest = tl.where(reset, span - sigma, 0)
+            kept_m = tl.where(reset, dms * tl.load(pow_m_ptr + rest, mask=far, other=0.0), 0.0)
+            kept_s = tl.where(reset, dms * tl.load(pow_s_ptr + rest, mask=far, other=0.0), 0.0)
+            _add(a_ptr + 2 * u * step + col, (kept_m - tl.load(pow_m_ptr + span)) * cm, far)
+            _add(a_ptr + (2 * u + 1) * step + col, (kept_s - tl.load(pow_s_ptr + span)) * cs, far)
+        last = tl.where(spk, t, last)
+
+
+def _grid(B: int, N: int) -> tuple[int, int, int]:
+    block = min(SCAN_BLOCK, triton.next_power_of_2(max(1, N)))
+    return B, triton.cdiv(N, block), block
+
+
+def pre_traces(pre: torch.Tensor, kernel) -> torch.Tensor:
+    """:func:`hm2bp.spsp.pre_traces` of time-major float ``pre (T, B, N)``: the raw traces ``(2T, B, N)``."""
+    _check("pre", pre, SCAN_DTYPES)
+    T, B, N = pre.shape
+    out = pre.new_empty(2 * T, B, N)
+    if out.numel() == 0:
+        return out
+    decays = _scan_params(pre, tuple(float(d) for d in kernel.decays))
+    B_, programs, block = _grid(B, N)
+    _traces_kernel[(B_, programs)](pre, out, decays, B, N, T=T, DELAY=int(kernel.delay),
+                                   ZERO_FIRST=kernel.convention == "original", BLOCK=block)
+    return out
+
+
+def post_event_matrix(post: torch.Tensor, kernel) -> torch.Tensor:
+    """``A`` of :meth:`hm2bp.spsp.Events.dense` for time-major float ``post (T, B, N)``: ``(2T, B, N)``, without
+    listing the events (no host synchronisation)."""
+    _check("post", post, SCAN_DTYPES)
+    T, B, N = post.shape
+    a = torch.zeros(2 * T, B, N, dtype=post.dtype, device=post.device)
+    if a.numel() == 0:
+        return a
+    window = int(kernel.window) if kernel.split else 0
+    k = torch.arange(T + window + 1, dtype=post.dtype)
+    tables = [torch.pow(torch.tensor(d, dtype=post.dtype), k).to(post.device) for d in kernel.decays]
+    coeffs = _scan_params(post, tuple(float(c) for c in kernel.coeffs))
+    B_, programs, block = _grid(B, N)
+    _post_events_kernel[(B_, programs)](post, a, tables[0], tables[1], coeffs, B, N, T=T, T_REF=int(kernel.t_ref),
+                                        SPLIT=bool(kernel.split), WINDOW=window, BLOCK=block)
+    return a
+
+
+KERNELS = {"lif_scan": _lif_scan_kernel, "bernoulli": _bernoulli_kernel, "traces": _traces_kernel,
+           "post_events": _post_events_kernel}
 
 
 def compile_for(name: str, capability: int) -> object:
@@ -170,9 +297,18 @@ def compile_for(name: str, capability: int) -> object:
         signature = {"buf_ptr": "*fp32", "counts_ptr": "*fp32", "params_ptr": "*fp32", "B": "i32", "N": "i32",
                      "T": "constexpr", "T_REF": "constexpr", "LATERAL": "constexpr", "BLOCK": "constexpr"}
         constexprs = {"T": 400, "T_REF": 2, "LATERAL": True, "BLOCK": 16}
-    else:
+    elif name == "bernoulli":
         signature = {"keys_ptr": "*i64", "bound_ptr": "*i64", "out_ptr": "*fp32", "B": "i32", "N": "i32",
                      "BLOCK": "constexpr"}
         constexprs = {"BLOCK": ENCODE_BLOCK}
+    elif name == "traces":
+        signature = {"pre_ptr": "*fp32", "out_ptr": "*fp32", "decay_ptr": "*fp32", "B": "i32", "N": "i32",
+                     "T": "constexpr", "DELAY": "constexpr", "ZERO_FIRST": "constexpr", "BLOCK": "constexpr"}
+        constexprs = {"T": 400, "DELAY": 3, "ZERO_FIRST": True, "BLOCK": SCAN_BLOCK}
+    else:
+        signature = {"post_ptr": "*fp32", "a_ptr": "*fp32", "pow_m_ptr": "*fp32", "pow_s_ptr": "*fp32",
+                     "coef_ptr": "*fp32", "B": "i32", "N": "i32", "T": "constexpr", "T_REF": "constexpr",
+                     "SPLIT": "constexpr", "WINDOW": "constexpr", "BLOCK": "constexpr"}
+        constexprs = {"T": 400, "T_REF": 2, "SPLIT": True, "WINDOW": 256, "BLOCK": SCAN_BLOCK}
     return triton.compile(ASTSource(fn, signature, constexprs=constexprs),
                           target=GPUTarget("cuda", capability, 32))
