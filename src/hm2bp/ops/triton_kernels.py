@@ -37,6 +37,14 @@ def _fma(a, b, c):
 
 
 @triton.jit
+def _column_block(B, N, BLOCK: tl.constexpr):
+    """This program's neurons ``[pid_n·BLOCK, …)`` of sample ``pid_b``: their mask, their offsets ``b·N + n`` in a
+    ``(…, B, N)`` time-major tensor, and its per-step stride ``B·N``."""
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    return offs < N, tl.program_id(0) * N + offs, B * N
+
+
+@triton.jit
 def _lif_scan_kernel(buf_ptr, counts_ptr, params_ptr, B, N,
                      T: tl.constexpr, T_REF: tl.constexpr, LATERAL: tl.constexpr, BLOCK: tl.constexpr):
     """One program: neurons ``[pid_n·BLOCK, …)`` of sample ``pid_b``, all T steps of the ``(T + 1, B, N)`` buffer.
@@ -45,12 +53,8 @@ def _lif_scan_kernel(buf_ptr, counts_ptr, params_ptr, B, N,
     the kernel as float32). Per step, as ``scan_core``: ``c ← I + decay_s·c`` (− ``lateral``·(other neurons fired
     at t−1)), ``v ← c + decay_m·v``, held at 0 while the refractory counter runs, fire at ``v > fire_at``.
     """
-    pid_b = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    offs = pid_n * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < N
-    ptrs = buf_ptr + pid_b * N + offs
-    step = B * N
+    mask, col, step = _column_block(B, N, BLOCK)
+    ptrs = buf_ptr + col
     fire_at = tl.load(params_ptr)
     decay_m = tl.load(params_ptr + 1)
     decay_s = tl.load(params_ptr + 2)
@@ -81,7 +85,7 @@ def _lif_scan_kernel(buf_ptr, counts_ptr, params_ptr, B, N,
         tl.store(ptrs + t * step, s, mask=mask)
         count += s
         prev = s
-    tl.store(counts_ptr + pid_b * N + offs, count, mask=mask)
+    tl.store(counts_ptr + col, count, mask=mask)
 
 
 @triton.jit
@@ -178,12 +182,7 @@ def _traces_kernel(pre_ptr, out_ptr, decay_ptr, B, N, T: tl.constexpr, DELAY: tl
     """One program: inputs ``[pid_n·BLOCK, …)`` of sample ``pid_b``: the two exponential traces
     ``D_k(t) = decay_k·D_k(t−1) + x(t − DELAY)`` (0 before the delay; ``x(0)`` dropped with ``ZERO_FIRST``) into
     row ``2t + k`` of the ``(2T, B, N)`` output, as :func:`hm2bp.spsp.pre_traces`."""
-    pid_b = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    offs = pid_n * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < N
-    step = B * N
-    col = pid_b * N + offs
+    mask, col, step = _column_block(B, N, BLOCK)
     dm = tl.load(decay_ptr)
     ds = tl.load(decay_ptr + 1)
     dtype = out_ptr.dtype.element_ty
@@ -213,12 +212,7 @@ def _post_events_kernel(post_ptr, a_ptr, pow_m_ptr, pow_s_ptr, coef_ptr, B, N, T
     ``−d_m^σ·(c_m, c_s)`` at the previous reset ``r = t_{k−1} + T_REF`` (``σ = t − r``; with the window only for
     ``σ ≤ WINDOW − T_REF − 1``); with the window, ``(kept_τ − d_τ^{span})·c_τ`` on trace τ at ``t − WINDOW + T_REF``.
     Powers come from tables ``pow_τ[k] = d_τ^k`` (the pure-PyTorch path's own ``torch.pow`` values)."""
-    pid_b = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    offs = pid_n * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < N
-    step = B * N
-    col = pid_b * N + offs
+    mask, col, step = _column_block(B, N, BLOCK)
     cm = tl.load(coef_ptr)
     cs = tl.load(coef_ptr + 1)
     last = tl.full([BLOCK], -1, dtype=tl.int32)
