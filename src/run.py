@@ -15,7 +15,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from hm2bp.app.cli import user_errors, where_the_files_are
+from hm2bp.app.cli import one_line_hydra_errors, user_errors, where_the_files_are
 from hm2bp.app.runner import run
 
 
@@ -32,4 +32,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    one_line_hydra_errors()
     main()

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
@@ -107,3 +108,44 @@ def where_the_files_are(run_dir: Path) -> str:
     elif (run_dir / "csv" / "metrics.csv").exists():
         lines.append(f"per-step metrics in {run_dir / 'csv' / 'metrics.csv'}")
     return "\n".join(lines)
+
+
+_DETAIL_LINES = ("full_key:", "object_type=", "reference_type=", "Set the environment variable HYDRA_FULL_ERROR")
+
+
+def one_line(message: str) -> str:
+    """A Hydra composition error in one line: its sentences joined, option lists inline, no search path."""
+    parts: list[str] = []
+    for raw in message.split("Config search path:")[0].splitlines():
+        line = raw.strip()
+        if not line or line.startswith(_DETAIL_LINES):
+            continue
+        if raw.startswith("\t") and parts:  # one of the options listed under "Available options in …:"
+            parts[-1] += ("" if parts[-1].endswith(":") else ",") + " " + line
+        else:
+            parts.append(line)
+    return "; ".join(p.rstrip(".") for p in parts)
+
+
+def one_line_hydra_errors() -> None:
+    """Make Hydra report its own composition errors (unknown option, misspelled key, bad override) as one
+    ``error: …`` line; other exceptions keep Hydra's report, and ``HYDRA_FULL_ERROR=1`` the full traceback."""
+    import hydra._internal.utils as hydra_utils
+
+    original = hydra_utils.run_and_report
+    if getattr(original, "hm2bp", False):
+        return
+
+    def run_and_report(func):
+        def guarded():
+            try:
+                return func()
+            except HydraException as err:
+                if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                    raise
+                cause = f"\n{err.__cause__}" if err.__cause__ is not None else ""
+                fail(one_line(f"{err}{cause}"))
+        return original(guarded)
+
+    run_and_report.hm2bp = True
+    hydra_utils.run_and_report = run_and_report
