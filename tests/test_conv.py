@@ -39,9 +39,12 @@ def _conv_inputs(rng, batch=2, steps=120, c_in=2, size=5, c_out=3, k=3):
     return pre.requires_grad_(), weight.requires_grad_()
 
 
+@pytest.mark.parametrize("backend", ["auto", "triton"])
 @pytest.mark.parametrize("convention", ["original", "exact"])
 @pytest.mark.parametrize("flags", list(FLAG_SETS))
-def test_conv_backward_equals_per_pair_reference(convention, flags, rng):
+def test_conv_backward_equals_per_pair_reference(convention, flags, backend, rng, ops_backend):
+    """Both paths (triton: the local S-PSPs from the Triton event matrix and traces) against the literal loops."""
+    ops_backend(backend)
     rule = HM2BPRule(convention=convention, **FLAG_SETS[flags])
     steps = 300 if flags == "authors" else 100  # T > 256 exercises the original convention's window
     pre, weight = _conv_inputs(rng, steps=steps, size=4 if steps > 256 else 5)
@@ -116,10 +119,12 @@ def _pool_inputs(rng, batch=2, steps=120, channels=2, size=4):
     return pre.requires_grad_()
 
 
+@pytest.mark.parametrize("backend", ["auto", "triton"])
 @pytest.mark.parametrize("scale", ["window", "threshold"])
 @pytest.mark.parametrize("convention", ["original", "exact"])
 @pytest.mark.parametrize("flags", ["authors", "no_fallbacks", "no_effect_ratio"])
-def test_pool_backward_equals_per_pair_reference(scale, convention, flags, rng):
+def test_pool_backward_equals_per_pair_reference(scale, convention, flags, backend, rng, ops_backend):
+    ops_backend(backend)
     rule = HM2BPRule(convention=convention, pool_error_scale=scale, **FLAG_SETS[flags])
     pre = _pool_inputs(rng)
     setup = LayerSetup(lif=LIFParams(2.0), rule=rule)

@@ -182,3 +182,44 @@ def test_pre_traces_and_post_event_matrix_equal_the_pure_pytorch_sides(rng, k, d
     eps = torch.finfo(dtype).eps
     torch.testing.assert_close(got_a, expected_a, rtol=4 * eps, atol=8 * eps * float(expected_a.abs().max()))
     assert (expected_a != 0).sum() >= 2 * post.sum() > 0  # every spike reads both traces
+
+
+# ATen ops that wait for the device (their result decides host control flow or a shape).
+SYNCING = {"_local_scalar_dense", "nonzero", "is_nonzero", "equal", "_unique2", "unique_consecutive", "unique_dim",
+           "bincount", "masked_select", "_assert_async"}
+
+
+@pytest.mark.parametrize("arch, shape", [("16-4", (10,)), ("3C3-P2-4", (1, 6, 6))], ids=["mlp", "cnn"])
+def test_engine_step_on_the_triton_path_never_waits_for_the_device(arch, shape):
+    """Encode, forward (lateral inhibition, silent-target patch) and HM2-BP backward (Λ, fallbacks) of a small MLP
+    and CNN under HM2BP_OPS=triton call no ATen op that synchronises host and device."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from hm2bp import SpikeCountLoss, SpikingNet, ops
+    from hm2bp.encoding import bernoulli_encode
+
+    seen: list[str] = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    n = 1
+    for d in shape:
+        n *= d
+    torch.manual_seed(0)
+    net = SpikingNet(arch, shape, [0.8] * len(arch.split("-")), target_count=6).to(DEVICE)
+    pixels = torch.randint(0, 256, (3, n), generator=torch.Generator().manual_seed(5)).float().to(DEVICE)
+    labels = torch.tensor([0, 3, 1], device=DEVICE)
+    ops.set_backend("triton")
+    try:
+        with Record():
+            x = bernoulli_encode(pixels, 40, seed=3, indices=torch.arange(3, device=DEVICE), rate_divisor=1.5,
+                                 dtype=torch.float32)
+            outs = net.forward_all(x, labels)
+            SpikeCountLoss(6, 1, 1)(outs[-1].sum(1), labels).backward()
+    finally:
+        ops.set_backend("auto")
+    assert len(seen) > 50 and all(p.grad is not None for p in net.parameters())
+    assert sorted(set(seen) & SYNCING) == []

@@ -46,6 +46,8 @@ def local_spsp(post: torch.Tensor, pre: torch.Tensor, kernel: PSPKernel, index: 
     """
     T, B, n_in = pre.shape
     n_out, m = index.shape
+    if ops.kernels_for(post) == "triton" and pre.dtype == post.dtype in (torch.float32, torch.float64):
+        return _local_spsp_dense(post, pre, kernel, index, chunk_bytes)
     ev = post_events(post, kernel)
     t, b, n, w = ev.t, ev.b, ev.n, ev.weights(kernel.coeffs)
     if 2 * B * n_in * pre.element_size() * T > chunk_bytes:  # several chunks of time: events in time order
@@ -66,6 +68,23 @@ def local_spsp(post: torch.Tensor, pre: torch.Tensor, kernel: PSPKernel, index: 
             vals = flat[cols].mul_(w[e, :1]).addcmul_(flat[cols + plane], w[e, 1:])
             out.index_add_(0, b[e] * n_out + n[e], vals)
     return out.view(B, n_out, m)
+
+
+def _local_spsp_dense(post: torch.Tensor, pre: torch.Tensor, kernel: PSPKernel, index: torch.Tensor,
+                      chunk_bytes: int) -> torch.Tensor:
+    """:func:`local_spsp` on the Triton path: ``Σ_r A[r, b, p] X[r, b, index[p, m]]`` over the ``2T`` rows of the
+    dense event matrix and the traces (both from Triton kernels), a few rows at a time (``chunk_bytes`` of gathered
+    traces); no event list, so no host synchronisation."""
+    tk = ops.triton_module(post.device)
+    a = tk.post_event_matrix(post.contiguous(), kernel)  # (2T, B, N_out)
+    x = tk.pre_traces(pre.contiguous(), kernel)  # (2T, B, N_in)
+    rows, B, n_out = a.shape
+    out = a.new_zeros(B, n_out, index.shape[1])
+    step = max(1, chunk_bytes // max(1, out.numel() * out.element_size()))
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        out += torch.einsum("rbp,rbpm->bpm", a[r0:r1], x[r0:r1][:, :, index])
+    return out
 
 
 def conv_index(in_shape: tuple[int, int, int], c_out: int, k: int, device: torch.device | None = None

@@ -103,8 +103,9 @@ def bernoulli_encode(pixels: torch.Tensor, steps: int, *, seed: int, indices: to
         raise ValueError(f"steps (T) must be > 0, got {steps}")
     if not (pixel_max > 0 and rate_divisor >= 1):
         raise ValueError(f"need pixel_max > 0 and rate_divisor >= 1, got {pixel_max}, {rate_divisor}")
-    # the range check reads the pixels on the host: CPU tensors only (a GPU step must not wait for the device)
-    if not pixels.is_cuda and pixels.numel() and (float(pixels.min()) < 0 or float(pixels.max()) > pixel_max):
+    # the range check reads the pixels on the host: not on the Triton path (ops.host_reads_allowed)
+    if ops.host_reads_allowed(pixels) and pixels.numel() and (float(pixels.min()) < 0
+                                                              or float(pixels.max()) > pixel_max):
         raise ValueError(f"pixels must lie in [0, {pixel_max}], got [{float(pixels.min())}, {float(pixels.max())}]")
     q = pixels.to(torch.float64) / (rate_divisor * pixel_max)
     draw = 0 if fixed else epoch

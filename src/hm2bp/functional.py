@@ -125,7 +125,7 @@ class HM2BPRule:
 class LayerStats:
     """Counters a layer accumulates across steps (read and reset by the training loop)."""
 
-    lateral_clamped: int = 0  # output neurons whose Λ denominator hit the clamp
+    lateral_clamped: int | torch.Tensor = 0  # output neurons whose Λ denominator hit the clamp (0-d on Triton)
     lateral_evaluated: int = 0  # output neurons whose Λ was computed
 
 
@@ -154,13 +154,15 @@ def patch_silent_target(post: torch.Tensor, labels: torch.Tensor, target_count: 
     """
     T, B, _ = post.shape
     rows = torch.arange(B, device=post.device)
-    silent = post[:, rows, labels].sum(0) == 0
-    if not bool(silent.any()):
+    target = post[:, rows, labels]  # (T, B): each sample's label train
+    silent = target.sum(0) == 0
+    if ops.host_reads_allowed(post) and not bool(silent.any()):  # (Triton path: no look at values, same ops)
         return post
     period = T // target_count
-    times = torch.arange(period, T, period, device=post.device)
+    regular = torch.zeros(T, dtype=post.dtype, device=post.device)
+    regular[period::period] = 1
     patched = post.clone()
-    patched[times[:, None], rows[silent][None, :], labels[silent][None, :]] = 1
+    patched[:, rows, labels] = torch.where(silent, regular[:, None], target)
     return patched
 
 
@@ -174,7 +176,12 @@ def lateral_factor(post: torch.Tensor, labels: torch.Tensor | None, setup: Layer
     """
     kernel = setup.kernel
     o = post.sum(0)
-    e = contract(post_events(post, kernel), pre_traces(post, kernel), kernel)  # [b, l (post), i (pre)]
+    if ops.kernels_for(post) == "triton" and post.dtype in (torch.float32, torch.float64):
+        tk = ops.triton_module(post.device)  # both sides on the device, no event list
+        a, x = tk.post_event_matrix(post.contiguous(), kernel), tk.pre_traces(post.contiguous(), kernel)
+        e = torch.bmm(a.permute(1, 2, 0), x.permute(1, 0, 2))  # [b, l (post), i (pre)]
+    else:
+        e = contract(post_events(post, kernel), pre_traces(post, kernel), kernel)
     both = (o[:, :, None] > 0) & (o[:, None, :] > 0)
     r = torch.where(both, e / o[:, None, :].clamp(min=1), torch.ones_like(e))
     active = o > 0
@@ -187,7 +194,8 @@ def lateral_factor(post: torch.Tensor, labels: torch.Tensor | None, setup: Layer
     denom = 1.0 - setup.lateral_w0**2 * pair.sum(1)
     floor = setup.rule.lateral_min_denominator
     if floor is not None:
-        setup.stats.lateral_clamped += int((denom < floor).sum())
+        clamped = (denom < floor).sum()  # a device tensor on the Triton path: read at the epoch's end
+        setup.stats.lateral_clamped += int(clamped) if ops.host_reads_allowed(post) else clamped
         denom = denom.clamp(min=floor)
     setup.stats.lateral_evaluated += denom.numel()
     return 1.0 / denom
@@ -374,13 +382,14 @@ class HM2BPLinearFunction(torch.autograd.Function):
         B, T, n_in = pre.shape
         n_out = weight.shape[0]
         pre_tm = pre.transpose(0, 1).contiguous()  # free when pre is itself a view of a time-major tensor
-        if ops.kernels_for(pre_tm) == "cpp":
+        family = ops.kernels_for(pre_tm)
+        if family == "cpp":
             out = setup.buffers.get((T, B, n_out), pre_tm)
             post_tm = ops.linear_forward(pre_tm, weight, setup.lif, setup.lateral_w0, out=out)
         else:
             buf = setup.buffers.get((T + 1, B, n_out), pre_tm)  # row t + 1 ← I[t]/τs, then the spikes
             currents = buf[1:].view(T * B, n_out)
-            if training and indexes_pre(setup.rule, T, n_in, n_out):
+            if training and family == "torch" and indexes_pre(setup.rule, T, n_in, n_out):
                 # The backward indexes the wide pre raster anyway: the currents from its spikes, not a GEMM over it.
                 currents.copy_(indexed_matmul(spike_index(pre_tm), weight.t() / setup.lif.tau_s))
             else:

@@ -70,15 +70,22 @@ class LIFParams:
                 lateral_w0 / self.tau_s)
 
 
+def _host_reads(x: torch.Tensor) -> bool:
+    from hm2bp import ops  # hm2bp.ops imports this module
+
+    return ops.host_reads_allowed(x)
+
+
 def check_spikes(name: str, x: torch.Tensor, ndim: int = 3) -> None:
-    """Raise a clear error unless ``x`` is a floating or bool tensor of rank ``ndim`` holding only 0/1."""
+    """Raise a clear error unless ``x`` is a floating or bool tensor of rank ``ndim`` holding only 0/1 (the values
+    are not read on the Triton path: see :func:`hm2bp.ops.host_reads_allowed`)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != ndim:
         raise ValueError(f"{name} must have {ndim} dims (batch, time, neurons), got shape {tuple(x.shape)}")
     if not (x.dtype == torch.bool or x.is_floating_point()):
         raise TypeError(f"{name} must be bool or floating point, got {x.dtype}")
-    if x.dtype != torch.bool and not bool(((x == 0) | (x == 1)).all()):
+    if x.dtype != torch.bool and _host_reads(x) and not bool(((x == 0) | (x == 1)).all()):
         raise ValueError(f"{name} must hold only 0/1 spikes")
 
 

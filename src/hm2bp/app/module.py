@@ -142,7 +142,7 @@ class HM2BPModule(L.LightningModule):
             row[f"rate_layer{k}"] = self._act["rate"][k] / n
             row[f"silent_layer{k}"] = self._act["silent"][k] / n
             if layer.setup.is_output:
-                row["lateral_clamped"] = layer.stats.lateral_clamped
+                row["lateral_clamped"] = int(layer.stats.lateral_clamped)
         self.history.append(row)
         best = max(h["test_acc"] for h in self.history)
         logged = {f"epoch/{k}": float(v) for k, v in row.items() if k != "epoch"}
@@ -167,7 +167,7 @@ class HM2BPModule(L.LightningModule):
         checkpoint["hm2bp_epoch_state"] = {
             "activity": dict(self._act), "elapsed": time.perf_counter() - getattr(self, "_epoch_start", 0.0),
             "train_acc": {k: v.clone() for k, v in self.train_acc.metric_state.items()},
-            "lateral": [(layer.stats.lateral_clamped, layer.stats.lateral_evaluated) for layer in self.net.layers]}
+            "lateral": [(int(layer.stats.lateral_clamped), layer.stats.lateral_evaluated) for layer in self.net.layers]}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.history = list(checkpoint.get("hm2bp_history", []))

@@ -144,6 +144,13 @@ def triton_module(device: torch.device) -> ModuleType | None:
     return None
 
 
+def host_reads_allowed(x: torch.Tensor) -> bool:
+    """Whether engine code may read values of ``x`` back on the host (a data-dependent check or early exit): not on
+    the Triton path, whose training step must never wait for the device (and so could be captured in a CUDA graph);
+    interpreted on CPU tensors it takes the same sync-free branches, which is how the tests prove them."""
+    return kernels_for(x) != "triton"
+
+
 def kernels_for(x: torch.Tensor) -> str:
     """The backend table: ``"cpp"``, ``"triton"`` or ``"torch"``, the kernels that run work on ``x``'s device under
     the current backend (module docstring). Logs the choice once, and why on a fallback."""
