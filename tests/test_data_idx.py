@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-import gzip
-import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import run_dir
-from hm2bp.data.idx import DatasetFileError, load_emnist_balanced, load_mnist, read_idx
-
-
-def write_idx(path: Path, array: np.ndarray, compress: bool) -> Path:
-    """IDX: two zero bytes, type code 0x08 (uint8), ndim, big-endian int32 dims, then the data."""
-    data = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    data += array.astype(np.uint8).tobytes()
-    if compress:
-        path = path.with_name(path.name + ".gz")
-        data = gzip.compress(data)
-    path.write_bytes(data)
-    return path
+from hm2bp.data.idx import DatasetFileError, load_emnist_balanced, load_mnist, read_idx, write_idx
 
 
 def make_mnist(root: Path, n_train: int = 20, n_test: int = 10, compress: bool = True, seed: int = 0) -> None:

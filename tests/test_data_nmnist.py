@@ -10,15 +10,7 @@ import torch
 
 from conftest import run_dir
 from hm2bp.data.idx import DatasetFileError
-from hm2bp.data.nmnist import N_INPUTS, load_nmnist
-
-
-def encode_events(events: list[tuple[int, int, int, int]]) -> bytes:
-    """(x, y, polarity, t µs) → N-MNIST records: x, y, (p << 7) | (t >> 16 & 127), (t >> 8) & 255, t & 255."""
-    out = bytearray()
-    for x, y, p, t in events:
-        out += bytes([x, y, (p << 7) | ((t >> 16) & 127), (t >> 8) & 255, t & 255])
-    return bytes(out)
+from hm2bp.data.nmnist import N_INPUTS, encode_events, load_nmnist
 
 
 def make_nmnist(root: Path, per_class: int = 2, seed: int = 0) -> None:

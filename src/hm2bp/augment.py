@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-# Provenance: docs/algorithm.md §2 [CODE `dataAugmentation/cuTransformation.cu:15,27`; config
-# SCALE/ROTATION/DISTORTION].
+# Provenance: docs/algorithm.md §2 [CODE `dataAugmentation/cuTransformation.cu:15,27`; config SCALE/ROTATION/
+# DISTORTION].
 SCALE = 0.12
 ROTATION_DEG = 12.0
 ELASTIC_ALPHA = 3.4

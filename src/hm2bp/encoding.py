@@ -13,8 +13,8 @@ import torch
 
 from hm2bp import ops
 
-# Provenance: docs/algorithm.md §2 [CODE `readData/readMnistData.cpp:168-223`]: q = pixel / (5.5 · 255), at most 0.1818
-# per step.
+# Provenance: docs/algorithm.md §2 [CODE `readData/readMnistData.cpp:168-223`]: q = pixel / (5.5 · 255), at most
+# 0.1818 per step.
 PIXEL_MAX = 255.0
 RATE_DIVISOR = 5.5
 

@@ -44,22 +44,20 @@ from hm2bp.spsp import (
 )
 from hm2bp.workspace import BufferPool
 
-# Provenance of the defaults: docs/algorithm.md §4–§5 [CODE]; each is a flag so it can be ablated (docs/algorithm.md
-# P3).
+# Provenance of the defaults: docs/algorithm.md §4–§5 [CODE]; each is a flag so it can be ablated
+# (docs/algorithm.md P3).
 SILENT_POST_PSP = 0.1  # e_ij used when o_i = 0 < o_j (`common/cuBase.cu:77-78`)
 SILENT_POST_RHO = 0.5  # ρ in the side effect when o_i = 0, summed over all inputs ("se=0.5"; `Spiking.cu:1615`)
 SILENT_EFFECT_RATIO = 1.0  # r_ij when o_i = 0 or o_j = 0 (`Spiking.cu:661-671`)
-# Our departure (docs/algorithm.md P4): the authors never clip the lateral factor's denominator 1 − w0²Σ…; we clamp it
-# at 0.1
-# (Λ ≤ 10) and count how often that happens. Set to None for the authors' unclipped behaviour.
+# Our departure (docs/algorithm.md P4): the authors never clip the lateral factor's denominator 1 − w0²Σ…; we clamp
+# it at 0.1 (Λ ≤ 10) and count how often that happens. Set to None for the authors' unclipped behaviour.
 LATERAL_MIN_DENOMINATOR = 0.1
 # Relative cost of one gathered element against one multiply-add inside a GEMM on the project's CPU machines: used
 # only to choose between "dense" and "sparse" where "pairs" is not allowed.
 SPARSE_ELEMENT_COST = 20.0
 STRATEGIES = ("auto", "pairs", "dense", "sparse")
-# Spiking pooling passes δ_p/k² down (`PoolingSpiking.cu:443-450, 504-510`, docs/algorithm.md P5); "threshold" uses
-# δ_p/ν_pool,
-# the chain rule of the linear layer (the two agree when ν_pool = k², as for the paper's pool2).
+# Spiking pooling passes δ_p/k² down (`PoolingSpiking.cu:443-450, 504-510`, docs/algorithm.md P5); "threshold"
+# uses δ_p/ν_pool, the chain rule of the linear layer (the two agree when ν_pool = k², as for the paper's pool2).
 POOL_ERROR_SCALES = ("window", "threshold")
 
 

@@ -54,9 +54,8 @@ PROTOCOL: dict[str, Protocol] = {
     "ti46_alpha_mlp_800_800": Protocol(50, 4_142, "TI46-Alpha train set of the authors' config"),
 }
 
-# The authors' logs, Titan Xp at batch 1 (docs/algorithm.md §7): 600–780 s per 60,000-sample MNIST-MLP epoch (N-MNIST's
-# 600–670 s
-# falls in the same range), 1000–1700 s per MNIST-CNN epoch.
+# The authors' logs, Titan Xp at batch 1 (docs/algorithm.md §7): 600–780 s per 60,000-sample MNIST-MLP epoch
+# (N-MNIST's 600–670 s falls in the same range), 1000–1700 s per MNIST-CNN epoch.
 TITAN_XP_SECONDS_PER_SAMPLE: dict[str, tuple[float, float]] = {
     "mlp": (600 / 60_000, 780 / 60_000),
     "cnn": (1000 / 60_000, 1700 / 60_000),

@@ -44,6 +44,23 @@ class DatasetFileError(FileNotFoundError):
     """A dataset file is missing or unreadable; the message says which file and where to get it."""
 
 
+
+def write_idx(path: str | Path, array: np.ndarray, compress: bool = False) -> Path:
+    """Write ``array`` as an IDX file of unsigned bytes (two zero bytes, type code 0x08, ndim, big-endian int32
+    dims, then the data), gzipped with ``.gz`` appended when ``compress``; returns the path written. For fixtures and
+    synthetic data in the real on-disk format."""
+    import struct
+
+    path = Path(path)
+    data = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    data += np.asarray(array).astype(np.uint8).tobytes()
+    if compress:
+        path = path.with_name(path.name + ".gz")
+        data = gzip.compress(data)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
 def read_idx(path: str | Path) -> np.ndarray:
     """Read one IDX file (``.gz`` or raw) into an array, checking the header against the file size."""
     path = Path(path)

@@ -30,6 +30,16 @@ BIN_US = 600  # data dir 2312_600_stable: 600 µs bins (docs/algorithm.md §2)
 STEPS = 540  # END_TIME of Config/NMnistConfig.txt (docs/algorithm.md §1)
 
 
+def encode_events(events: list[tuple[int, int, int, int]] | np.ndarray) -> bytes:
+    """N-MNIST's binary records of ``(x, y, polarity, t µs)`` events: 5 bytes each, ``x``, ``y``,
+    ``(p << 7) | (t >> 16 & 127)``, ``(t >> 8) & 255``, ``t & 255`` (for fixtures and synthetic data)."""
+    out = bytearray()
+    for x, y, p, t in events:
+        x, y, p, t = int(x), int(y), int(p), int(t)
+        out += bytes([x, y, (p << 7) | ((t >> 16) & 127), (t >> 8) & 255, t & 255])
+    return bytes(out)
+
+
 def bin_events(events: np.ndarray, steps: int = STEPS, bin_us: int = BIN_US) -> tuple[np.ndarray, np.ndarray]:
     """``(times, channels)`` of the unique spikes of one sample from tonic's ``(x, y, t, p)`` events."""
     t = np.ceil(events["t"].astype(np.float64) / bin_us).astype(np.int64) + 1
