@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import torch
 
 from hm2bp import HM2BPRule, SpikeCountLoss, SpikingMLP, ops
 from hm2bp.neuron import LIFParams, scan_inplace
+from hm2bp.paper import PROTOCOL
 
 
 def _buffers(T, B, N, dtype, device="cpu", seed=0):
@@ -102,3 +104,16 @@ def test_gpu_epoch_script_runs_on_cpu(tmp_path):
                     "--samples", "8", "--batch", "4", "--steps", "120", "--out", str(out)], check=True,
                    capture_output=True)
     assert '"samples_per_second"' in out.read_text()
+
+
+def test_gpu_app_epoch_script_runs_on_cpu(tmp_path):
+    """bench/gpu_app_epoch.py (the GPU check's app-level timing and paper-table estimate) on a sliver of each row."""
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "app.json"
+    subprocess.run([sys.executable, str(root / "bench" / "gpu_app_epoch.py"), "--device", "cpu", "--scale", "0.001",
+                    "--out", str(out)], check=True, capture_output=True, cwd=tmp_path)
+    result = json.loads(out.read_text())
+    assert set(result["rows"]) == {"mnist_mlp", "mnist_cnn", "nmnist_mlp", "emnist_mlp_400_400"}
+    assert all(r["samples"] >= r["batch"] and r["epoch_seconds"] > 0 for r in result["rows"].values())
+    assert set(result["estimate"]) == set(PROTOCOL)
+    assert result["total_gpu_hours"] == pytest.approx(sum(e["gpu_hours"] for e in result["estimate"].values()))

@@ -30,3 +30,11 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{k}"] = v
     return out
+
+
+def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """``key: old → new`` for every dotted key whose value differs (missing keys show as ``<unset>``)."""
+    a, b = flatten(old), flatten(new)
+    unset = "<unset>"
+    return [f"{k}: {json.dumps(a.get(k, unset))} → {json.dumps(b.get(k, unset))}"
+            for k in sorted(set(a) | set(b)) if a.get(k, unset) != b.get(k, unset)]

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback
 
-from hm2bp.app.identity import differences
+from hm2bp.metrics import differences
 
 FINGERPRINT_KEY, CONFIG_KEY, MID_EPOCH_KEY = "hm2bp_fingerprint", "hm2bp_config", "hm2bp_mid_epoch"
 REQUEUE_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)  # Lightning's and submitit's SLURM pre-timeout signals

@@ -16,8 +16,6 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from hm2bp.metrics import flatten
-
 # Top-level keys and dotted paths that never change what a run computes.
 EXCLUDED = frozenset({
     "seed", "experiment_name", "output_root", "data_dir", "resume", "logger", "hydra",
@@ -51,14 +49,6 @@ def fingerprint(config: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:FINGERPRINT_CHARS]
 
 
-def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    """``key: old → new`` for every dotted key whose value differs (missing keys show as ``<unset>``)."""
-    a, b = flatten(old), flatten(new)
-    unset = "<unset>"
-    return [f"{k}: {json.dumps(a.get(k, unset))} → {json.dumps(b.get(k, unset))}"
-            for k in sorted(set(a) | set(b)) if a.get(k, unset) != b.get(k, unset)]
-
-
 def _labelled(override: str) -> bool:
     key = override.split("=", 1)[0].lstrip("+~")
     return not any(key == k or key.startswith((f"{k}.", f"{k}/")) for k in LABEL_EXCLUDED)
@@ -86,3 +76,6 @@ def register_resolvers() -> None:
     """Make ``${hm2bp_run_label:}`` available to Hydra's configs (idempotent)."""
     if not OmegaConf.has_resolver("hm2bp_run_label"):
         OmegaConf.register_new_resolver("hm2bp_run_label", _label_resolver)
+
+
+register_resolvers()  # importing this module makes ${hm2bp_run_label:} available to Hydra

@@ -17,9 +17,9 @@ from omegaconf import DictConfig, OmegaConf
 from hm2bp.app.checkpoints import ForeignCheckpoint, RunCheckpoint, check_resumable, move_aside
 from hm2bp.app.cli import quiet_library_noise
 from hm2bp.app.config import ConfigError, model_arch, validate
-from hm2bp.app.identity import differences, fingerprint, run_config
+from hm2bp.app.identity import fingerprint, run_config
 from hm2bp.io import atomic_write_json
-from hm2bp.metrics import metrics_complete
+from hm2bp.metrics import differences, metrics_complete
 
 
 def _wandb_logger(cfg: DictConfig, run_dir: Path, name: str):
