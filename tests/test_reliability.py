@@ -246,3 +246,20 @@ def test_soak_50_epochs_memory_flat(tmp_path):
     early, late = statistics.median(rss[10:20]), statistics.median(rss[40:])
     assert late - early < 25, rss
     assert module.history[-1]["test_acc"] > 0.95
+
+
+def test_out_of_memory_names_the_batch_size_to_lower(tmp_path, monkeypatch):
+    from hydra import compose, initialize_config_dir
+
+    from hm2bp.app.config import ConfigError
+    from hm2bp.app.runner import run
+
+    def oom(self, batch, batch_idx):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(HM2BPModule, "training_step", oom)
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[*SMOKE, "trainer.batch_size=48"])
+    with pytest.raises(ConfigError, match=r"out of cpu memory at trainer\.batch_size=48 \(CUDA out of memory\. "
+                                          r"Tried to allocate 20\.00 GiB\); lower it, e\.g\. trainer\.batch_size=24"):
+        run(cfg, tmp_path / "run")

@@ -158,7 +158,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                         log_every_n_steps=1,
                         **limits)
     with checkpoint.handling_signals():
-        trainer.fit(module, datamodule=data, ckpt_path=None if ckpt_path is None else str(ckpt_path))
+        try:
+            trainer.fit(module, datamodule=data, ckpt_path=None if ckpt_path is None else str(ckpt_path))
+        except torch.OutOfMemoryError as err:
+            smaller = max(1, int(tr.batch_size) // 2)
+            raise ConfigError(f"out of {tr.accelerator} memory at trainer.batch_size={tr.batch_size} "
+                              f"({str(err).splitlines()[0]}); lower it, e.g. trainer.batch_size={smaller} (another "
+                              f"config: it trains in its own run dir)") from err
 
     metrics = {"experiment": cfg.experiment_name, "dataset": cfg.dataset.name, "model": model_cfg.name,
                "seed": int(cfg.seed), "fingerprint": fp, **summarize(module.history),
