@@ -223,3 +223,67 @@ def test_engine_step_on_the_triton_path_never_waits_for_the_device(arch, shape):
         ops.set_backend("auto")
     assert len(seen) > 50 and all(p.grad is not None for p in net.parameters())
     assert sorted(set(seen) & SYNCING) == []
+
+
+def _tiny_module():
+    from hm2bp.app.module import HM2BPModule
+
+    torch.manual_seed(0)
+    return HM2BPModule("12-4", (10,), [0.8, 0.8], n_train=6, lr=1e-2, desired=6, undesired=1, margin=1)
+
+
+def test_lightning_training_step_on_the_triton_path_never_waits_for_the_device():
+    """The LightningModule's step (boosting weights and record, accuracy, statistics, finiteness checks) adds no
+    syncing ATen op to the engine's: sums stay on the device, checks are read every FINITE_CHECK_EVERY steps."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from hm2bp import ops
+    from hm2bp.encoding import bernoulli_encode
+
+    module = _tiny_module().to(DEVICE)
+    module.boost.to(DEVICE)
+    pixels = torch.randint(0, 256, (3, 10), generator=torch.Generator().manual_seed(5)).float().to(DEVICE)
+    idx = torch.tensor([0, 4, 5], device=DEVICE)
+    y = torch.tensor([0, 3, 1], device=DEVICE)
+    seen: list[str] = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    ops.set_backend("triton")
+    try:
+        x = bernoulli_encode(pixels, 40, seed=3, indices=idx, rate_divisor=1.5, dtype=torch.float32)
+        with Record(), pytest.warns(UserWarning, match="self.log"):  # no trainer attached: logging is skipped
+            total = module.training_step((x, y, idx), 0)
+            total.backward()
+            module.on_after_backward()
+    finally:
+        ops.set_backend("auto")
+    assert len(module._pending) == 1 + 2 * len(module.net.layers)  # loss, weights, gradients: deferred
+    assert sorted(set(seen) & SYNCING) == []
+    module._read_checks()  # all finite: nothing raised, and the queue is empty again
+    assert module._pending == []
+
+
+def test_deferred_finiteness_checks_still_name_the_first_bad_step(monkeypatch):
+    import lightning as L
+
+    from hm2bp import ops
+    from hm2bp.app.module import NonFiniteError
+
+    module = _tiny_module()
+    with torch.no_grad():
+        module.net.layers[1].weight[0, 0] = float("nan")
+    g = torch.Generator().manual_seed(1)
+    x = (torch.rand(6, 30, 10, generator=g) < 0.3).float()
+    data = torch.utils.data.DataLoader(list(zip(x, torch.arange(6) % 4, torch.arange(6), strict=True)), batch_size=3)
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu")
+    ops.set_backend("triton")
+    try:
+        with pytest.raises(NonFiniteError, match=r"^non-finite weight in layer 1 at epoch 0, step 0$"):
+            trainer.fit(module, train_dataloaders=data)
+    finally:
+        ops.set_backend("auto")

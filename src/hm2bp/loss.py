@@ -74,14 +74,20 @@ class BoostingWeights:
         self._wrong = torch.zeros(n_samples, dtype=torch.bool)
         self._labels = torch.full((n_samples,), -1, dtype=torch.long)
 
+    def to(self, device: torch.device | str) -> BoostingWeights:
+        """Keep weights and record on ``device`` (the training device: no host copies in a step)."""
+        self.weights, self._wrong, self._labels = (t.to(device) for t in (self.weights, self._wrong, self._labels))
+        return self
+
     def __call__(self, indices: torch.Tensor) -> torch.Tensor:
-        return self.weights[indices.cpu()]
+        return self.weights[indices.to(self.weights.device)]
 
     def record(self, indices: torch.Tensor, labels: torch.Tensor, correct: torch.Tensor) -> None:
         """Remember the training prediction of these samples (made before their update)."""
-        idx = indices.cpu()
-        self._labels[idx] = labels.cpu()
-        self._wrong[idx] = ~correct.cpu()
+        dev = self.weights.device
+        idx = indices.to(dev)
+        self._labels[idx] = labels.to(dev)
+        self._wrong[idx] = ~correct.to(dev)
 
     def end_epoch(self) -> None:
         """Apply the per-class boosting update and clear the record."""
@@ -101,9 +107,10 @@ class BoostingWeights:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         if state["weights"].shape != self.weights.shape:
             raise ValueError(f"boosting state has {state['weights'].numel()} samples, expected {self.weights.numel()}")
-        self.weights = state["weights"].clone()
-        self._wrong = state.get("wrong", torch.zeros_like(self._wrong)).clone()
-        self._labels = state.get("labels", torch.full_like(self._labels, -1)).clone()
+        dev = self.weights.device
+        self.weights = state["weights"].to(dev, copy=True)
+        self._wrong = state.get("wrong", torch.zeros_like(self._wrong)).to(dev, copy=True)
+        self._labels = state.get("labels", torch.full_like(self._labels, -1)).to(dev, copy=True)
 
 
 # Regulariser settings per config (docs/algorithm.md §7): MNIST λ=10, β=0.04; N-MNIST λ=10, β=0.01; CNN λ=0; L =

@@ -9,6 +9,7 @@ import lightning as L
 import torch
 import torchmetrics
 
+from hm2bp import ops
 from hm2bp.app.checkpoints import MID_EPOCH_KEY
 from hm2bp.functional import HM2BPRule
 from hm2bp.layers import SpikingNet
@@ -18,6 +19,18 @@ from hm2bp.train import LR_SCHEDULES, Regularizer
 
 class NonFiniteError(RuntimeError):
     """Raised when a loss, weight or gradient stops being finite."""
+
+
+# On the Triton path (a GPU) no training step reads a value back on the host: the finiteness checks are kept on the
+# device and read every this many steps (and at the epoch's end), naming the first bad step all the same.
+FINITE_CHECK_EVERY = 50
+
+
+def _host(value):
+    """Accumulators as plain numbers (for history rows and checkpoints)."""
+    if isinstance(value, list):
+        return [_host(v) for v in value]
+    return float(value) if isinstance(value, torch.Tensor) else value
 
 
 class HM2BPModule(L.LightningModule):
@@ -47,9 +60,11 @@ class HM2BPModule(L.LightningModule):
         self.boost = BoostingWeights(n_train) if boosting else None
         self.reg = Regularizer(**(regularizer or {"lam": 0.0}))
         classes = self.net.specs[-1].size
-        self.train_acc = torchmetrics.Accuracy(task="multiclass", num_classes=classes)
-        self.test_acc = torchmetrics.Accuracy(task="multiclass", num_classes=classes)
+        # validate_args=False: the predictions are valid by construction, and the checks would read values back
+        self.train_acc = torchmetrics.Accuracy(task="multiclass", num_classes=classes, validate_args=False)
+        self.test_acc = torchmetrics.Accuracy(task="multiclass", num_classes=classes, validate_args=False)
         self.history: list[dict[str, float]] = []
+        self._pending: list[tuple[str, int, int, torch.Tensor]] = []  # deferred finiteness checks (Triton path)
         self._reset_activity()
 
     def _reset_activity(self) -> None:
@@ -61,6 +76,10 @@ class HM2BPModule(L.LightningModule):
         return self.net(spikes, labels)
 
     # -- training ---------------------------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        if self.boost is not None:
+            self.boost.to(self.device)
+
     def on_train_epoch_start(self) -> None:
         if self.boost is not None:
             self.boost.end_epoch()  # applies the previous epoch's record (kept in checkpoints until then)
@@ -75,6 +94,7 @@ class HM2BPModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y, idx = batch
+        self._deferred = not ops.host_reads_allowed(x)
         outs = self.net.forward_all(x, y)
         counts = outs[-1].sum(1)
         weights = self.boost(idx).to(counts) if self.boost is not None else None
@@ -83,15 +103,13 @@ class HM2BPModule(L.LightningModule):
         reg = self.reg(self.net)
         if reg is not None:
             total = loss + reg
-        if not torch.isfinite(total):
-            raise NonFiniteError(f"non-finite training loss {float(total.detach())} at epoch {self.current_epoch}, "
-                                 f"step {batch_idx}")
+        self._check("training loss", total.detach(), batch_idx)
         pred = predict(counts.detach())
         if self.boost is not None:
             self.boost.record(idx, y, pred == y)
         self.train_acc(pred, y)
         self._accumulate(outs, len(y))
-        self._act["loss"] += float(loss.detach()) * len(y)
+        self._act["loss"] += loss.detach().double() * len(y)
         self.log("train/loss", loss.detach(), on_step=False, on_epoch=True, batch_size=len(y))
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         return total
@@ -102,20 +120,49 @@ class HM2BPModule(L.LightningModule):
             for k, layer in enumerate(self.net.layers):
                 w = getattr(layer, "weight", None)  # pooling layers have none
                 t = w if (w is None or what == "weight") else w.grad
-                if t is not None and not bool(torch.isfinite(t).all()):
-                    raise NonFiniteError(f"non-finite {what} in layer {k} at epoch {self.current_epoch}, "
-                                         f"step {self.global_step}")
+                if t is not None:
+                    self._check(f"{what} in layer {k}", t, self.global_step)
+
+    def _check(self, what: str, t: torch.Tensor, step: int) -> None:
+        """Raise :class:`NonFiniteError` (what, epoch, step) when ``t`` holds a NaN or Inf: at once, or on the
+        Triton path at the next read of the deferred checks (:data:`FINITE_CHECK_EVERY`)."""
+        if getattr(self, "_deferred", False):
+            self._pending.append((what, self.current_epoch, step, torch.isfinite(t).all()))
+            return
+        finite = torch.isfinite(t).all()
+        if not bool(finite):
+            value = f" {float(t)}" if t.numel() == 1 else ""
+            raise NonFiniteError(f"non-finite {what}{value} at epoch {self.current_epoch}, step {step}")
+
+    def _read_checks(self) -> None:
+        """One host read for all deferred checks; raises for the first that failed."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        ok = torch.stack([p[3] for p in pending]).cpu()
+        if not bool(ok.all()):
+            what, epoch, step, _ = pending[int((~ok).nonzero()[0])]
+            raise NonFiniteError(f"non-finite {what} at epoch {epoch}, step {step}")
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if len(self._pending) >= FINITE_CHECK_EVERY * (2 * len(self.net.layers) + 1):
+            self._read_checks()
+
+    def on_train_epoch_end(self) -> None:
+        self._read_checks()
 
     def _accumulate(self, outs: list[torch.Tensor], batch: int) -> None:
+        """Per-layer firing statistics, summed on the device (read once per epoch)."""
         self._act["samples"] += batch
         for k, s in enumerate(outs):
             c = s.detach().sum(1)
-            self._act["rate"][k] += float(c.sum()) / s.shape[1] / s.shape[2]
-            self._act["silent"][k] += float((c == 0).float().mean(1).sum())
+            self._act["rate"][k] += c.sum(dtype=torch.float64) / s.shape[1] / s.shape[2]
+            self._act["silent"][k] += (c == 0).to(torch.float64).mean(1).sum()
 
     # -- evaluation on the test split (the authors' per-epoch test) --------------------------------------------
     def on_validation_epoch_start(self) -> None:
         self._train_seconds = time.perf_counter() - self._epoch_start  # training part of the epoch only
+        self._read_checks()
 
     def validation_step(self, batch, batch_idx: int) -> None:
         x, y, _ = batch
@@ -123,24 +170,25 @@ class HM2BPModule(L.LightningModule):
         loss = self.loss_fn(counts, y)
         pred = predict(counts)
         self.test_acc(pred, y)
-        self._act["test_loss"] += float(loss) * len(y)
+        self._act["test_loss"] += loss.double() * len(y)
         self._act["test_samples"] += len(y)
-        self._act["test_silent"] += int((counts.sum(1) == 0).sum())
+        self._act["test_silent"] += (counts.sum(1) == 0).sum()
         self.log("test/acc", self.test_acc, on_step=False, on_epoch=True, prog_bar=True)
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking or self._act["samples"] == 0:
             return
-        n = self._act["samples"]
-        row = {"epoch": self.current_epoch, "train_loss": self._act["loss"] / n,
+        act = {k: _host(v) for k, v in self._act.items()}  # one read of the epoch's device sums
+        n = act["samples"]
+        row = {"epoch": self.current_epoch, "train_loss": act["loss"] / n,
                "train_acc": float(self.train_acc.compute()), "test_acc": float(self.test_acc.compute()),
-               "test_loss": self._act["test_loss"] / max(1, self._act["test_samples"]),
-               "test_silent_outputs": self._act["test_silent"], "train_samples": n,
+               "test_loss": act["test_loss"] / max(1, act["test_samples"]),
+               "test_silent_outputs": int(act["test_silent"]), "train_samples": n,
                "train_seconds": self._train_seconds,
                "lr": self.optimizers().param_groups[0]["lr"]}
         for k, layer in enumerate(self.net.layers):
-            row[f"rate_layer{k}"] = self._act["rate"][k] / n
-            row[f"silent_layer{k}"] = self._act["silent"][k] / n
+            row[f"rate_layer{k}"] = act["rate"][k] / n
+            row[f"silent_layer{k}"] = act["silent"][k] / n
             if layer.setup.is_output:
                 row["lateral_clamped"] = int(layer.stats.lateral_clamped)
         self.history.append(row)
@@ -165,7 +213,8 @@ class HM2BPModule(L.LightningModule):
         # the current epoch's accumulators: a checkpoint written mid-epoch (MID_EPOCH_KEY) resumes them, as
         # Lightning does not call on_train_epoch_start again; after an epoch-end checkpoint the next epoch resets them
         checkpoint["hm2bp_epoch_state"] = {
-            "activity": dict(self._act), "elapsed": time.perf_counter() - getattr(self, "_epoch_start", 0.0),
+            "activity": {k: _host(v) for k, v in self._act.items()},
+            "elapsed": time.perf_counter() - getattr(self, "_epoch_start", 0.0),
             "train_acc": {k: v.clone() for k, v in self.train_acc.metric_state.items()},
             "lateral": [(int(layer.stats.lateral_clamped), layer.stats.lateral_evaluated) for layer in self.net.layers]}
 
