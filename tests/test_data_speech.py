@@ -37,6 +37,25 @@ def test_bsa_finds_a_planted_kernel():
     assert len(times) == 3 and set(times) <= set(range(24, 37))  # ~one spike per unit of kernel mass, near 30
 
 
+def test_bsa_tests_every_step_into_a_zero_tail_with_a_strict_threshold():
+    """The authors' rule (readSpeechData.cpp:12-53): a kernel planted in the last steps is still found (its window
+    reaches into the appended zeros), and an exact tie does not fire."""
+    h = bsa_filter()
+    signal = np.zeros((60, 1))
+    signal[-14:, 0] = 3 * h[:14]  # energy only in the last 14 steps: the window from there reaches past the end
+    times = np.nonzero(bsa_encode(signal, h)[:, 0])[0]
+    assert len(times) > 0 and times.min() > 60 - 24  # a step whose window does not fit inside the signal
+    tie = bsa_encode(np.full((1, 1), 0.25), np.array([0.5, 0.5]), threshold=0.0)  # |0.25−0.5|+0.5 = 0.25+0.25
+    assert tie.sum() == 0
+
+
+def test_encoding_keeps_spikes_of_the_last_steps():
+    """The held signal is encoded whole and cut to T afterwards: spikes in the last ~23 steps before T survive."""
+    steps = 400
+    t, _ = encode_audio(tone(600, seconds=0.8), 12_500, steps=steps)
+    assert t.max() < steps and (t > steps - 23).any()  # the old rule could not fire after T − 23
+
+
 def test_sphere_both_byte_orders_and_wav_agree(tmp_path):
     sig = tone(700)
     little = read_audio(write_audio(tmp_path / "a.sph", sig, endian="LITTLE"))

@@ -5,9 +5,12 @@ Pipeline (the authors' lab script ``TI46_Lyon_ear.m`` in stonezwr/ST-RSBP, and `
 1. read WAV or NIST SPHERE with ``soundfile`` (shorten-compressed SPHERE cannot be read: convert it first with
    ``sph2pipe -f wav``), mix to mono, resample to 12.5 kHz (scipy);
 2. Lyon's passive ear model (``lyon`` package), decimation 200 → 78 cochlear channels at 62.5 frames/s;
-3. BSA (Ben's Spiker Algorithm) per channel: every frame held for 10 steps (1 step = 1.6 ms), the signal scaled by
-   2e3, a 24-tap FIR ``h[i] ∝ exp(−(i − 12)²/25)`` normalised to sum 1, threshold 0.6; a spike found at step ``i``
-   is placed at ``i + 1`` if it is < T.
+3. BSA (Ben's Spiker Algorithm) per channel, as ``readSpeechData.cpp:12-53``: every frame held for 10 steps
+   (1 step = 1.6 ms), the whole held signal scaled by 2e3 and followed by 24 zeros, a 24-tap FIR
+   ``h[i] ∝ exp(−(i − 12)²/25)`` normalised to sum 1, threshold 0.6 with a strict ``<``, a test at every step of
+   the held signal (its window reaching into the zeros at the end); a spike found at step ``i`` is placed at
+   ``i + 1`` if it is < T. (Before this version the signal was cut to T first and tested with ``≤``, which lost
+   the spikes of the last ~23 steps: cached trains of that version are not reused.)
 
 Supported layouts under a root folder (files ``*.wav`` or ``*.sph``, any case):
 
@@ -54,18 +57,20 @@ def bsa_filter(taps: int = BSA_TAPS) -> np.ndarray:
 def bsa_encode(signal: np.ndarray, h: np.ndarray, threshold: float = BSA_THRESHOLD) -> np.ndarray:
     """Ben's Spiker Algorithm on ``signal (n, C)``, all channels at once; returns 0/1 ``(n, C)`` at detection steps.
 
-    At each step ``i`` (with the filter window inside the signal) a spike is emitted where
-    ``Σ_j |s[i+j] − h[j]| ≤ Σ_j |s[i+j]| − threshold``, and ``h`` is then subtracted from ``s[i : i+L]``.
+    The signal is followed by ``L = len(h)`` zeros; at every step ``i < n`` a spike is emitted where
+    ``Σ_j |s[i+j] − h[j]| < Σ_j |s[i+j]| − threshold`` (strict, as the authors), and ``h`` is then subtracted from
+    ``s[i : i+L]``.
     """
-    s = np.array(signal, dtype=np.float64, copy=True)
-    n, L = s.shape[0], len(h)
-    out = np.zeros_like(s)
+    n, L = signal.shape[0], len(h)
+    s = np.zeros((n + L, *signal.shape[1:]), dtype=np.float64)
+    s[:n] = signal
+    out = np.zeros((n, *signal.shape[1:]), dtype=np.float64)
     hh = h[:, None]
-    for i in range(max(0, n - L + 1)):
+    for i in range(n):
         window = s[i:i + L]
         err_spike = np.abs(window - hh).sum(0)
         err_none = np.abs(window).sum(0)
-        fire = err_spike <= err_none - threshold
+        fire = err_spike < err_none - threshold
         if fire.any():
             window[:, fire] -= hh
             out[i, fire] = 1.0
@@ -99,7 +104,7 @@ def encode_audio(signal: np.ndarray, rate: int, steps: int = STEPS) -> tuple[np.
         signal = resample_poly(signal, LYON_RATE // g, rate // g)
     frames = LyonCalc().lyon_passive_ear(np.ascontiguousarray(signal, dtype=np.float64), LYON_RATE,
                                          LYON_DECIMATION)  # (n_frames, 78)
-    analog = np.repeat(frames, HOLD_STEPS, axis=0)[:steps] * BSA_SCALE
+    analog = np.repeat(frames, HOLD_STEPS, axis=0) * BSA_SCALE  # the whole held signal: spikes past T are dropped
     spikes = bsa_encode(analog, bsa_filter())
     t, c = np.nonzero(spikes)
     t = t + 1  # a spike found at step i is placed at i + 1
@@ -132,7 +137,7 @@ def load_speech(root: str | Path, steps: int = STEPS, classes: list[str] | None 
     params = {"steps": steps, "rate": LYON_RATE, "decimation": LYON_DECIMATION, "hold": HOLD_STEPS,
               "scale": BSA_SCALE, "taps": BSA_TAPS, "threshold": BSA_THRESHOLD, "classes": names,
               "files": {s: [(str(p.relative_to(root)), p.stat().st_size) for p, _ in items]
-                        for s, items in files.items()}, "format": 1}
+                        for s, items in files.items()}, "format": 2}  # 2: the authors' BSA tail
     tag = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
     out = []
     for split, items in files.items():
