@@ -76,3 +76,23 @@ def test_app_trains_on_nmnist_fixture(tmp_path):
           "trainer.max_epochs=1", "trainer.accelerator=cpu", "logger=none", f"output_root={tmp_path / 'out'}"],
          tmp_path)
     assert (run_dir(tmp_path / "out", "nmnist_mlp") / "metrics.json").exists()
+
+
+def test_stabilize_is_the_authors():
+    """stabilize.m on hand-made events, in 0-based coordinates: shifts without offset, halves rounded away from zero
+    (tonic rounds them to even), events leaving 1..34 (1-based) dropped after rounding."""
+    from hm2bp.data.nmnist import stabilize
+
+    dtype = np.dtype([("x", np.int16), ("y", np.int16), ("t", np.int64), ("p", np.int8)])
+    events = np.array([(10, 5, 0, 1),          # no shift at t = 0
+                       (10, 5, 52_500, 0),     # half of saccade 1: x₁ 11 − 1.75 = 9.25 → 9; y₁ 6 − 3.5 = 2.5 → 3
+                       (10, 5, 105_000, 1),    # end of saccade 1: y₁ 6 − 7 = −1 → dropped
+                       (10, 9, 157_500, 1),    # saccade 2: x₁ 11 − 3.5 − 1.75 = 5.75 → 6; y₁ 10 − 7 + 3.5 = 6.5 → 7
+                       (0, 20, 210_001, 0),    # saccade 3: x₁ 1 − 7 + ~0 → dropped
+                       (33, 33, 300_000, 1),   # saccade 3: x₁ 34 − 7 + 6 = 33; y unchanged 34
+                       (33, 33, 0, 0)],        # x₁ = y₁ = 34: kept at the border
+                      dtype=dtype)
+    out = stabilize(events)
+    assert [(int(e["x"]), int(e["y"]), int(e["t"])) for e in out] == [
+        (10, 5, 0), (8, 2, 52_500), (5, 6, 157_500), (32, 33, 300_000), (33, 33, 0)]
+    assert out.dtype == dtype

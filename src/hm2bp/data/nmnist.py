@@ -7,9 +7,10 @@ https://www.garrickorchard.com/datasets/n-mnist). Each event record is 5 bytes: 
 Conversion (authors' ``nmnist/NMNIST_Converter.m`` + ``readData/readNMnistData.cpp``): channel ``x·34 + y`` for
 ON events and ``+ 1156`` for OFF events (34×34×2 = 2312 inputs; the authors' ``(x−1)·34 + y`` with 1-based
 coordinates), time bins of 600 µs with bin ``⌈t/600⌉`` → spike time ``bin + 1``, spikes at or after T = 540
-dropped, several events of one channel in one bin collapse into one spike. Saccade stabilization (the authors'
-``stabilize.m``) is tonic's ``stabilize=True``. The binned trains are cached on disk (``.npz``) keyed by these
-parameters, so the ``.bin`` files are read once.
+dropped, several events of one channel in one bin collapse into one spike. Saccade stabilization is the authors'
+(:func:`stabilize`: ``nmnist/stabilize.m`` and ``NMNIST_Converter.m:79-80``); tonic only reads the files (its own
+``stabilize=True`` differs: it adds (+4, +2) offsets, crops unrounded coordinates and rounds half to even). The
+binned trains are cached on disk (``.npz``) keyed by these parameters, so the ``.bin`` files are read once.
 """
 
 from __future__ import annotations
@@ -49,7 +50,41 @@ def bin_events(events: np.ndarray, steps: int = STEPS, bin_us: int = BIN_US) -> 
     return (key // N_INPUTS).astype(np.int32), (key % N_INPUTS).astype(np.int32)
 
 
-def _tonic_dataset(root: Path, train: bool, stabilize: bool, download: bool):
+SACCADE_US = 105_000.0  # each of the three saccades lasts 105 ms
+
+
+def _round_half_away(v: np.ndarray) -> np.ndarray:
+    """MATLAB's ``round``: halves go away from zero (NumPy's ``round`` goes to even)."""
+    return np.sign(v) * np.floor(np.abs(v) + 0.5)
+
+
+def stabilize(events: np.ndarray) -> np.ndarray:
+    """The authors' saccade compensation on 0-based events (fields ``x, y, t, p``), returning the kept events.
+
+    In the 1-based coordinates of the authors' reader (``x₁ = x + 1``), with ``S = 105 ms``, as ``stabilize.m``:
+    ``t ≤ S``: ``x₁ − 3.5t/S``, ``y₁ − 7t/S``; ``S < t ≤ 2S``: ``x₁ − 3.5 − 3.5(t − S)/S``, ``y₁ − 7 + 7(t − S)/S``;
+    ``t > 2S``: ``x₁ − 7 + 7(t − 2S)/S`` (``y`` unchanged). Then round half away from zero and drop events outside
+    ``1..34`` on either axis (``stabilize.m`` drops ``< 1``, ``NMNIST_Converter.m:79-80`` drops ``> 34``); no
+    offset is added.
+    """
+    t = events["t"].astype(np.float64)
+    x = events["x"].astype(np.float64) + 1
+    y = events["y"].astype(np.float64) + 1
+    first, third = t <= SACCADE_US, t > 2 * SACCADE_US
+    second = ~first & ~third
+    x[first] = x[first] - 3.5 * t[first] / SACCADE_US
+    y[first] = y[first] - 7 * t[first] / SACCADE_US
+    x[second] = x[second] - 3.5 - 3.5 * (t[second] - SACCADE_US) / SACCADE_US
+    y[second] = y[second] - 7 + 7 * (t[second] - SACCADE_US) / SACCADE_US
+    x[third] = x[third] - 7 + 7 * (t[third] - 2 * SACCADE_US) / SACCADE_US
+    x, y = _round_half_away(x), _round_half_away(y)
+    keep = (x >= 1) & (y >= 1) & (x <= SENSOR) & (y <= SENSOR)
+    out = events[keep].copy()
+    out["x"], out["y"] = x[keep] - 1, y[keep] - 1
+    return out
+
+
+def _tonic_dataset(root: Path, train: bool, download: bool):
     import tonic
 
     folder = root / "NMNIST" / ("Train" if train else "Test")
@@ -66,11 +101,12 @@ def _tonic_dataset(root: Path, train: bool, stabilize: bool, download: bool):
                     f"tonic's layout). Put them there, or set dataset.download=true to let tonic fetch them.")
             super().download()
 
-    return NMNIST(str(root), train=train, stabilize=stabilize)
+    return NMNIST(str(root), train=train, stabilize=False)  # tonic reads; the authors' stabilize() is ours
 
 
-def _convert(root: Path, train: bool, stabilize: bool, download: bool, steps: int, bin_us: int) -> EventSplit:
-    ds = _tonic_dataset(root, train, stabilize, download)
+def _convert(root: Path, train: bool, stabilize_saccades: bool, download: bool, steps: int,
+             bin_us: int) -> EventSplit:
+    ds = _tonic_dataset(root, train, download)
     samples, labels = [], []
     for k in range(len(ds)):
         path = Path(ds.data[k])
@@ -81,7 +117,7 @@ def _convert(root: Path, train: bool, stabilize: bool, download: bool, steps: in
             events, label = ds[k]
         except Exception as err:
             raise DatasetFileError(f"corrupt N-MNIST event file {path}: {type(err).__name__}: {err}") from err
-        samples.append(bin_events(events, steps, bin_us))
+        samples.append(bin_events(stabilize(events) if stabilize_saccades else events, steps, bin_us))
         labels.append(label)
     return EventSplit.from_samples(samples, labels, steps, N_INPUTS)
 
@@ -90,7 +126,7 @@ def load_nmnist(data_dir: str | Path, download: bool = False, stabilize: bool = 
                 bin_us: int = BIN_US) -> tuple[EventSplit, EventSplit]:
     """``(train, test)`` N-MNIST spike trains, converted once and cached under ``<data_dir>/NMNIST/``."""
     root = Path(data_dir)
-    params = {"stabilize": stabilize, "steps": steps, "bin_us": bin_us, "format": 1}
+    params = {"stabilize": stabilize, "steps": steps, "bin_us": bin_us, "format": 2}  # 2: the authors' stabilize
     tag = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
     splits = []
     for train in (True, False):
