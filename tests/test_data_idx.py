@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import run_dir
 from hm2bp.data.idx import DatasetFileError, load_emnist_balanced, load_mnist, read_idx, write_idx
@@ -90,3 +91,39 @@ def test_app_missing_data_fails_before_training(tmp_path):
                  f"output_root={tmp_path / 'out'}"], tmp_path, check=False)
     assert proc.returncode != 0 and "MNIST files not found" in proc.stderr
     assert not list((tmp_path / "out").rglob("checkpoints"))
+
+
+def test_mnist5k_is_the_real_5k_sample_split_4000_1000_stratified():
+    from hm2bp.data.mnist5k import csv_path, load_mnist5k_split
+
+    assert csv_path().name == "mnist_5k.csv.gz" and csv_path().is_file()
+    x_tr, y_tr, x_te, y_te = load_mnist5k_split()
+    assert x_tr.shape == (4000, 784) and x_te.shape == (1000, 784)
+    assert torch.bincount(y_tr).tolist() == [400] * 10 and torch.bincount(y_te).tolist() == [100] * 10
+    assert float(x_tr.max()) == 255 and float(x_tr.min()) == 0 and (x_tr == x_tr.round()).all()
+    again = load_mnist5k_split()
+    assert torch.equal(again[0], x_tr) and torch.equal(again[3], y_te)  # the split is fixed
+
+
+def test_mnist5k_reader_on_files_in_its_format(tmp_path):
+    import gzip
+
+    from hm2bp.data.mnist5k import load_mnist5k_split, read_mnist5k_csv
+
+    rows = np.concatenate([np.random.default_rng(0).integers(0, 256, (1010, 784)), (np.arange(1010) % 10)[:, None]],
+                          axis=1)
+    good = tmp_path / "mnist_5k.csv.gz"
+    with gzip.open(good, "wt") as f:
+        np.savetxt(f, rows, fmt="%d", delimiter=",")
+    pixels, labels = read_mnist5k_csv(good)
+    assert pixels.shape == (1010, 784) and pixels.dtype == np.uint8 and labels.tolist() == rows[:, -1].tolist()
+    assert load_mnist5k_split(good)[0].shape == (10, 784)
+    bad = tmp_path / "bad.csv.gz"
+    bad.write_bytes(b"not gzip")
+    with pytest.raises(DatasetFileError, match=f"corrupt mnist5k file {bad}"):
+        read_mnist5k_csv(bad)
+    short = tmp_path / "short.csv.gz"
+    with gzip.open(short, "wt") as f:
+        f.write("1,2,3\n")
+    with pytest.raises(DatasetFileError, match="rows of 3 values, expected 784 \\+ 1"):
+        read_mnist5k_csv(short)

@@ -23,6 +23,7 @@ CONF = ROOT / "conf"
 DATASET_CONFIGS = nonempty(sorted(p.stem for p in (CONF / "dataset").glob("*.yaml")), "dataset configs")
 # dataset → (network it brings, its paper row where there is one)
 BRINGS = {"digits": ("mlp64-800-10", None), "mnist": ("mlp784-800-10", "mnist_mlp"),
+          "mnist5k": ("mlp784-800-10", None),
           "emnist": ("mlp784-400-400-47", "emnist_mlp_400_400"), "nmnist": ("mlp2312-800-10", "nmnist_mlp"),
           "ti46_alpha": ("mlp78-800-26", "ti46_alpha_mlp"), "ti46_digits": ("mlp78-800-10", None),
           "spoken_synth": ("mlp78-400-26", None)}

