@@ -207,6 +207,7 @@ class HM2BPModule(L.LightningModule):
         return int(self._act["samples"])
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self._read_checks()  # never checkpoint past a non-finite value that a deferred check has not read yet
         checkpoint["hm2bp_history"] = self.history
         if self.boost is not None:
             checkpoint["hm2bp_boosting"] = self.boost.state_dict()
