@@ -45,6 +45,9 @@ def ops_backend() -> Iterator[Callable[[str], None]]:
     def use(name: str) -> None:
         if name == "compiled" and ops.load_extension("cpu") is None:
             pytest.skip("no C++ compiler on this machine: the engine runs its pure-PyTorch path")
+        if name == "triton" and os.environ.get("TRITON_INTERPRET") != "1":
+            pytest.skip("the Triton path on CPU tensors runs through Triton's interpreter, which is chosen only where "
+                        "no GPU exists (on a GPU, tests/test_triton.py runs the kernels on CUDA tensors)")
         ops.set_backend(name)
 
     yield use

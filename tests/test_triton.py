@@ -280,7 +280,7 @@ def test_deferred_finiteness_checks_still_name_the_first_bad_step(monkeypatch):
     x = (torch.rand(6, 30, 10, generator=g) < 0.3).float()
     data = torch.utils.data.DataLoader(list(zip(x, torch.arange(6) % 4, torch.arange(6), strict=True)), batch_size=3)
     trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu")
+                        enable_model_summary=False, accelerator="gpu" if DEVICE == "cuda" else "cpu", devices=1)
     ops.set_backend("triton")
     try:
         with pytest.raises(NonFiniteError, match=r"^non-finite weight in layer 1 at epoch 0, step 0$"):
