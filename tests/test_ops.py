@@ -117,3 +117,16 @@ def test_gpu_app_epoch_script_runs_on_cpu(tmp_path):
     assert all(r["samples"] >= r["batch"] and r["epoch_seconds"] > 0 for r in result["rows"].values())
     assert set(result["estimate"]) == set(PROTOCOL)
     assert result["total_gpu_hours"] == pytest.approx(sum(e["gpu_hours"] for e in result["estimate"].values()))
+
+    # The README's GPU-hours column takes this file (the report refuses it off a GPU or on a sliver).
+    from hm2bp.report import gpu_timing, readme_table
+
+    with pytest.raises(ValueError, match=r"measured on no GPU at scale 0.001: the README needs a GPU run at scale 1"):
+        gpu_timing(out)
+    out.write_text(json.dumps({**result, "gpu": "NVIDIA H200", "scale": 1.0}))
+    gpu = gpu_timing(out)
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in readme_table({}, gpu=gpu).splitlines()}
+    assert "est. NVIDIA H200 hours, 5 seeds (measured s/sample)" in rows["experiment"]
+    for name, e in result["estimate"].items():
+        hours = 5 * e["epochs"] * e["n_train"] * e["seconds_per_sample"] / 3600
+        assert rows[name].endswith(f"| {hours:.2f} |" if hours < 10 else f"| {hours:,.0f} |")

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -122,7 +123,7 @@ def _step(backend: str, make_net, x_pixels: torch.Tensor, labels: torch.Tensor, 
 def test_training_step_through_triton_equals_pure_pytorch(arch, shape, monkeypatch):
     """One whole step of a small MLP and a small CNN with HM2BP_OPS=triton (encoder, every scan, and the fully
     connected layers' traces and event matrices in Triton) gives the spikes of HM2BP_OPS=torch exactly and its
-    gradients to float32 rounding (the Triton path contracts in the dense GEMM form, PyTorch here by pairs)."""
+    gradients to float32 rounding (the Triton path contracts in the anticausal GEMM form, PyTorch here by pairs)."""
     from hm2bp import SpikingNet
 
     def make_net():
@@ -136,11 +137,12 @@ def test_training_step_through_triton_equals_pure_pytorch(arch, shape, monkeypat
     labels = torch.tensor([0, 3, 1])
     spikes_t, grads_t = _step("torch", make_net, pixels, labels, steps=40)
     calls: list[str] = []
-    for name in ("lif_scan", "bernoulli_spikes", "pre_traces", "post_event_matrix"):
+    kernels = ("lif_scan", "bernoulli_spikes", "pre_traces", "post_event_matrix", "anticausal_traces")
+    for name in kernels:
         real = getattr(tk, name)
         monkeypatch.setattr(tk, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
     spikes_x, grads_x = _step("triton", make_net, pixels, labels, steps=40)
-    assert {"lif_scan", "bernoulli_spikes", "pre_traces", "post_event_matrix"} <= set(calls)
+    assert set(kernels) <= set(calls)
     assert all(torch.equal(a, b) for a, b in zip(spikes_t, spikes_x, strict=True))
     assert all(s.sum() > 0 for s in spikes_t)
     for a, b in zip(grads_t, grads_x, strict=True):
@@ -184,6 +186,63 @@ def test_pre_traces_and_post_event_matrix_equal_the_pure_pytorch_sides(rng, k, d
     assert (expected_a != 0).sum() >= 2 * post.sum() > 0  # every spike reads both traces
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("k", range(6))
+def test_anticausal_traces_equal_their_definition_and_give_the_same_contraction(k, dtype):
+    """``Y(s) = Σ_k Σ_{t ≥ s + delay} A(2t + k)·d_k^{t − s − delay}`` (``Y(0) = 0`` in the original convention),
+    written as loops; and ``Σ_t A(t) X(t) = Σ_s Y(s) x(s)`` for the pre traces X of any pre raster x."""
+    from conftest import refractory_trains
+    from hm2bp.spsp import pre_traces
+
+    kernel = _kernels()[k]
+    rng = np.random.default_rng(k)
+    T, B, n_out, n_in = 30, 3, 5, 4
+    post = refractory_trains(rng, B, T, n_out, 0.25, t_ref=kernel.t_ref).transpose(0, 1).contiguous().to(dtype)
+    post[:, 1, 0] = 0  # a silent neuron
+    post[-kernel.t_ref - 1:, 2, :] = 0
+    post[-1, 2, :] = 1  # spikes at the last step
+    pre = (torch.rand(T, B, n_in, generator=torch.Generator().manual_seed(k)) < 0.3).to(dtype)
+    pre[0] = 1  # spikes at t = 0 (the original convention never counts them)
+    a = tk.post_event_matrix(post.to(DEVICE), kernel)
+    y = tk.anticausal_traces(a, kernel).cpu()
+    a = a.cpu().double()
+    expected = torch.zeros(T, B, n_out, dtype=torch.float64)
+    for s in range(1 if kernel.convention == "original" else 0, T):
+        for t in range(s + kernel.delay, T):
+            for j, d in enumerate(kernel.decays):
+                expected[s] += a[2 * t + j] * d ** (t - s - kernel.delay)
+    scale = float(expected.abs().max())
+    eps = torch.finfo(dtype).eps
+    torch.testing.assert_close(y.double(), expected, rtol=0, atol=16 * eps * scale)
+    causal = torch.einsum("tbi,tbj->bij", a, pre_traces(pre.double(), kernel))
+    anticausal = torch.einsum("tbi,tbj->bij", y.double(), pre.double())
+    torch.testing.assert_close(anticausal, causal, rtol=0, atol=64 * eps * scale * T)
+    assert causal.abs().sum() > 0
+    with pytest.raises(ValueError, match=r"a must be \(2T, batch, neurons\)"):
+        tk.anticausal_traces(a[1:].to(DEVICE).contiguous().to(dtype), kernel)
+
+
+@pytest.mark.parametrize("budget_samples", [1, 2])
+def test_triton_contraction_in_sample_chunks_equals_one_chunk(budget_samples, monkeypatch):
+    """The Triton path's contraction split into chunks of 1 or 2 samples of a batch of 3 (GPU_CHUNK_BYTES lowered to
+    that) gives the gradients of one chunk: spikes equal, float32 sums reordered across chunks only."""
+    from hm2bp import SpikingNet, functional
+
+    def make_net():
+        return SpikingNet("16-4", (10,), [0.8, 0.8], target_count=6)
+
+    pixels = torch.randint(0, 256, (3, 10), generator=torch.Generator().manual_seed(5)).float()
+    labels = torch.tensor([0, 3, 1])
+    spikes_one, grads_one = _step("triton", make_net, pixels, labels, steps=40)
+    per_sample = 40 * (5 * 16 + 10) * 4  # the largest layer's bytes per sample (functional._Anticausal)
+    monkeypatch.setattr(functional, "GPU_CHUNK_BYTES", budget_samples * per_sample)
+    spikes_chunked, grads_chunked = _step("triton", make_net, pixels, labels, steps=40)
+    assert all(torch.equal(a, b) for a, b in zip(spikes_one, spikes_chunked, strict=True))
+    for a, b in zip(grads_one, grads_chunked, strict=True):
+        assert a.abs().sum() > 0
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7 * float(a.abs().max()))
+
+
 # ATen ops that wait for the device (their result decides host control flow or a shape).
 SYNCING = {"_local_scalar_dense", "nonzero", "is_nonzero", "equal", "_unique2", "unique_consecutive", "unique_dim",
            "bincount", "masked_select", "_assert_async"}
@@ -192,7 +251,8 @@ SYNCING = {"_local_scalar_dense", "nonzero", "is_nonzero", "equal", "_unique2", 
 @pytest.mark.parametrize("arch, shape", [("16-4", (10,)), ("3C3-P2-4", (1, 6, 6))], ids=["mlp", "cnn"])
 def test_engine_step_on_the_triton_path_never_waits_for_the_device(arch, shape):
     """Encode, forward (lateral inhibition, silent-target patch) and HM2-BP backward (Λ, fallbacks) of a small MLP
-    and CNN under HM2BP_OPS=triton call no ATen op that synchronises host and device."""
+    and CNN under HM2BP_OPS=triton call no ATen op that synchronises host and device, and once warm make no tensor
+    from host data."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from hm2bp import SpikeCountLoss, SpikingNet, ops
@@ -212,17 +272,24 @@ def test_engine_step_on_the_triton_path_never_waits_for_the_device(arch, shape):
     net = SpikingNet(arch, shape, [0.8] * len(arch.split("-")), target_count=6).to(DEVICE)
     pixels = torch.randint(0, 256, (3, n), generator=torch.Generator().manual_seed(5)).float().to(DEVICE)
     labels = torch.tensor([0, 3, 1], device=DEVICE)
+    def step() -> None:
+        x = bernoulli_encode(pixels, 40, seed=3, indices=torch.arange(3, device=DEVICE), rate_divisor=1.5,
+                             dtype=torch.float32)
+        outs = net.forward_all(x, labels)
+        SpikeCountLoss(6, 1, 1)(outs[-1].sum(1), labels).backward()
+
     ops.set_backend("triton")
     try:
         with Record():
-            x = bernoulli_encode(pixels, 40, seed=3, indices=torch.arange(3, device=DEVICE), rate_divisor=1.5,
-                                 dtype=torch.float32)
-            outs = net.forward_all(x, labels)
-            SpikeCountLoss(6, 1, 1)(outs[-1].sum(1), labels).backward()
+            step()
+        first, seen[:] = list(seen), []
+        with Record():  # warm: what CUDA-graph capture needs besides no syncs
+            step()
     finally:
         ops.set_backend("auto")
-    assert len(seen) > 50 and all(p.grad is not None for p in net.parameters())
-    assert sorted(set(seen) & SYNCING) == []
+    assert len(first) > 50 and all(p.grad is not None for p in net.parameters())
+    assert sorted(set(first) & SYNCING) == []
+    assert "lift_fresh" not in seen  # no tensor made from host data (a host-to-device copy on a GPU)
 
 
 def _tiny_module():
@@ -255,14 +322,18 @@ def test_lightning_training_step_on_the_triton_path_never_waits_for_the_device()
     ops.set_backend("triton")
     try:
         x = bernoulli_encode(pixels, 40, seed=3, indices=idx, rate_divisor=1.5, dtype=torch.float32)
-        with Record(), pytest.warns(UserWarning, match="self.log"):  # no trainer attached: logging is skipped
-            total = module.training_step((x, y, idx), 0)
-            total.backward()
-            module.on_after_backward()
+        for step in range(2):  # the second step is warm: no tensor made from host data either
+            with Record(), pytest.warns(UserWarning, match="self.log"):  # no trainer attached: logging is skipped
+                total = module.training_step((x, y, idx), step)
+                total.backward()
+                module.on_after_backward()
+            assert sorted(set(seen) & SYNCING) == []
+            if step == 0:
+                seen.clear()
     finally:
         ops.set_backend("auto")
-    assert len(module._pending) == 1 + 2 * len(module.net.layers)  # loss, weights, gradients: deferred
-    assert sorted(set(seen) & SYNCING) == []
+    assert "lift_fresh" not in seen
+    assert len(module._pending) == 2 * (1 + 2 * len(module.net.layers))  # loss, weights, gradients: deferred
     module._read_checks()  # all finite: nothing raised, and the queue is empty again
     assert module._pending == []
 

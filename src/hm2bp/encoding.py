@@ -30,11 +30,21 @@ def _hash32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
+def _hash32_int(x: int) -> int:
+    """:func:`_hash32` of one Python int in [0, 2³²)."""
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & _MASK32
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & _MASK32
+    return x ^ (x >> 16)
+
+
 def sample_keys(seed: int, indices: torch.Tensor, epoch: int) -> torch.Tensor:
-    """Per-sample hash keys ``(B,)`` (int64 in [0, 2³²)): the uniform of (t, input) is ``hash(key + t·N + input)``."""
-    base = _hash32((indices.to(torch.int64) & _MASK32) ^ _hash32(torch.tensor(
-        [(seed * 0x9E3779B1 + epoch * 0x85EBCA77) & _MASK32], dtype=torch.int64, device=indices.device)))
-    return _hash32(base)
+    """Per-sample hash keys ``(B,)`` (int64 in [0, 2³²)): the uniform of (t, input) is ``hash(key + t·N + input)``,
+    ``key = hash(hash(index ⊕ hash((seed·0x9E3779B1 + epoch·0x85EBCA77) mod 2³²)))``. The (seed, epoch) part is
+    hashed on the host as a Python int, so no host tensor is copied to the device per batch."""
+    salt = _hash32_int((seed * 0x9E3779B1 + epoch * 0x85EBCA77) & _MASK32)
+    return _hash32(_hash32((indices.to(torch.int64) & _MASK32) ^ salt))
 
 
 def hashed_uniform(seed: int, indices: torch.Tensor, epoch: int, steps: int, n_inputs: int) -> torch.Tensor:

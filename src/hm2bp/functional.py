@@ -158,7 +158,7 @@ def patch_silent_target(post: torch.Tensor, labels: torch.Tensor, target_count: 
         return post
     period = T // target_count
     regular = torch.zeros(T, dtype=post.dtype, device=post.device)
-    regular[period::period] = 1
+    regular[period::period].fill_(1)  # fill_ takes a scalar: no tensor made from host data
     patched = post.clone()
     patched[:, rows, labels] = torch.where(silent, regular[:, None], target)
     return patched
@@ -184,8 +184,7 @@ def lateral_factor(post: torch.Tensor, labels: torch.Tensor | None, setup: Layer
     r = torch.where(both, e / o[:, None, :].clamp(min=1), torch.ones_like(e))
     active = o > 0
     if labels is not None:
-        active = active.clone()
-        active[torch.arange(o.shape[0], device=o.device), labels] = True
+        active = active.clone().scatter_(1, labels.view(-1, 1), True)
     d = active.to(post.dtype) / setup.lif.threshold
     pair = d[:, :, None] * d[:, None, :] * r * r.transpose(1, 2)
     pair.diagonal(dim1=1, dim2=2).zero_()
@@ -260,20 +259,8 @@ class _Dense(_SideThenGrads):
 
     def __init__(self, ev: Events, pre: torch.Tensor, kernel: PSPKernel, pool: BufferPool | None = None) -> None:
         self.a, self.pre, self.kernel, self.pool = ev.dense(kernel.coeffs), pre, kernel, pool
-        self.x: torch.Tensor | None = None
-
-    @classmethod
-    def from_sides(cls, a: torch.Tensor, x: torch.Tensor) -> _Dense:
-        """The contraction of a ready event matrix ``a (2T, B, N_out)`` with ready traces ``x (2T, B, N_in)`` (the
-        Triton path makes both on the device, without listing events: no host synchronisation)."""
-        self = cls.__new__(cls)
-        self.a, self.x = a, x
-        return self
 
     def _chunks(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        if self.x is not None:
-            yield self.a, self.x
-            return
         for t0, t1, d in trace_chunks(self.pre, self.kernel, pool=self.pool):
             yield self.a[2 * t0:2 * t1], d.flatten(0, 1)
 
@@ -292,6 +279,46 @@ class _Dense(_SideThenGrads):
             if out is not None:
                 out += (((a * g).flatten(0, 1) @ w).view_as(x) * x).sum(0)
         return grad_w, out
+
+
+# The GPU form holds, per chunk of samples, the event matrix (2T rows), its anticausal traces and two GEMM results
+# (T rows each), all post-neuron wide, plus the chunk's pre raster: at most this many bytes.
+GPU_CHUNK_BYTES = 2 << 30
+
+
+class _Anticausal:
+    """The Triton path's contractions (no host synchronisation): per chunk of samples the event matrix ``A`` and its
+    anticausal traces ``Y (T, b, N_out)`` from Triton kernels, then ``e[b] = Y[b]ᵀ·pre[b]`` as GEMMs over (time·batch)
+    with the 0/1 pre raster itself. Against the causal dense form (:class:`_Dense`: traces ``X (2T, B, N_in)``) the
+    GEMMs have half the rows and no pre-wide trace tensor exists; ``Σ_t A·X = Σ_s Y·x`` is the same sum reordered
+    (``hm2bp.ops.triton_kernels.anticausal_traces``). Chunks: :data:`GPU_CHUNK_BYTES`."""
+
+    def __init__(self, pre: torch.Tensor, post: torch.Tensor, kernel: PSPKernel) -> None:
+        self.pre, self.post, self.kernel = pre, post, kernel
+        self.tk = ops.triton_module(pre.device)
+        T, B, n_in = pre.shape
+        per_sample = T * (5 * post.shape[2] + n_in) * pre.element_size()
+        self.batch, self.step = B, max(1, GPU_CHUNK_BYTES // max(1, per_sample))
+
+    def contract(self, w: torch.Tensor, g: torch.Tensor, coef_for: CoefFor, need_side: bool,
+                 below: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """As :meth:`_SideThenGrads.contract`: ``Σ_j w e = Σ_s Y ⊙ (x Wᵀ)``, ``Σ_b coef e = (coef·Y)ᵀ x`` and
+        ``Σ_i g w e = Σ_s x ⊙ ((g·Y) W)``, summed over steps s."""
+        grad_w = w.new_zeros(w.shape)
+        coefs, lower = [], []
+        for b0 in range(0, max(1, self.batch), self.step):  # one (empty) chunk for an empty batch
+            rows = slice(b0, min(self.batch, b0 + self.step))
+            x = self.pre[:, rows]
+            y = self.tk.anticausal_traces(self.tk.post_event_matrix(self.post[:, rows].contiguous(), self.kernel),
+                                          self.kernel)
+            flat = x.reshape(-1, x.shape[2])  # a view when one chunk holds the batch
+            side = (y * (flat @ w.t()).view_as(y)).sum(0) if need_side else None
+            coef = coef_for(side, rows)
+            grad_w.addmm_((y * coef).flatten(0, 1).t(), flat)
+            if below:
+                lower.append((((y * g[rows]).flatten(0, 1) @ w).view_as(x) * x).sum(0))
+            coefs.append(coef)
+        return torch.cat(coefs), grad_w, (torch.cat(lower) if below else None)
 
 
 class _Sparse(_SideThenGrads):
@@ -427,9 +454,7 @@ class HM2BPLinearFunction(torch.autograd.Function):
             o_pre = spike_sums(pre)
             fired = o > 0
             if family == "triton" and pre.dtype == post.dtype and pre.dtype in (torch.float32, torch.float64):
-                tk = ops.triton_module(pre.device)  # dense GEMM form, both sides from Triton kernels
-                contraction = _Dense.from_sides(tk.post_event_matrix(post.contiguous(), kernel),
-                                                tk.pre_traces(pre.contiguous(), kernel))
+                contraction = _Anticausal(pre, post.contiguous(), kernel)
             else:
                 contraction = make_contraction(post_events(post, kernel), pre, kernel, rule.strategy, setup.buffers)
 

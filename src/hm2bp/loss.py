@@ -18,8 +18,7 @@ def count_targets(labels: torch.Tensor, n_classes: int, desired: float = DESIRED
     """Target counts ``y (B, C)``: ``desired`` at the label, ``undesired`` elsewhere."""
     y = torch.full((labels.shape[0], n_classes), float(undesired), dtype=dtype or torch.get_default_dtype(),
                    device=labels.device)
-    y[torch.arange(labels.shape[0], device=labels.device), labels] = float(desired)
-    return y
+    return y.scatter_(1, labels.view(-1, 1), float(desired))  # a scalar, not a host tensor
 
 
 class SpikeCountLoss(torch.nn.Module):

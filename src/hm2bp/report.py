@@ -9,7 +9,8 @@ one row per distinct config, an experiment run with several configs gets one row
 (default: the first path). ``--curves DIR`` writes ``DIR/<experiment>.csv``: per epoch, test and train accuracy
 (%) as mean and std over seeds (the DVC pipeline's plots). ``--readme FILE`` rewrites the block between
 ``<!-- summary:start -->`` and ``<!-- summary:end -->`` in FILE with the paper-vs-ours table of every paper row,
-with measured training time and a GPU-hours estimate.
+with measured training time and a GPU-hours estimate: from the authors' Titan Xp speed at batch 1, or, with
+``--gpu-timing FILE`` (the JSON ``bench/gpu_app_epoch.py`` writes on a GPU), from our measured seconds per sample.
 """
 
 from __future__ import annotations
@@ -172,13 +173,36 @@ def _hours(seconds: float) -> str:
     return f"{hours:.2f}" if hours < 10 else f"{hours:,.0f}"
 
 
-def readme_table(summary: dict[str, dict], seeds: int = 5) -> str:
+def gpu_timing(path: Path) -> tuple[str, dict[str, float]]:
+    """``(GPU name, seconds per sample by row)`` from the JSON of ``bench/gpu_app_epoch.py``: its per-row estimate,
+    plus ``"mlp"``/``"cnn"`` (the MNIST rows' speed) for experiments outside the paper's table. Refuses a file
+    measured off a GPU or on a fraction of the rows' samples."""
+    try:
+        data = json.loads(path.read_text())
+        gpu, scale, rows = data["gpu"], data["scale"], data["estimate"]
+        per_sample = {name: float(r["seconds_per_sample"]) for name, r in rows.items()}
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path} is not a timing file of bench/gpu_app_epoch.py ({type(err).__name__}: {err})") \
+            from err
+    if not gpu or scale != 1.0:
+        raise ValueError(f"{path} was measured on {gpu or 'no GPU'} at scale {scale}: the README needs a GPU "
+                         "run at scale 1 (bash bench/gpu_check.sh)")
+    per_sample.update(mlp=per_sample["mnist_mlp"], cnn=per_sample["mnist_cnn"])
+    return gpu, per_sample
+
+
+def readme_table(summary: dict[str, dict], seeds: int = 5,
+                 gpu: tuple[str, dict[str, float]] | None = None) -> str:
     """Markdown: every paper row (:data:`PROTOCOL`) and every experiment in ``summary``, paper numbers next to ours,
     with measured training time and an estimate of GPU-hours for ``seeds`` seeds of the full protocol (rows run
-    only here: their own epochs and samples, at the MLP's or, for ``*_cnn`` experiments, the CNN's speed)."""
+    only here: their own epochs and samples, at the MLP's or, for ``*_cnn`` experiments, the CNN's speed).
+    The estimate is ``seeds × epochs × samples × s/sample``: the authors' Titan Xp range, or ``gpu``'s measured
+    seconds per sample (:func:`gpu_timing`)."""
+    column = (f"est. GPU-hours, {seeds} seeds" if gpu is None
+              else f"est. {gpu[0]} hours, {seeds} seeds (measured s/sample)")
     lines = ["| experiment | paper mean ± std % | paper best % | ours: seeds | ours: best % (paper's metric) | "
              "ours: final % | ours: measured train time | protocol (epochs × train samples) | "
-             f"est. GPU-hours, {seeds} seeds |", "|---|---|---|---|---|---|---|---|---|"]
+             f"{column} |", "|---|---|---|---|---|---|---|---|---|"]
     run_experiments = {s["experiment"] for s in summary.values()}
     for name in sorted({n for n in PROTOCOL if n not in run_experiments} | set(summary)):
         s = summary.get(name)
@@ -199,9 +223,13 @@ def readme_table(summary: dict[str, dict], seeds: int = 5) -> str:
             epochs, n_train = max(s["epochs"]), s["train_samples_per_epoch"]
             arch = "cnn" if experiment.endswith("_cnn") else "mlp"
         work = seeds * epochs * n_train
-        lo, hi = TITAN_XP_SECONDS_PER_SAMPLE[arch]
+        if gpu is None:
+            lo, hi = TITAN_XP_SECONDS_PER_SAMPLE[arch]
+            estimate = f"{_hours(work * lo)}–{_hours(work * hi)}"
+        else:
+            estimate = _hours(work * gpu[1].get(experiment, gpu[1][arch]))
         lines.append(f"| {name} | {paper_mean} | {paper_best} | {' | '.join(ours)} | {epochs} × {n_train:,} | "
-                     f"{_hours(work * lo)}–{_hours(work * hi)} |")
+                     f"{estimate} |")
     return "\n".join(lines) + "\n"
 
 
@@ -251,12 +279,17 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     ap.add_argument("--out", type=Path, help="where summary.{json,md,png} go (default: the first path)")
     ap.add_argument("--curves", type=Path, help="folder for the per-epoch learning curves, one CSV per experiment")
     ap.add_argument("--readme", type=Path, help="markdown file whose summary block gets the paper-vs-ours table")
+    ap.add_argument("--gpu-timing", type=Path, help="GPU timing JSON of bench/gpu_app_epoch.py for the README's "
+                    "GPU-hours column (default: the authors' Titan Xp speed)")
     args = ap.parse_args(argv)
-    if args.readme:
-        try:
+    gpu = None
+    try:
+        if args.readme:
             _block(args.readme)  # before any work: the file exists and has the block
-        except (OSError, ValueError) as err:
-            ap.error(str(err))
+        if args.gpu_timing:
+            gpu = gpu_timing(args.gpu_timing)
+    except (OSError, ValueError) as err:
+        ap.error(str(err))
     runs = find_metrics(args.paths)
     if not runs:
         ap.error(f"no complete metrics.json under {', '.join(map(str, args.paths))}")
@@ -271,7 +304,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     if args.curves:
         write_curves(curves(runs), args.curves)
     if args.readme:
-        rewrite_readme(args.readme, readme_table(summary))
+        rewrite_readme(args.readme, readme_table(summary, gpu=gpu))
     print(to_markdown(summary), end="")
     return summary
 

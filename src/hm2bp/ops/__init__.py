@@ -22,10 +22,10 @@ differs (the input current adds weight rows spike by spike instead of a GEMM).
 ``torch``      pure PyTorch                 pure PyTorch
 =============  ===========================  ======================================================
 
-Triton kernels exist for the LIF scan and the Bernoulli encoder; the rest of a layer runs in PyTorch on the same
-device. C++ kernels are compiled on first use with ``torch.utils.cpp_extension`` (cached under
-``$HM2BP_EXTENSIONS_DIR``, default ``~/.cache/hm2bp/extensions``). One log line says which path runs, and why when
-it falls back.
+Triton kernels exist for the LIF scan, the Bernoulli encoder and the sides of the HM2-BP contractions (pre traces,
+post-event matrix, its anticausal traces); the GEMMs and the rest of a layer run in PyTorch on the same device.
+C++ kernels are compiled on first use with ``torch.utils.cpp_extension`` (cached under ``$HM2BP_EXTENSIONS_DIR``,
+default ``~/.cache/hm2bp/extensions``). One log line says which path runs, and why when it falls back.
 
 Measured on the project's 2-core CPU machines (``bench/ops_scan.py``, ``bench/engine_digits.py``): the fused linear
 layer is ~3× faster than GEMM + scan + sparse contractions; the C++ scan beats the pure-PyTorch scan at every size

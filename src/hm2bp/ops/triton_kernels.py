@@ -1,5 +1,5 @@
-"""Triton kernels of the engine's GPU path: the LIF scan, the Bernoulli encoder, and the two sides of the HM2-BP
-contraction (pre traces and the dense post-event matrix).
+"""Triton kernels of the engine's GPU path: the LIF scan, the Bernoulli encoder, and the sides of the HM2-BP
+contraction (pre traces, the dense post-event matrix and its anticausal traces).
 
 Each kernel computes, bit for bit, what its pure-PyTorch definition computes (:func:`hm2bp.neuron.scan_core`,
 :func:`hm2bp.encoding.bernoulli_encode`), with no host synchronisation. The same source runs on CUDA tensors
@@ -136,6 +136,16 @@ def _scan_params(buf: torch.Tensor, values: tuple[float, float, float, float]) -
     return _PARAMS[key]
 
 
+def _power_tables(like: torch.Tensor, decays: tuple[float, float], length: int) -> tuple[torch.Tensor, ...]:
+    """``d^k`` for k < ``length`` per decay (the pure-PyTorch path's own ``torch.pow`` values) on ``like``'s device,
+    made once per (device, dtype, decays, length), like :func:`_scan_params`."""
+    key = (like.device, like.dtype, tuple(float(d) for d in decays), length)
+    if key not in _PARAMS:
+        k = torch.arange(length, dtype=like.dtype)
+        _PARAMS[key] = torch.stack([torch.pow(torch.tensor(d, dtype=like.dtype), k) for d in decays]).to(like.device)
+    return tuple(_PARAMS[key].unbind(0))
+
+
 def lif_scan(buf: torch.Tensor, fire_at: float, decay_m: float, decay_s: float, t_ref: int,
              lateral: float) -> torch.Tensor:
     """:func:`hm2bp.neuron.scan_core` in place on a float32/float64 ``(T + 1, B, N)`` buffer; returns the spike
@@ -177,14 +187,19 @@ def bernoulli_spikes(keys: torch.Tensor, q: torch.Tensor, out: torch.Tensor) -> 
 
 
 @triton.jit
+def _decays(decay_ptr):
+    """The (membrane, synaptic) per-step decays a trace kernel is given on the device."""
+    return tl.load(decay_ptr), tl.load(decay_ptr + 1)
+
+
+@triton.jit
 def _traces_kernel(pre_ptr, out_ptr, decay_ptr, B, N, T: tl.constexpr, DELAY: tl.constexpr,
                    ZERO_FIRST: tl.constexpr, BLOCK: tl.constexpr):
     """One program: inputs ``[pid_n·BLOCK, …)`` of sample ``pid_b``: the two exponential traces
     ``D_k(t) = decay_k·D_k(t−1) + x(t − DELAY)`` (0 before the delay; ``x(0)`` dropped with ``ZERO_FIRST``) into
     row ``2t + k`` of the ``(2T, B, N)`` output, as :func:`hm2bp.spsp.pre_traces`."""
     mask, col, step = _column_block(B, N, BLOCK)
-    dm = tl.load(decay_ptr)
-    ds = tl.load(decay_ptr + 1)
+    dm, ds = _decays(decay_ptr)
     dtype = out_ptr.dtype.element_ty
     m = tl.zeros([BLOCK], dtype=dtype)
     s = tl.zeros([BLOCK], dtype=dtype)
@@ -220,9 +235,9 @@ def _post_events_kernel(post_ptr, a_ptr, pow_m_ptr, pow_s_ptr, coef_ptr, B, N, T
         spk = mask & (tl.load(post_ptr + t * step + col, mask=mask, other=0.0) > 0)
         _add(a_ptr + 2 * t * step + col, cm, spk)
         _add(a_ptr + (2 * t + 1) * step + col, cs, spk)
-        has_prev = spk & (last >= 0)
         r = last + T_REF
         sigma = t - r
+        has_prev = spk & (last >= 0) & (sigma > 0)  # σ ≥ 1 in any refractory raster; keeps writes in bounds
         dms = tl.load(pow_m_ptr + sigma, mask=has_prev, other=0.0)
         reset = has_prev & (sigma <= WINDOW - T_REF - 1) if SPLIT else has_prev
         _add(a_ptr + 2 * r * step + col, -dms * cm, reset)
@@ -237,6 +252,27 @@ def _post_events_kernel(post_ptr, a_ptr, pow_m_ptr, pow_s_ptr, coef_ptr, B, N, T
             _add(a_ptr + 2 * u * step + col, (kept_m - tl.load(pow_m_ptr + span)) * cm, far)
             _add(a_ptr + (2 * u + 1) * step + col, (kept_s - tl.load(pow_s_ptr + span)) * cs, far)
         last = tl.where(spk, t, last)
+
+
+@triton.jit
+def _anticausal_kernel(a_ptr, y_ptr, decay_ptr, B, N, T: tl.constexpr, DELAY: tl.constexpr,
+                       ZERO_FIRST: tl.constexpr, BLOCK: tl.constexpr):
+    """One program: post neurons ``[pid_n·BLOCK, …)`` of sample ``pid_b``: the anticausal traces of ``A (2T, B, N)``,
+    ``R_k(u) = A(2u + k) + decay_k·R_k(u + 1)``, summed over k and read ``DELAY`` steps later:
+    ``Y(s) = R_0(s + DELAY) + R_1(s + DELAY)`` into the zeroed ``(T, B, N)`` output (``Y(0)`` left 0 with
+    ``ZERO_FIRST``), so that ``Σ_t A(t)·X(t) = Σ_s Y(s)·x(s)`` for the traces ``X`` of :func:`pre_traces`."""
+    mask, col, step = _column_block(B, N, BLOCK)
+    dm, ds = _decays(decay_ptr)
+    dtype = y_ptr.dtype.element_ty
+    m = tl.zeros([BLOCK], dtype=dtype)
+    s = tl.zeros([BLOCK], dtype=dtype)
+    for i in range(T):
+        u = T - 1 - i
+        m = _fma(m, dm, tl.load(a_ptr + 2 * u * step + col, mask=mask, other=0.0))
+        s = _fma(s, ds, tl.load(a_ptr + (2 * u + 1) * step + col, mask=mask, other=0.0))
+        src = u - DELAY
+        ok = mask & (src > 0) if ZERO_FIRST else mask & (src >= 0)
+        tl.store(y_ptr + src * step + col, m + s, mask=ok)
 
 
 def _grid(B: int, N: int) -> tuple[int, int, int]:
@@ -267,8 +303,7 @@ def post_event_matrix(post: torch.Tensor, kernel) -> torch.Tensor:
     if a.numel() == 0:
         return a
     window = int(kernel.window) if kernel.split else 0
-    k = torch.arange(T + window + 1, dtype=post.dtype)
-    tables = [torch.pow(torch.tensor(d, dtype=post.dtype), k).to(post.device) for d in kernel.decays]
+    tables = _power_tables(post, kernel.decays, T + window + 1)
     coeffs = _scan_params(post, tuple(float(c) for c in kernel.coeffs))
     B_, programs, block = _grid(B, N)
     _post_events_kernel[(B_, programs)](post, a, tables[0], tables[1], coeffs, B, N, T=T, T_REF=int(kernel.t_ref),
@@ -276,8 +311,26 @@ def post_event_matrix(post: torch.Tensor, kernel) -> torch.Tensor:
     return a
 
 
+def anticausal_traces(a: torch.Tensor, kernel) -> torch.Tensor:
+    """The post side ``Y (T, B, N)`` of the anticausal form ``e[b] = Y[b]ᵀ·pre[b]`` from the event matrix
+    ``a (2T, B, N)`` of :func:`post_event_matrix` (see ``_anticausal_kernel``): one time row per step instead of the
+    two trace rows of :func:`pre_traces`, and post-neuron wide."""
+    _check("a", a, SCAN_DTYPES)
+    if a.dim() != 3 or a.shape[0] % 2:
+        raise ValueError(f"a must be (2T, batch, neurons), got shape {tuple(a.shape)}")
+    T2, B, N = a.shape
+    y = torch.zeros(T2 // 2, B, N, dtype=a.dtype, device=a.device)
+    if y.numel() == 0:
+        return y
+    decays = _scan_params(a, tuple(float(d) for d in kernel.decays))
+    B_, programs, block = _grid(B, N)
+    _anticausal_kernel[(B_, programs)](a, y, decays, B, N, T=T2 // 2, DELAY=int(kernel.delay),
+                                       ZERO_FIRST=kernel.convention == "original", BLOCK=block)
+    return y
+
+
 KERNELS = {"lif_scan": _lif_scan_kernel, "bernoulli": _bernoulli_kernel, "traces": _traces_kernel,
-           "post_events": _post_events_kernel}
+           "post_events": _post_events_kernel, "anticausal": _anticausal_kernel}
 
 
 def compile_for(name: str, capability: int) -> object:
@@ -295,6 +348,10 @@ def compile_for(name: str, capability: int) -> object:
         signature = {"keys_ptr": "*i64", "bound_ptr": "*i64", "out_ptr": "*fp32", "B": "i32", "N": "i32",
                      "BLOCK": "constexpr"}
         constexprs = {"BLOCK": ENCODE_BLOCK}
+    elif name == "anticausal":
+        signature = {"a_ptr": "*fp32", "y_ptr": "*fp32", "decay_ptr": "*fp32", "B": "i32", "N": "i32",
+                     "T": "constexpr", "DELAY": "constexpr", "ZERO_FIRST": "constexpr", "BLOCK": "constexpr"}
+        constexprs = {"T": 400, "DELAY": 3, "ZERO_FIRST": True, "BLOCK": SCAN_BLOCK}
     elif name == "traces":
         signature = {"pre_ptr": "*fp32", "out_ptr": "*fp32", "decay_ptr": "*fp32", "B": "i32", "N": "i32",
                      "T": "constexpr", "DELAY": "constexpr", "ZERO_FIRST": "constexpr", "BLOCK": "constexpr"}
