@@ -71,6 +71,7 @@ def test_launchers_compose(launcher):
     (["dataset=spoken_synth", "model=synth_mlp", "+dataset.augment={scale:0.1}"],
      "dataset.augment applies to image datasets only, not 'spoken_synth'"),
     (["trainer.lr_schedule=cosine"], "lr_schedule='cosine'; valid choices"),
+    (["trainer.shuffle=random"], "trainer.shuffle='random'; valid choices: \\['permutation', 'swaps'\\]"),
 ])
 def test_bad_values_are_named(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -187,3 +188,41 @@ def test_device_encoding_run_equals_the_cpu_encoding_run(tmp_path):
                           for h in json.loads((run_dir(tmp_path / root, "digits-mlp64-800-10")
                                                / "history.json").read_text())])
     assert len(histories[0]) == 2 and histories[0] == histories[1]
+
+
+def test_swap_shuffle_is_the_authors_cumulative_swaps_and_a_pure_function_of_seed_and_epoch():
+    """trainer.shuffle=swaps: a full permutation at load, then per epoch `swaps` swaps of two drawn positions of the
+    current order (as `cuMatrixVector::shuffle`), replayed from scratch by a fresh (resumed) sampler."""
+    import torch
+
+    from hm2bp.app.data import EpochPermutation, SwapShuffle
+
+    n, swaps = 50, 7
+    walked = SwapShuffle(n, seed=3, swaps=swaps)
+    orders = []
+    for epoch in range(4):
+        walked.set_epoch(epoch)
+        orders.append(list(walked))
+    # literally: the load shuffle, then each epoch's swaps in order, one pair at a time
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(3 * 1_000_003 - 1)).tolist()
+    for epoch in range(4):
+        pairs = torch.randint(n, (swaps, 2), generator=torch.Generator().manual_seed(3 * 1_000_003 + epoch))
+        for x, y in pairs.tolist():
+            order[x], order[y] = order[y], order[x]
+        assert orders[epoch] == order
+        assert sorted(order) == list(range(n))
+    assert all(sum(a != b for a, b in zip(orders[e], orders[e + 1], strict=True)) <= 2 * swaps for e in range(3))
+    fresh = SwapShuffle(n, seed=3, swaps=swaps, skip=5)  # a run resumed mid-epoch 2
+    fresh.set_epoch(2)
+    assert list(fresh) == orders[2][5:] and list(fresh) == orders[2]
+    walked.set_epoch(1)  # going back recomputes
+    assert list(walked) == orders[1]
+    assert SwapShuffle(n, seed=4, swaps=swaps).order() != SwapShuffle(n, seed=3, swaps=swaps).order()
+    assert EpochPermutation(n, seed=3).order() != orders[0]
+
+
+def test_authors_swap_shuffle_trains(tmp_path):
+    _run([*SMOKE, "trainer.max_epochs=2", "logger=none", "trainer.shuffle=swaps", f"output_root={tmp_path}"],
+         tmp_path)
+    [metrics] = (tmp_path / "digits-mlp64-800-10").rglob("metrics.json")
+    assert json.loads(metrics.read_text())["config"]["trainer"]["shuffle"] == "swaps"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
+from hm2bp.app.data import SHUFFLES
 from hm2bp.arch import ArchError, arch_from_sizes, parse_arch
 from hm2bp.augment import Augmentation
 from hm2bp.data.registry import DATASETS
@@ -83,6 +84,8 @@ def validate(cfg: DictConfig) -> None:
     _positive("trainer.max_epochs", tr.max_epochs, integer=True)
     if tr.lr_schedule not in LR_SCHEDULES:
         raise ConfigError(f"trainer.lr_schedule={tr.lr_schedule!r}; valid choices: {sorted(LR_SCHEDULES)}")
+    if tr.shuffle not in SHUFFLES:
+        raise ConfigError(f"trainer.shuffle={tr.shuffle!r}; valid choices: {list(SHUFFLES)}")
     if cfg.resume not in (True, False, "auto"):
         raise ConfigError(f"resume={cfg.resume!r}; valid choices: [true, false, 'auto']")
     workers = tr.get("num_workers", 0)

@@ -14,14 +14,19 @@ from hm2bp.data.events import EventSplit
 from hm2bp.data.registry import get_dataset
 from hm2bp.train import Encoder, StaticSplit
 
+SHUFFLES = ("permutation", "swaps")
+# Provenance: docs/algorithm.md P7 [CODE `net_spiking.cu:515`, `common/cuMatrixVector.h:66-89`]: before every epoch
+# the authors swap 5000 random pairs of the current sample order (after one full shuffle at load).
+AUTHORS_SWAPS = 5000
+
 
 class EpochPermutation(Sampler[int]):
     """A full random permutation per epoch, a pure function of ``(seed, epoch)`` (so resumed runs repeat it).
 
     Lightning calls :meth:`set_epoch` before every epoch. The authors shuffle with 5000 random swaps per epoch
-    (docs/algorithm.md P7);
-    a full permutation is our documented departure. ``skip`` leaves out the first samples of the next pass only (a
-    run resumed mid-epoch has trained them already).
+    (:class:`SwapShuffle`, ``trainer.shuffle=swaps``); a full permutation is our documented departure
+    (docs/fidelity.md measures both). ``skip`` leaves out the first samples of the next pass only (a run resumed
+    mid-epoch has trained them already).
     """
 
     def __init__(self, n: int, seed: int, skip: int = 0) -> None:
@@ -33,10 +38,39 @@ class EpochPermutation(Sampler[int]):
     def __len__(self) -> int:
         return self.n
 
-    def __iter__(self):
+    def order(self) -> list[int]:
+        """This epoch's sample order."""
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return torch.randperm(self.n, generator=g).tolist()
+
+    def __iter__(self):
         skip, self.skip = self.skip, 0
-        return iter(torch.randperm(self.n, generator=g).tolist()[skip:])
+        return iter(self.order()[skip:])
+
+
+class SwapShuffle(EpochPermutation):
+    """The authors' order: one full random permutation at load, then before epoch ``e`` (from 0) ``swaps`` swaps
+    of two uniformly drawn positions of the current order, cumulatively (``swap(m_vec[x], m_vec[y])`` with
+    ``x, y = rand() % n``). A pure function of ``(seed, epoch)``: a resumed run replays the swaps of the epochs
+    before it. With 5000 swaps most of a 60,000-sample order stays as it was from one epoch to the next."""
+
+    def __init__(self, n: int, seed: int, skip: int = 0, swaps: int = AUTHORS_SWAPS) -> None:
+        super().__init__(n, seed, skip)
+        self.swaps = swaps
+        self._cached: tuple[int, list[int]] | None = None  # (epoch, order after its swaps)
+
+    def order(self) -> list[int]:
+        if self._cached is not None and self._cached[0] <= self.epoch:
+            done, order = self._cached[0] + 1, list(self._cached[1])
+        else:
+            done = 0
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 - 1)).tolist()
+        for e in range(done, self.epoch + 1):
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + e)
+            for x, y in torch.randint(self.n, (self.swaps, 2), generator=g).tolist():
+                order[x], order[y] = order[y], order[x]
+        self._cached = (self.epoch, order)
+        return list(order)
 
 
 class PixelBatch(NamedTuple):
@@ -62,14 +96,18 @@ class SpikeData(L.LightningDataModule):
     With ``device_encoding`` (a GPU run) the data loader sends :class:`PixelBatch` es instead: the pixels (as
     uint8 where they are whole numbers; bool rasters for event datasets), about T times less than float trains,
     and :meth:`on_after_batch_transfer` encodes them on the device with the same hash, so the spikes equal the CPU
-    path's. ``num_workers`` and ``pin_memory`` go to the data loaders.
+    path's. ``num_workers`` and ``pin_memory`` go to the data loaders. ``shuffle`` orders the training samples:
+    ``"permutation"`` (:class:`EpochPermutation`) or the authors' ``"swaps"`` (:class:`SwapShuffle`).
     """
 
     def __init__(self, name: str, data_dir: str | Path, steps: int, batch_size: int, seed: int,
                  fixed_trains: bool = True, download: bool = False, options: dict | None = None,
                  augment: dict | None = None, device_encoding: bool = False, num_workers: int = 0,
-                 pin_memory: bool = False) -> None:
+                 pin_memory: bool = False, shuffle: str = "permutation") -> None:
         super().__init__()
+        if shuffle not in SHUFFLES:
+            raise ValueError(f"shuffle must be one of {SHUFFLES}, got {shuffle!r}")
+        self.shuffle = shuffle
         self.info = get_dataset(name)
         if augment is not None and self.info.kind != "static":
             raise ValueError(f"augmentation applies to static image datasets only, not {name!r}")
@@ -150,7 +188,8 @@ class SpikeData(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         assert self.train is not None
-        sampler = EpochPermutation(len(self.train), self.seed, skip=self._resume_samples)
+        kind = EpochPermutation if self.shuffle == "permutation" else SwapShuffle
+        sampler = kind(len(self.train), self.seed, skip=self._resume_samples)
         self._resume_samples = 0
         return DataLoader(range(len(self.train)), batch_size=self.batch_size, sampler=sampler,
                           collate_fn=self._collate(self.train), **self._loader_options())

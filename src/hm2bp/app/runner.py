@@ -137,7 +137,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                      cfg.dataset.get("fixed_trains", True), cfg.dataset.get("download", False),
                      cfg.dataset.get("options", None), None if augment is None else OmegaConf.to_container(augment),
                      device_encoding=device_encoding(tr), num_workers=int(tr.get("num_workers") or 0),
-                     pin_memory=bool(tr.get("pin_memory", False)))
+                     pin_memory=bool(tr.get("pin_memory", False)), shuffle=tr.shuffle)
     data.setup()  # loads the files now: a missing or corrupt file fails here, before any training
     model_cfg = cfg.model
     module = HM2BPModule(
