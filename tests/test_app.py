@@ -226,3 +226,22 @@ def test_authors_swap_shuffle_trains(tmp_path):
          tmp_path)
     [metrics] = (tmp_path / "digits-mlp64-800-10").rglob("metrics.json")
     assert json.loads(metrics.read_text())["config"]["trainer"]["shuffle"] == "swaps"
+
+
+@pytest.mark.parametrize("base", [["experiment=mnist_mlp"], ["experiment=mnist_cnn"], ["dataset=digits"]])
+def test_faithful_preset_sets_every_authors_behaviour_on_top_of_any_row(base):
+    plain, faithful = _compose(base), _compose([*base, "preset=faithful"])
+    validate(faithful)
+    assert (faithful.trainer.batch_size, faithful.trainer.lr, faithful.trainer.shuffle) == (1, 1e-3, "swaps")
+    assert faithful.dataset.fixed_trains and faithful.trainer.boosting
+    assert faithful.model.rule.lateral_min_denominator is None
+    rule = dict(faithful.model.rule)
+    from hm2bp.functional import HM2BPRule
+
+    authors = HM2BPRule(lateral_min_denominator=None)  # the rule's defaults are the authors' except the clamp
+    assert {k: getattr(authors, k) for k in rule} == {**rule, "strategy": authors.strategy,
+                                                      "pool_error_scale": authors.pool_error_scale}
+    # the row's own choices stay: its network, epochs and lr schedule
+    assert (faithful.model, faithful.trainer.max_epochs, faithful.trainer.lr_schedule) == (
+        OmegaConf.merge(plain.model, {"rule": {"lateral_min_denominator": None}}), plain.trainer.max_epochs,
+        plain.trainer.lr_schedule)
