@@ -47,7 +47,10 @@ def test_graph_read_back_holds_weights_parameters_and_what_nir_cannot_say(kind, 
         lif = layer.setup.lif
         node = graph.nodes[f"lif{k}"]
         shape = tuple(net.specs[k].out_shape)
-        for field, value in [("tau_syn", lif.tau_s), ("tau_mem", lif.tau_m), ("r", lif.tau_m), ("v_leak", 0.0),
+        dt = graph.metadata["dt"]
+        assert dt == 1e-4
+        for field, value in [("tau_syn", lif.tau_s * dt), ("tau_mem", lif.tau_m * dt), ("r", lif.tau_m),
+                             ("v_leak", 0.0),
                              ("v_reset", 0.0), ("w_in", 1.0), ("v_threshold", lif.threshold - lif.threshold_eps)]:
             array = np.asarray(getattr(node, field))
             assert array.shape == shape and np.all(array == value), (k, field)
@@ -73,7 +76,7 @@ def _simulate_nir(graph, x: np.ndarray) -> np.ndarray:
     while node != "output":
         node = next(b for a, b in graph.edges if a == node)
         order.append(node)
-    T = x.shape[0]
+    T, dt = x.shape[0], graph.metadata["dt"]
     spikes, populations = x, []
     for name in order[:-1]:
         n = graph.nodes[name]
@@ -92,8 +95,8 @@ def _simulate_nir(graph, x: np.ndarray) -> np.ndarray:
             current, v = np.zeros(drive.shape[1:]), np.zeros(drive.shape[1:])
             out = np.zeros_like(drive)
             for t in range(1, T):
-                current = current + (-current + n.w_in * drive[t - 1]) / n.tau_syn
-                v = v + (n.v_leak - v + n.r * current) / n.tau_mem
+                current = current + dt * (-current + n.w_in * drive[t - 1]) / n.tau_syn
+                v = v + dt * (n.v_leak - v + n.r * current) / n.tau_mem
                 out[t] = v > n.v_threshold
                 v = np.where(out[t] > 0, n.v_reset, v)
             spikes = out
@@ -148,3 +151,21 @@ def test_export_command_writes_the_runs_weights_and_names_bad_input(tmp_path):
                        capture_output=True, text=True, env=env)
     assert p.returncode == 1 and p.stderr.startswith(f"error: {ckpt} is not a readable hm2bp checkpoint (")
     assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_snntorch_imports_the_graph_and_fires_our_spikes_one_step_earlier_per_layer():
+    """Under the interop extra (docs/nir.md): snnTorch's import of our graph, stepped over the same input, fires
+    exactly our spikes shifted by one step per layer (our synaptic delay) where the semantics coincide: refractory
+    0, no lateral inhibition; float64 on both sides."""
+    pytest.importorskip("snntorch.import_nir", reason="the interop extra (snnTorch's NIR import)")
+    sys.path.insert(0, str(ROOT / "bench"))
+    from nir_roundtrip import snntorch_run
+
+    torch.manual_seed(0)
+    net = SpikingMLP([20, 30, 5], [3.0, 2.0], t_ref=0, lateral_w0=0.0).double()
+    x = (torch.rand(3, 80, 20, generator=torch.Generator().manual_seed(2), dtype=torch.float64) < 0.3).double()
+    ours = net.forward_all(x)
+    theirs = snntorch_run(to_nir(net), x)
+    assert all(o.sum() >= 20 for o in ours)
+    for k, (o, t) in enumerate(zip(ours, theirs, strict=True)):
+        assert torch.equal(t[:, :80 - k - 1], o[:, k + 1:]), k

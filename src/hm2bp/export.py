@@ -11,14 +11,14 @@ population → ``Output``.
 
     τ_syn·dI/dt = −I + w_in·S,     τ_mem·dv/dt = (v_leak − v) + R·I,     spike and v ← v_reset when v > v_threshold,
 
-discretised by forward Euler with one step ``dt = 1``, reads ``I ← (1 − 1/τ_syn)·I + (w_in/τ_syn)·S`` and
-``v ← (1 − 1/τ_mem)·v + (R/τ_mem)·I``. Ours (:mod:`hm2bp.neuron`) is ``c ← (1 − 1/τs)·c + W·s/τs`` and
-``v ← (1 − 1/τm)·v + c``. They coincide with
+discretised by forward Euler with one step ``dt`` (seconds), reads ``I ← (1 − dt/τ_syn)·I + (dt·w_in/τ_syn)·S`` and
+``v ← (1 − dt/τ_mem)·v + (dt·R/τ_mem)·I``. Ours (:mod:`hm2bp.neuron`, τs and τm in steps) is
+``c ← (1 − 1/τs)·c + W·s/τs`` and ``v ← (1 − 1/τm)·v + c``. They coincide with
 
-    τ_syn = τs,  τ_mem = τm,  R = τm,  w_in = 1,  v_leak = 0,  v_reset = 0,  v_threshold = ν − ε
+    τ_syn = τs·dt,  τ_mem = τm·dt,  R = τm,  w_in = 1,  v_leak = 0,  v_reset = 0,  v_threshold = ν − ε
 
 (``ε`` = 1e-6 for fully-connected and pooling layers, 0 for conv layers: our threshold rule ``v > ν − ε``).
-Time constants are in steps: the graph's time unit is one simulation step.
+``dt`` defaults to 1e-4 s, the step snnTorch's NIR import assumes; it is stored in the graph's metadata.
 
 **What NIR cannot say** (recorded in each ``CubaLIF`` node's ``metadata`` and in the graph's): the refractory
 period (``refractory_steps``: the membrane is held at 0 for that many steps after a spike), the output layer's
@@ -42,27 +42,33 @@ from hm2bp import __version__
 from hm2bp.functional import HM2BPRule
 from hm2bp.layers import SpikingConv2d, SpikingLinear, SpikingNet, SpikingPool2d
 
+DEFAULT_DT = 1e-4  # seconds per simulation step: what snnTorch's import_from_nir assumes
 
-def _population(layer: SpikingConv2d | SpikingPool2d | SpikingLinear, shape: tuple[int, ...]) -> nir.CubaLIF:
+
+def _population(layer: SpikingConv2d | SpikingPool2d | SpikingLinear, shape: tuple[int, ...],
+                dt: float) -> nir.CubaLIF:
     lif = layer.setup.lif
     full = np.ones(shape, dtype=np.float64)
     notes = {"refractory_steps": int(lif.t_ref), "input_delay_steps": 1,
              "threshold_rule": f"v > nu - eps with nu = {lif.threshold}, eps = {lif.threshold_eps}",
              "lateral_inhibition": float(layer.setup.lateral_w0)}
-    return nir.CubaLIF(tau_syn=full * lif.tau_s, tau_mem=full * lif.tau_m, r=full * lif.tau_m, v_leak=full * 0.0,
-                       v_threshold=full * (lif.threshold - lif.threshold_eps), v_reset=full * 0.0, w_in=full,
-                       metadata=notes)
+    return nir.CubaLIF(tau_syn=full * (lif.tau_s * dt), tau_mem=full * (lif.tau_m * dt), r=full * lif.tau_m,
+                       v_leak=full * 0.0, v_threshold=full * (lif.threshold - lif.threshold_eps), v_reset=full * 0.0,
+                       w_in=full, metadata=notes)
 
 
 def _array(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().to(torch.float64).numpy().copy()
 
 
-def to_nir(net: SpikingNet) -> nir.NIRGraph:
-    """The NIR graph of ``net`` (see the module docstring): weights and neuron parameters as float64 arrays, node
-    names ``conv<k>``/``pool<k>``/``flatten<k>``/``fc<k>`` for layer k's synapses and ``lif<k>`` for its neurons."""
+def to_nir(net: SpikingNet, dt: float = DEFAULT_DT) -> nir.NIRGraph:
+    """The NIR graph of ``net`` (see the module docstring) for a simulation step of ``dt`` seconds: weights and
+    neuron parameters as float64 arrays, node names ``conv<k>``/``pool<k>``/``flatten<k>``/``fc<k>`` for layer k's
+    synapses and ``lif<k>`` for its neurons."""
     if not isinstance(net, SpikingNet):
         raise TypeError(f"to_nir exports an hm2bp SpikingNet or SpikingMLP, got {type(net).__name__}")
+    if not dt > 0:
+        raise ValueError(f"dt must be > 0 seconds, got {dt!r}")
     shape = tuple(net.input_shape)
     nodes: dict[str, nir.NIRNode] = {"input": nir.Input(input_type={"input": np.array(shape)})}
     edges: list[tuple[str, str]] = []
@@ -86,9 +92,9 @@ def to_nir(net: SpikingNet) -> nir.NIRGraph:
                 add(f"flatten{k}", nir.Flatten(input_type={"input": np.array(shape)}, start_dim=0, end_dim=-1))
             add(f"fc{k}", nir.Linear(weight=_array(layer.weight)))
         shape = tuple(spec.out_shape)
-        add(f"lif{k}", _population(layer, shape))
+        add(f"lif{k}", _population(layer, shape, dt))
     add("output", nir.Output(output_type={"output": np.array(shape)}))
-    meta = {"source": f"hm2bp {__version__}", "arch": net.arch, "time_unit": "one simulation step (dt = 1)",
+    meta = {"source": f"hm2bp {__version__}", "arch": net.arch, "dt": float(dt),
             "not_in_nir": "refractory period, output lateral inhibition and the one-step synaptic delay: see each "
                           "CubaLIF node's metadata"}
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta)
