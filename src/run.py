@@ -24,6 +24,8 @@ def main(cfg: DictConfig) -> float:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     with user_errors():  # one `error: …` line and a non-zero exit for errors users cause
         metrics = run(cfg, run_dir)
+    if not metrics:  # a DDP process other than the first: that one reports
+        return float("nan")
     print(f"{cfg.experiment_name} seed {cfg.seed}: final test acc {metrics['test_acc']:.4f}, "
           f"best {metrics['best_test_acc']:.4f} (epoch {metrics['best_epoch']}), "
           f"mean of last 10 {metrics['last10_test_acc']:.4f}", flush=True)

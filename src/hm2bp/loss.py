@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -98,6 +99,13 @@ class BoostingWeights:
             self.weights[wrong] *= math.exp(eps / self.rate)
         self._wrong.zero_()
         self._labels.fill_(-1)
+
+    def merge(self, reduce_max: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Combine the current epoch's records of processes that trained disjoint shards (DDP): a sample is seen
+        if any process saw it, and wrong if it was wrong anywhere; ``reduce_max`` is the element-wise maximum over
+        the processes."""
+        self._labels = reduce_max(self._labels)
+        self._wrong = reduce_max(self._wrong.to(torch.int64)) > 0
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Weights and the not yet applied record of the current epoch (so a resumed run continues exactly)."""

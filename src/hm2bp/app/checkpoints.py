@@ -165,8 +165,19 @@ class RunCheckpoint(Callback):
         if checkpoint.get(MID_EPOCH_KEY) and trainer.datamodule is not None:
             trainer.datamodule.resume_within_epoch(pl_module.samples_this_epoch)
 
+    def _agree(self, trainer, due: bool) -> bool:
+        """Under DDP every process must save together: the largest signal number noted by any process, and whether
+        a timed save is due on any (one small all-reduce per batch, only with several processes)."""
+        if trainer.world_size > 1:
+            flags = torch.tensor([self.received or 0, int(due)], dtype=torch.int64, device=trainer.strategy.root_device)
+            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+            signum, due = (int(v) for v in flags.tolist())
+            self.received = signum or None
+        return bool(due)
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        due = self.every_seconds is not None and time.monotonic() - self._last_save >= self.every_seconds
+        due = self._agree(trainer, self.every_seconds is not None and
+                          time.monotonic() - self._last_save >= self.every_seconds)
         if (self.received is None and not due) or batch_idx + 1 >= trainer.num_training_batches:
             return  # nothing to do, or the epoch's last batch: the epoch-end checkpoint follows its validation
         self._mid_epoch = True
@@ -178,6 +189,7 @@ class RunCheckpoint(Callback):
             self._stop(trainer, f"at epoch {trainer.current_epoch}, batch {batch_idx + 1}")
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._agree(trainer, False)
         self._save(trainer)
         if self.received is not None:
             self._stop(trainer, f"at the end of epoch {trainer.current_epoch}")

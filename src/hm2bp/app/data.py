@@ -27,25 +27,34 @@ class EpochPermutation(Sampler[int]):
     (:class:`SwapShuffle`, ``trainer.shuffle=swaps``); a full permutation is our documented departure
     (docs/fidelity.md measures both). ``skip`` leaves out the first samples of the next pass only (a run resumed
     mid-epoch has trained them already).
+
+    Under DDP (``world`` processes) process ``rank`` takes every ``world``-th sample of the same order, starting at
+    its rank, after the order is padded with its own first samples to a multiple of ``world`` (as
+    ``torch.utils.data.DistributedSampler``): each step's global batch is then the single-process batch of ``world``
+    times the size, and every process runs the same number of steps. ``skip`` counts this process's samples.
     """
 
-    def __init__(self, n: int, seed: int, skip: int = 0) -> None:
-        self.n, self.seed, self.epoch, self.skip = n, seed, 0, skip
+    def __init__(self, n: int, seed: int, skip: int = 0, rank: int = 0, world: int = 1) -> None:
+        if not 0 <= rank < world:
+            raise ValueError(f"need 0 <= rank < world, got rank {rank}, world {world}")
+        self.n, self.seed, self.epoch, self.skip, self.rank, self.world = n, seed, 0, skip, rank, world
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.n
+        return -(-self.n // self.world)
 
     def order(self) -> list[int]:
-        """This epoch's sample order."""
+        """This epoch's sample order (of all processes)."""
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         return torch.randperm(self.n, generator=g).tolist()
 
     def __iter__(self):
         skip, self.skip = self.skip, 0
-        return iter(self.order()[skip:])
+        order = self.order()
+        order += order[:len(self) * self.world - self.n]
+        return iter(order[self.rank::self.world][skip:])
 
 
 class SwapShuffle(EpochPermutation):
@@ -54,8 +63,9 @@ class SwapShuffle(EpochPermutation):
     ``x, y = rand() % n``). A pure function of ``(seed, epoch)``: a resumed run replays the swaps of the epochs
     before it. With 5000 swaps most of a 60,000-sample order stays as it was from one epoch to the next."""
 
-    def __init__(self, n: int, seed: int, skip: int = 0, swaps: int = AUTHORS_SWAPS) -> None:
-        super().__init__(n, seed, skip)
+    def __init__(self, n: int, seed: int, skip: int = 0, rank: int = 0, world: int = 1,
+                 swaps: int = AUTHORS_SWAPS) -> None:
+        super().__init__(n, seed, skip, rank, world)
         self.swaps = swaps
         self._cached: tuple[int, list[int]] | None = None  # (epoch, order after its swaps)
 
@@ -189,15 +199,24 @@ class SpikeData(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         assert self.train is not None
         kind = EpochPermutation if self.shuffle == "permutation" else SwapShuffle
-        sampler = kind(len(self.train), self.seed, skip=self._resume_samples)
+        rank, world = self._process()
+        sampler = kind(len(self.train), self.seed, skip=self._resume_samples, rank=rank, world=world)
         self._resume_samples = 0
         return DataLoader(range(len(self.train)), batch_size=self.batch_size, sampler=sampler,
                           collate_fn=self._collate(self.train), **self._loader_options())
 
     def val_dataloader(self) -> DataLoader:
+        """The test split in order; under DDP every ``world``-th sample per process (no padding: each sample is
+        evaluated once, and the test metrics are summed over processes)."""
         assert self.test is not None
-        return DataLoader(range(len(self.test)), batch_size=self.batch_size, shuffle=False,
+        rank, world = self._process()
+        return DataLoader(range(rank, len(self.test), world), batch_size=self.batch_size, shuffle=False,
                           collate_fn=self._collate(self.test), **self._loader_options())
+
+    def _process(self) -> tuple[int, int]:
+        """``(global rank, world size)`` of this process (``(0, 1)`` without a distributed trainer)."""
+        trainer = getattr(self, "trainer", None)
+        return (0, 1) if trainer is None else (int(trainer.global_rank), int(trainer.world_size))
 
     def example(self, index: int = 0) -> tuple[torch.Tensor, int]:
         """One test sample's spike train ``(1, T, N)`` and label (for the raster figure)."""

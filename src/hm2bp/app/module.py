@@ -10,7 +10,7 @@ import torch
 import torchmetrics
 
 from hm2bp import ops
-from hm2bp.app.checkpoints import MID_EPOCH_KEY
+from hm2bp.app.checkpoints import MID_EPOCH_KEY, CheckpointError
 from hm2bp.functional import HM2BPRule
 from hm2bp.layers import SpikingNet
 from hm2bp.loss import BoostingWeights, SpikeCountLoss, predict
@@ -31,6 +31,28 @@ def _host(value):
     if isinstance(value, list):
         return [_host(v) for v in value]
     return float(value) if isinstance(value, torch.Tensor) else value
+
+
+def _world() -> int:
+    """Processes of the running DDP job (1 without one)."""
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _all_reduce(t: torch.Tensor, op: str) -> torch.Tensor:
+    """``t`` summed (``op="sum"``) or maxed (``"max"``) element-wise over the DDP processes (a copy)."""
+    out = t.clone()
+    if _world() > 1:
+        torch.distributed.all_reduce(out, op=torch.distributed.ReduceOp.SUM if op == "sum" else
+                                     torch.distributed.ReduceOp.MAX)
+    return out
+
+
+def _merge_boosting(boost: BoostingWeights) -> None:
+    """Under DDP: every process's record of the epoch (each trained its own shard), so that all apply the same
+    boosting update."""
+    if _world() > 1:
+        boost.merge(lambda t: _all_reduce(t, "max"))
 
 
 class HM2BPModule(L.LightningModule):
@@ -82,6 +104,7 @@ class HM2BPModule(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         if self.boost is not None:
+            _merge_boosting(self.boost)
             self.boost.end_epoch()  # applies the previous epoch's record (kept in checkpoints until then)
         factor = LR_SCHEDULES[self.hparams.lr_schedule](self.current_epoch)
         for group in self.optimizers().param_groups:
@@ -110,7 +133,7 @@ class HM2BPModule(L.LightningModule):
         self.train_acc(pred, y)
         self._accumulate(outs, len(y))
         self._act["loss"] += loss.detach().double() * len(y)
-        self.log("train/loss", loss.detach(), on_step=False, on_epoch=True, batch_size=len(y))
+        self.log("train/loss", loss.detach(), on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         return total
 
@@ -178,7 +201,7 @@ class HM2BPModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking or self._act["samples"] == 0:
             return
-        act = {k: _host(v) for k, v in self._act.items()}  # one read of the epoch's device sums
+        act = self._reduced_activity()  # one read of the epoch's device sums (of all processes under DDP)
         n = act["samples"]
         row = {"epoch": self.current_epoch, "train_loss": act["loss"] / n,
                "train_acc": float(self.train_acc.compute()), "test_acc": float(self.test_acc.compute()),
@@ -190,12 +213,26 @@ class HM2BPModule(L.LightningModule):
             row[f"rate_layer{k}"] = act["rate"][k] / n
             row[f"silent_layer{k}"] = act["silent"][k] / n
             if layer.setup.is_output:
-                row["lateral_clamped"] = int(layer.stats.lateral_clamped)
+                row["lateral_clamped"] = act["lateral_clamped"]
         self.history.append(row)
         best = max(h["test_acc"] for h in self.history)
         logged = {f"epoch/{k}": float(v) for k, v in row.items() if k != "epoch"}
         logged["test/acc_best"] = best
         self.log_dict(logged)
+
+    def _reduced_activity(self) -> dict:
+        """The epoch's accumulators as numbers, summed over DDP processes (train seconds: this process's), with
+        the output layer's lateral-clamp count as ``lateral_clamped``."""
+        n = len(self.net.layers)
+        act = self._act
+        clamped = sum(int(layer.stats.lateral_clamped) for layer in self.net.layers if layer.setup.is_output)
+        flat = [act["loss"], act["test_loss"], act["samples"], act["test_samples"], act["test_silent"], clamped,
+                *act["rate"], *act["silent"]]
+        values = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=self.device) for v in flat])
+        total = _all_reduce(values, "sum").tolist()
+        return {"loss": total[0], "test_loss": total[1], "samples": int(total[2]), "test_samples": int(total[3]),
+                "test_silent": total[4], "lateral_clamped": int(total[5]), "rate": total[6:6 + n],
+                "silent": total[6 + n:6 + 2 * n], "seconds": act["seconds"]}
 
     # -- optimizer and checkpoint state -----------------------------------------------------------------------
     def configure_optimizers(self):
@@ -210,21 +247,34 @@ class HM2BPModule(L.LightningModule):
         self._read_checks()  # never checkpoint past a non-finite value that a deferred check has not read yet
         checkpoint["hm2bp_history"] = self.history
         if self.boost is not None:
+            _merge_boosting(self.boost)  # every process saves (only rank 0 writes): all call this
             checkpoint["hm2bp_boosting"] = self.boost.state_dict()
         # the current epoch's accumulators: a checkpoint written mid-epoch (MID_EPOCH_KEY) resumes them, as
-        # Lightning does not call on_train_epoch_start again; after an epoch-end checkpoint the next epoch resets them
-        checkpoint["hm2bp_epoch_state"] = {
-            "activity": {k: _host(v) for k, v in self._act.items()},
-            "elapsed": time.perf_counter() - getattr(self, "_epoch_start", 0.0),
-            "train_acc": {k: v.clone() for k, v in self.train_acc.metric_state.items()},
-            "lateral": [(int(layer.stats.lateral_clamped), layer.stats.lateral_evaluated) for layer in self.net.layers]}
+        # Lightning does not call on_train_epoch_start again; after an epoch-end checkpoint the next epoch resets them.
+        # One entry per DDP process: each resumes its own.
+        state = {"activity": {k: _host(v) for k, v in self._act.items()},
+                 "elapsed": time.perf_counter() - getattr(self, "_epoch_start", 0.0),
+                 "train_acc": {k: v.detach().cpu().clone() for k, v in self.train_acc.metric_state.items()},
+                 "lateral": [(int(layer.stats.lateral_clamped), layer.stats.lateral_evaluated)
+                             for layer in self.net.layers]}
+        states = [state]
+        if _world() > 1:
+            states = [None] * _world()
+            torch.distributed.all_gather_object(states, state)
+        checkpoint["hm2bp_epoch_state"] = states
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.history = list(checkpoint.get("hm2bp_history", []))
         if self.boost is not None and "hm2bp_boosting" in checkpoint:
             self.boost.load_state_dict(checkpoint["hm2bp_boosting"])
-        state = checkpoint.get("hm2bp_epoch_state")
-        if state is not None and checkpoint.get(MID_EPOCH_KEY):
+        states = checkpoint.get("hm2bp_epoch_state")
+        if isinstance(states, dict):  # written by one process before DDP support
+            states = [states]
+        if states is not None and checkpoint.get(MID_EPOCH_KEY):
+            if len(states) != _world():
+                raise CheckpointError(f"this checkpoint was written during an epoch by {len(states)} process(es); "
+                                      f"resume it with trainer.devices={len(states)} (this run has {_world()})")
+            state = states[self.global_rank]
             self._act = dict(state["activity"])
             self._epoch_start = time.perf_counter() - state["elapsed"]
             for k, v in state["train_acc"].items():

@@ -151,7 +151,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     loggers = make_loggers(cfg, run_dir, name)
     checkpoint = RunCheckpoint(last, fp, config, tr.get("checkpoint_every_minutes"))
     limits = {k: tr[k] for k in ("limit_train_batches", "limit_val_batches") if tr[k] is not None}
-    trainer = L.Trainer(max_epochs=tr.max_epochs, accelerator=tr.accelerator, devices=tr.devices, logger=loggers,
+    # use_distributed_sampler=False: under DDP our samplers shard the seeded order themselves (SpikeData)
+    trainer = L.Trainer(max_epochs=tr.max_epochs, accelerator=tr.accelerator, devices=tr.devices,
+                        strategy=tr.get("strategy", "auto"), use_distributed_sampler=False, logger=loggers,
                         callbacks=[checkpoint], enable_checkpointing=False, enable_progress_bar=tr.progress_bar,
                         num_sanity_val_steps=0,
                         deterministic=tr.deterministic, default_root_dir=str(run_dir), enable_model_summary=False,
@@ -166,6 +168,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                               f"({str(err).splitlines()[0]}); lower it, e.g. trainer.batch_size={smaller} (another "
                               f"config: it trains in its own run dir)") from err
 
+    if not trainer.is_global_zero:  # under DDP only the first process writes the run's files
+        return {}
     metrics = {"experiment": cfg.experiment_name, "dataset": cfg.dataset.name, "model": model_cfg.name,
                "seed": int(cfg.seed), "fingerprint": fp, **summarize(module.history),
                "test_silent_outputs": module.history[-1]["test_silent_outputs"],
