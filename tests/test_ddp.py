@@ -25,8 +25,7 @@ ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
 # 3 epochs of 4 global steps on digits, 2 test batches per process; batch 8 per process = 16 in one
 COMMON = ["trainer.max_epochs=3", "trainer.limit_train_batches=4", "trainer.progress_bar=false", "logger=none",
           "trainer.num_threads=1"]
-DDP = [*COMMON, "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu", "trainer.batch_size=8",
-       "trainer.limit_val_batches=2"]
+DDP = [*COMMON, "trainer=ddp", "trainer.devices=2", "trainer.batch_size=8", "trainer.limit_val_batches=2"]
 SINGLE = [*COMMON, "trainer.batch_size=16", "trainer.limit_val_batches=2"]
 
 
@@ -119,3 +118,33 @@ def test_ranks_take_disjoint_shards_of_one_seeded_order(kind):
     assert sorted(set(itertools.chain(*shards))) == list(range(n))
     with pytest.raises(ValueError, match="need 0 <= rank < world"):
         kind(n, seed=4, rank=3, world=3)
+
+
+def test_sigterm_stops_both_processes_mid_epoch_and_the_run_resumes_exactly(tmp_path):
+    """SIGTERM to the job (as SLURM or a scheduler sends it): the processes agree to save after the same batch,
+    each process's part of the epoch goes into the checkpoint, and the resumed run's history is the uninterrupted
+    one's."""
+    args = [*DDP, "trainer.limit_train_batches=30", "trainer.max_epochs=2"]
+    reference = tmp_path / "reference"
+    _run(args, reference)
+    expected = _state(run_dir(reference, EXPERIMENT))[1]
+    out = tmp_path / "out"
+    proc = subprocess.Popen(_cmd(args, out), cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not list(out.glob(f"{EXPERIMENT}/*/seed0/checkpoints/"
+                                                                               "last.ckpt")):
+        time.sleep(0.02)  # epoch 0 has ended
+    time.sleep(0.5)  # a few of epoch 1's 30 batches
+    assert proc.poll() is None, "the run ended before it could be signalled"
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert "interrupted by SIGTERM at epoch 1, batch" in stderr
+    folder = run_dir(out, EXPERIMENT)
+    saved = torch.load(folder / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert saved["hm2bp_mid_epoch"] and len(saved["hm2bp_epoch_state"]) == 2  # one part of the epoch per process
+    assert not (folder / "metrics.json").exists()
+    resumed = _run(args, out)
+    assert "resuming from" in resumed.stdout
+    assert _same_history(_state(folder)[1], expected)

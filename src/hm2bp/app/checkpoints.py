@@ -138,6 +138,14 @@ class RunCheckpoint(Callback):
     def on_fit_start(self, trainer, pl_module) -> None:
         self._last_save = time.monotonic()
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        """Under DDP, take SIGTERM back from Lightning (which registers its handler after ``on_fit_start``): its
+        handler broadcasts from inside the signal handler and its loops exit without a checkpoint, which deadlocks
+        or loses the epoch; ours only notes the signal, and the processes agree after the batch (:meth:`_agree`).
+        Lightning's teardown restores the handler installed before ``fit``: ours again."""
+        if trainer.world_size > 1 and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._note)
+
     # -- saving -----------------------------------------------------------------------------------------------
     def _save(self, trainer) -> None:
         atomic_save(trainer, self.path)
@@ -149,7 +157,7 @@ class RunCheckpoint(Callback):
         name = signal.Signals(signum).name
         message = (f"interrupted by {name} {where}: saved {self.path}; run the same command again to resume from "
                    f"there")
-        if signum in REQUEUE_SIGNALS and os.environ.get("SLURM_JOB_ID"):
+        if signum in REQUEUE_SIGNALS and os.environ.get("SLURM_JOB_ID") and trainer.is_global_zero:  # once a job
             job = os.environ["SLURM_JOB_ID"]
             proc = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
             message += (f"; SLURM job {job} requeued, it resumes by itself" if proc.returncode == 0 else

@@ -153,7 +153,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     limits = {k: tr[k] for k in ("limit_train_batches", "limit_val_batches") if tr[k] is not None}
     # use_distributed_sampler=False: under DDP our samplers shard the seeded order themselves (SpikeData)
     trainer = L.Trainer(max_epochs=tr.max_epochs, accelerator=tr.accelerator, devices=tr.devices,
-                        strategy=tr.get("strategy", "auto"), use_distributed_sampler=False, logger=loggers,
+                        strategy=tr.get("strategy", "auto"), num_nodes=int(tr.get("num_nodes", 1)),
+                        use_distributed_sampler=False, logger=loggers,
                         callbacks=[checkpoint], enable_checkpointing=False, enable_progress_bar=tr.progress_bar,
                         num_sanity_val_steps=0,
                         deterministic=tr.deterministic, default_root_dir=str(run_dir), enable_model_summary=False,
