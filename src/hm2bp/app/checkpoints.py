@@ -27,6 +27,7 @@ from hm2bp.metrics import differences
 
 FINGERPRINT_KEY, CONFIG_KEY, MID_EPOCH_KEY = "hm2bp_fingerprint", "hm2bp_config", "hm2bp_mid_epoch"
 REQUEUE_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)  # Lightning's and submitit's SLURM pre-timeout signals
+DDP_AGREE_EVERY = 10  # under DDP a noted signal (or a timed save) is acted on after a batch index divisible by this
 
 
 class CheckpointError(RuntimeError):
@@ -175,7 +176,7 @@ class RunCheckpoint(Callback):
 
     def _agree(self, trainer, due: bool) -> bool:
         """Under DDP every process must save together: the largest signal number noted by any process, and whether
-        a timed save is due on any (one small all-reduce per batch, only with several processes)."""
+        a timed save is due on any (one small all-reduce, only with several processes)."""
         if trainer.world_size > 1:
             flags = torch.tensor([self.received or 0, int(due)], dtype=torch.int64, device=trainer.strategy.root_device)
             torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
@@ -184,10 +185,14 @@ class RunCheckpoint(Callback):
         return bool(due)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if batch_idx + 1 >= trainer.num_training_batches:
+            return  # the epoch's last batch: the epoch-end checkpoint follows its validation
+        if trainer.world_size > 1 and (batch_idx + 1) % DDP_AGREE_EVERY:
+            return  # under DDP the processes compare notes every few batches only (a sync on GPUs)
         due = self._agree(trainer, self.every_seconds is not None and
                           time.monotonic() - self._last_save >= self.every_seconds)
-        if (self.received is None and not due) or batch_idx + 1 >= trainer.num_training_batches:
-            return  # nothing to do, or the epoch's last batch: the epoch-end checkpoint follows its validation
+        if self.received is None and not due:
+            return
         self._mid_epoch = True
         try:
             self._save(trainer)
