@@ -219,6 +219,13 @@ def write_docs(results: dict) -> None:
         update_section(f"fidelity-{dataset}", runs_table(rows), path=DOCS)
     if "gradients" in results:
         update_section("fidelity-gradients", gradients_table(results["gradients"]), path=DOCS)
+    runs = sum(r["train_seconds"][0] * len(r["seeds"]) for rows in results.get("runs", {}).values()
+               for r in rows.values())
+    parts = ", ".join(f"{part} {seconds / 60:.0f} min" for part, seconds in sorted(results.get("seconds", {}).items()))
+    update_section("fidelity-budget", f"Wall time of the script's invocations: {parts}; of it, training inside the "
+                   f"runs {runs / 60:.0f} min (the rest: process start, data loading, the test passes). Machine: "
+                   f"{results['machine']['cpu']}, {results['machine']['threads']} threads, torch "
+                   f"{results['machine']['torch']}.", path=DOCS)
 
 
 def main(argv: list[str] | None = None) -> dict:

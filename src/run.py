@@ -9,20 +9,29 @@ Examples:
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from hm2bp.app.cli import one_line_hydra_errors, user_errors, where_the_files_are
+from hm2bp.app.config import ConfigError
 from hm2bp.app.runner import run
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
     with user_errors():  # one `error: …` line and a non-zero exit for errors users cause
+        if hydra_cfg.mode == RunMode.MULTIRUN and cfg.trainer.get("strategy") == "ddp" and \
+                "SLURM_JOB_ID" not in os.environ:
+            raise ConfigError("trainer=ddp cannot run inside a local multirun (-m): Lightning starts its other "
+                              "processes by rerunning the command line; run one job at a time, or use "
+                              "hydra/launcher=slurm (docs/ddp.md)")
         metrics = run(cfg, run_dir)
     if not metrics:  # a DDP process other than the first: that one reports
         return float("nan")

@@ -148,3 +148,11 @@ def test_sigterm_stops_both_processes_mid_epoch_and_the_run_resumes_exactly(tmp_
     resumed = _run(args, out)
     assert "resuming from" in resumed.stdout
     assert _same_history(_state(folder)[1], expected)
+
+
+def test_a_local_multirun_refuses_ddp_in_one_line(tmp_path):
+    proc = subprocess.run(_cmd(["-m", "seed=0,1", *DDP], tmp_path / "out"), cwd=tmp_path, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert "error: trainer=ddp cannot run inside a local multirun (-m)" in proc.stderr
+    assert not list((tmp_path / "out").rglob("metrics.json"))
