@@ -6,7 +6,8 @@
 #   gpu_epoch.json      one 60k-sample 784-800-10 T 400 epoch at batch 128, engine only (random input trains)
 #   gpu_app_epoch.json  through SpikeData + HM2BPModule + Lightning with device-side encoding: a whole MNIST-MLP
 #                       epoch, fractions of paper-CNN, N-MNIST and EMNIST epochs, and the GPU-hours of the 5-seed paper
-#                       table; also written as the gpu-app section of BENCHMARKS.md
+#                       table; also written as the gpu-app section of BENCHMARKS.md. Copied to bench/results/, it
+#                       feeds the README's table: python -m hm2bp.report … --readme README.md --gpu-timing <it>
 # hm2bp's pure-Python dependencies the GPU image lacks are installed from bench/wheels/ when present (fill it here
 # with `pip download --no-deps -d bench/wheels pytest pluggy iniconfig` and carry it: pytest runs the CUDA tests).
 set -euo pipefail
