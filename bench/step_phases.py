@@ -1,12 +1,13 @@
 """Where one training step goes, phase by phase, for the pure-PyTorch path and the compiled CPU kernels.
 
-Digits 64-800-10, T = 400, batch 64, 2 threads, training trains redrawn: each backend runs in its own process, warms
+Digits 64-800-10 (or, ``--dataset mnist5k``, the paper's MNIST 784-800-10 with its thresholds on the 5,000 real
+MNIST digits), T = 400, batch 64, 2 threads, training trains redrawn: each backend runs in its own process, warms
 up for 6 batches, then times 40 batches (median and minimum per phase; this machine's speed drifts by ±20 % between
 runs, so both backends are measured in the same invocation). The output layer's backward ends when the gradient
-reaches the hidden spikes (a tensor hook). Writes bench/results/step_phases.json and the ``step-phases`` section of
-BENCHMARKS.md.
+reaches the hidden spikes (a tensor hook). Writes bench/results/step_phases[-mnist5k].json and the
+``step-phases[-mnist5k]`` section of BENCHMARKS.md.
 
-    python bench/step_phases.py [--batches 40]
+    python bench/step_phases.py [--batches 40] [--dataset digits|mnist5k]
 """
 
 from __future__ import annotations
@@ -30,18 +31,24 @@ PHASES = ("encode", "forward hidden", "forward output", "loss", "backward output
 WARMUP = 6
 
 
-def run(batches: int) -> dict[str, dict[str, float]]:
+# dataset → (network sizes, thresholds): the default digits network, and the paper's MNIST one
+NETWORKS = {"digits": ([64, 800, 10], [10.0, 8.0]), "mnist5k": ([784, 800, 10], [20.0, 8.0])}
+
+
+def run(batches: int, dataset: str) -> dict[str, dict[str, float]]:
     from hm2bp import HM2BPRule, SpikingMLP
     from hm2bp.data.digits import load_digits_split
+    from hm2bp.data.mnist5k import load_mnist5k_split
     from hm2bp.loss import SpikeCountLoss
     from hm2bp.spsp import spike_sums
     from hm2bp.train import Encoder, Regularizer, StaticSplit
 
     torch.set_num_threads(2)
     torch.manual_seed(0)
-    x_tr, y_tr, _, _ = load_digits_split()
+    x_tr, y_tr, _, _ = load_digits_split() if dataset == "digits" else load_mnist5k_split()
     split = StaticSplit(x_tr, y_tr, Encoder(400, seed=0, fixed=False))
-    model = SpikingMLP([64, 800, 10], [10.0, 8.0], rule=HM2BPRule())
+    sizes, thresholds = NETWORKS[dataset]
+    model = SpikingMLP(sizes, thresholds, rule=HM2BPRule())
     hidden, output = model.layers
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     loss_fn, reg = SpikeCountLoss(), Regularizer()
@@ -77,27 +84,35 @@ def run(batches: int) -> dict[str, dict[str, float]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", type=int, default=40)
+    ap.add_argument("--dataset", choices=list(NETWORKS), default="digits")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(run(args.batches)))
+        print(json.dumps(run(args.batches, args.dataset)))
         return
     results = {}
     for backend in ("torch", "compiled"):
-        out = subprocess.run([sys.executable, __file__, "--child", "--batches", str(args.batches)], check=True,
-                             capture_output=True, text=True, env={**os.environ, "HM2BP_OPS": backend}).stdout
+        out = subprocess.run([sys.executable, __file__, "--child", "--batches", str(args.batches), "--dataset",
+                              args.dataset], check=True, capture_output=True, text=True,
+                             env={**os.environ, "HM2BP_OPS": backend}).stdout
         results[backend] = json.loads(out.strip().splitlines()[-1])
-    data = {"benchmark": "step_phases", "batches": args.batches, "warmup": WARMUP, "machine": machine(),
-            "phases": results}
-    atomic_write_json(RESULTS / "step_phases.json", data)
+    suffix = "" if args.dataset == "digits" else f"-{args.dataset}"
+    sizes, _ = NETWORKS[args.dataset]
+    data = {"benchmark": "step_phases", "dataset": args.dataset, "sizes": sizes, "batches": args.batches,
+            "warmup": WARMUP, "machine": machine(), "phases": results}
+    atomic_write_json(RESULTS / f"step_phases{suffix}.json", data)
     t, c = results["torch"], results["compiled"]
     rows = "\n".join(
         f"| {p} | {t[p]['median_ms']:.1f} | {t[p]['min_ms']:.1f} | {c[p]['median_ms']:.1f} | {c[p]['min_ms']:.1f} |"
         for p in PHASES)
     rate = {k: 64e3 / v["total"]["median_ms"] for k, v in results.items()}
-    update_section("step-phases", f"""## One training step, phase by phase
+    network = "-".join(map(str, sizes))
+    what = "digits" if args.dataset == "digits" else "5,000 real MNIST digits (the paper's MNIST network)"
+    title = "One training step, phase by phase" + ("" if not suffix else ": MNIST size")
+    update_section(f"step-phases{suffix}", f"""## {title}
 
-`python bench/step_phases.py` — digits 64-800-10, T = 400, batch 64, training trains redrawn, 2 threads
+`python bench/step_phases.py{'' if not suffix else ' --dataset ' + args.dataset}` — {what} {network}, T = 400,
+batch 64, training trains redrawn, 2 threads
 ({data['machine']['cpu_capability']}), torch {data['machine']['torch']}; {args.batches} batches after {WARMUP}
 warm-up batches, both backends in the same run. Milliseconds per batch.
 
