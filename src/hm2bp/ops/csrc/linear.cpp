@@ -21,23 +21,38 @@
 #include <utility>
 #include <vector>
 
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
 #include "madd.h"
 
 namespace {
 
-// Calls f(j) for every j < n with x[j] != 0, skipping 32 zero bytes at a time (spike rows are mostly zeros).
+// Calls f(j) for every j < n with x[j] != 0, in ascending j (spike rows are mostly zeros): a vector compare per
+// 32 bytes and a loop over the set bits of its mask.
 template <typename scalar_t, typename F>
 inline void for_each_spike(const scalar_t* x, int64_t n, F&& f) {
-  constexpr int64_t kBlock = 32 / sizeof(scalar_t);
   int64_t j = 0;
-  for (; j + kBlock <= n; j += kBlock) {
-    uint64_t word[4];
-    std::memcpy(word, x + j, sizeof(word));
-    if ((word[0] | word[1] | word[2] | word[3]) == 0) continue;
-    for (int64_t q = j; q < j + kBlock; ++q) {
-      if (x[q] != scalar_t(0)) f(q);
+#if defined(__AVX2__)
+  if constexpr (sizeof(scalar_t) == 4 || sizeof(scalar_t) == 8) {
+    constexpr int64_t kLanes = 32 / sizeof(scalar_t);
+    for (; j + kLanes <= n; j += kLanes) {
+      uint32_t mask;
+      if constexpr (sizeof(scalar_t) == 4) {
+        const __m256 v = _mm256_loadu_ps(reinterpret_cast<const float*>(x + j));
+        mask = static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_NEQ_UQ)));
+      } else {
+        const __m256d v = _mm256_loadu_pd(reinterpret_cast<const double*>(x + j));
+        mask = static_cast<uint32_t>(_mm256_movemask_pd(_mm256_cmp_pd(v, _mm256_setzero_pd(), _CMP_NEQ_UQ)));
+      }
+      while (mask != 0) {
+        f(j + __builtin_ctz(mask));
+        mask &= mask - 1;
+      }
     }
   }
+#endif
   for (; j < n; ++j) {
     if (x[j] != scalar_t(0)) f(j);
   }
@@ -86,6 +101,18 @@ struct KernelArgs {
   bool zero_first;          // pre spikes at t = 0 never count (original convention)
 };
 
+// Per-thread scratch of the backward kernel (see Backward::samples).
+template <typename scalar_t>
+struct Scratch {
+  std::vector<scalar_t> tr, e, wi, x;
+  std::vector<int64_t> first, start, times;
+  std::vector<int32_t> pos, act;
+  std::vector<std::pair<int32_t, scalar_t>> ev;     // pre events (column, value) in time order
+  std::vector<std::pair<int32_t, int32_t>> spikes;  // post spikes (neuron, time) in time order
+  int64_t busy = 0;     // active columns of the last sample
+  bool compact = true;  // the form of the pre side (Backward::pre_events), chosen from the previous sample
+};
+
 template <typename scalar_t>
 struct Backward {
   const scalar_t* pre;   // (T, B, n_in)
@@ -102,53 +129,102 @@ struct Backward {
   scalar_t nu;
   KernelArgs k;
 
-  // Traces of sample b into tr (T, 2, n_in): D(t) = decay D(t-1) + x(t - delay), 0 before the delay; and the
-  // sample's spike counts into o_pre (n_in).
-  void traces(int64_t b, scalar_t* __restrict__ tr, scalar_t* __restrict__ o_pre) const {
-    const scalar_t dm = static_cast<scalar_t>(k.decay_m), ds = static_cast<scalar_t>(k.decay_s);
+  // The pre spikes of sample b, one pass over its rows, with the counts into o_pre (n_in). Compact (sparse
+  // inputs): the events (column, value) of each step t in ev[first[t], first[t + 1]) in column order, the active
+  // columns (a nonzero value at some step) ascending in act, and pos[j] = index of column j in act (or -1).
+  // Dense (most columns active): act = every column, and the traces read the rows themselves.
+  void pre_events(int64_t b, Scratch<scalar_t>& sc, scalar_t* __restrict__ o_pre) const {
     std::fill(o_pre, o_pre + n_in, scalar_t(0));
+    sc.act.clear();
+    if (!sc.compact) {
+      for (int64_t t = 0; t < T; ++t) {
+        const scalar_t* __restrict__ now = pre + (t * B + b) * n_in;
+        for (int64_t j = 0; j < n_in; ++j) o_pre[j] += now[j];
+      }
+      sc.busy = 0;
+      for (int64_t j = 0; j < n_in; ++j) {
+        sc.act.push_back(static_cast<int32_t>(j));
+        sc.busy += o_pre[j] != scalar_t(0);
+      }
+      return;
+    }
+    sc.first.resize(T + 1);
+    sc.ev.clear();
+    sc.pos.assign(n_in, -1);
     for (int64_t t = 0; t < T; ++t) {
+      sc.first[t] = static_cast<int64_t>(sc.ev.size());
       const scalar_t* __restrict__ now = pre + (t * B + b) * n_in;
-      for (int64_t j = 0; j < n_in; ++j) o_pre[j] += now[j];
-      scalar_t* __restrict__ m = tr + t * 2 * n_in;
-      scalar_t* __restrict__ s = m + n_in;
+      for_each_spike(now, n_in, [&](int64_t j) {
+        sc.ev.emplace_back(static_cast<int32_t>(j), now[j]);
+        o_pre[j] += now[j];  // the same additions, in the same order, as summing the rows (zeros add nothing)
+        sc.pos[j] = 0;
+      });
+    }
+    sc.first[T] = static_cast<int64_t>(sc.ev.size());
+    sc.busy = 0;
+    for (int64_t j = 0; j < n_in; ++j) {
+      if (sc.pos[j] < 0) continue;
+      sc.pos[j] = static_cast<int32_t>(sc.act.size());
+      sc.act.push_back(static_cast<int32_t>(j));
+      ++sc.busy;
+    }
+  }
+
+  // Traces of the active columns of sample b into sc.tr (T, 2, n_act): D(t) = decay D(t-1) + x(t - delay), 0 before
+  // the delay (a silent column's traces are 0 throughout and take no part in any row).
+  void traces(int64_t b, Scratch<scalar_t>& sc) const {
+    const scalar_t dm = static_cast<scalar_t>(k.decay_m), ds = static_cast<scalar_t>(k.decay_s);
+    const int64_t n = static_cast<int64_t>(sc.act.size());
+    sc.tr.resize(T * 2 * n);
+    sc.x.assign(n, scalar_t(0));
+    for (int64_t t = 0; t < T; ++t) {
+      scalar_t* __restrict__ m = sc.tr.data() + t * 2 * n;
+      scalar_t* __restrict__ s = m + n;
       const int64_t src = t - k.delay;
       if (src < 0) {
-        std::fill(m, m + 2 * n_in, scalar_t(0));
+        std::fill(m, m + 2 * n, scalar_t(0));
         continue;
       }
-      const bool skip = k.zero_first && src == 0;
-      const scalar_t* __restrict__ x = pre + (src * B + b) * n_in;
+      const scalar_t* __restrict__ x = pre + (src * B + b) * n_in;  // dense: the row itself
+      if (sc.compact) {
+        for (int64_t q = sc.first[src]; q < sc.first[src + 1]; ++q) sc.x[sc.pos[sc.ev[q].first]] = sc.ev[q].second;
+        x = sc.x.data();
+      }
       if (src == 0) {
-        for (int64_t j = 0; j < n_in; ++j) m[j] = s[j] = skip ? scalar_t(0) : x[j];
-        continue;
+        const bool skip = k.zero_first;
+        for (int64_t j = 0; j < n; ++j) m[j] = s[j] = skip ? scalar_t(0) : x[j];
+      } else {
+        const scalar_t* __restrict__ pm = m - 2 * n;
+        const scalar_t* __restrict__ ps = pm + n;
+        for (int64_t j = 0; j < n; ++j) {
+          m[j] = madd(pm[j], dm, x[j]);
+          s[j] = madd(ps[j], ds, x[j]);
+        }
       }
-      const scalar_t* __restrict__ pm = m - 2 * n_in;
-      const scalar_t* __restrict__ ps = pm + n_in;
-      for (int64_t j = 0; j < n_in; ++j) {
-        m[j] = madd(pm[j], dm, x[j]);
-        s[j] = madd(ps[j], ds, x[j]);
+      if (sc.compact) {
+        for (int64_t q = sc.first[src]; q < sc.first[src + 1]; ++q) sc.x[sc.pos[sc.ev[q].first]] = scalar_t(0);
       }
     }
   }
 
-  // e_i += a * D_m(t) + c * D_s(t)
-  void read(scalar_t* __restrict__ e, const scalar_t* tr, int64_t t, scalar_t a, scalar_t c) const {
-    const scalar_t* __restrict__ m = tr + t * 2 * n_in;
-    const scalar_t* __restrict__ s = m + n_in;
-    for (int64_t j = 0; j < n_in; ++j) e[j] += a * m[j] + c * s[j];
+  // e += a * D_m(t) + c * D_s(t) over the n active columns
+  static void read(scalar_t* __restrict__ e, const scalar_t* tr, int64_t n, int64_t t, scalar_t a, scalar_t c) {
+    const scalar_t* __restrict__ m = tr + t * 2 * n;
+    const scalar_t* __restrict__ s = m + n;
+    for (int64_t j = 0; j < n; ++j) e[j] = madd(c, s[j], madd(a, m[j], e[j]));  // explicit: the same in every lane
   }
 
-  // The S-PSP row of one post neuron from its spike times (hm2bp.spsp.post_events, event for event).
-  void psp_row(scalar_t* __restrict__ e, const scalar_t* tr, const int64_t* times, int64_t count) const {
-    std::fill(e, e + n_in, scalar_t(0));
+  // The S-PSP row of one post neuron over the n active columns from its spike times (hm2bp.spsp.post_events,
+  // event for event).
+  void psp_row(scalar_t* __restrict__ e, const scalar_t* tr, int64_t n, const int64_t* times, int64_t count) const {
+    std::fill(e, e + n, scalar_t(0));
     const scalar_t dm = static_cast<scalar_t>(k.decay_m), ds = static_cast<scalar_t>(k.decay_s);
     const scalar_t cm = static_cast<scalar_t>(k.coef_m), cs = static_cast<scalar_t>(k.coef_s);
     const bool split = k.window >= 0;
     const scalar_t span = static_cast<scalar_t>(k.window - k.t_ref);
     for (int64_t q = 0; q < count; ++q) {
       const int64_t t = times[q];
-      read(e, tr, t, cm, cs);  // +1 at the spike
+      read(e, tr, n, t, cm, cs);  // +1 at the spike
       bool reset = q > 0;
       scalar_t dms = 0;
       if (reset) {
@@ -156,7 +232,7 @@ struct Backward {
         const int64_t sigma = t - r;
         dms = std::pow(dm, static_cast<scalar_t>(sigma));
         if (split) reset = sigma <= k.window - k.t_ref - 1;
-        if (reset) read(e, tr, r, -dms * cm, -dms * cs);  // -decay_m^sigma at the previous reset
+        if (reset) read(e, tr, n, r, -dms * cm, -dms * cs);  // -decay_m^sigma at the previous reset
       }
       if (split) {
         const int64_t u = t - k.window + k.t_ref;
@@ -164,55 +240,67 @@ struct Backward {
           const scalar_t sigma = reset ? static_cast<scalar_t>(t - times[q - 1] - k.t_ref) : scalar_t(0);
           const scalar_t kept_m = reset ? dms * std::pow(dm, span - sigma) : scalar_t(0);
           const scalar_t kept_s = reset ? dms * std::pow(ds, span - sigma) : scalar_t(0);
-          read(e, tr, u, (kept_m - std::pow(dm, span)) * cm, (kept_s - std::pow(ds, span)) * cs);
+          read(e, tr, n, u, (kept_m - std::pow(dm, span)) * cm, (kept_s - std::pow(ds, span)) * cs);
         }
       }
     }
   }
 
-  // Samples [lo, hi) with their weight-gradient terms accumulated into grad (n_out, n_in).
+  // The post spikes of sample b: counts into ob (n_out), each neuron's spike times ascending in
+  // sc.times[sc.start[i], sc.start[i + 1]).
+  void post_times(int64_t b, Scratch<scalar_t>& sc, scalar_t* __restrict__ ob) const {
+    sc.spikes.clear();
+    for (int64_t t = 0; t < T; ++t) {
+      const scalar_t* __restrict__ row = post + (t * B + b) * n_out;
+      for_each_spike(row, n_out, [&](int64_t i) {
+        sc.spikes.emplace_back(static_cast<int32_t>(i), static_cast<int32_t>(t));
+      });
+    }
+    sc.start.assign(n_out + 1, 0);
+    for (const auto& sp : sc.spikes) ++sc.start[sp.first + 1];
+    for (int64_t i = 0; i < n_out; ++i) {
+      ob[i] = static_cast<scalar_t>(sc.start[i + 1]);
+      sc.start[i + 1] += sc.start[i];
+    }
+    sc.times.resize(sc.spikes.size());
+    for (const auto& sp : sc.spikes) sc.times[sc.start[sp.first]++] = sp.second;  // stable: each neuron's times ascend
+    for (int64_t i = n_out; i > 0; --i) sc.start[i] = sc.start[i - 1];  // back to the first index of each neuron
+    sc.start[0] = 0;
+  }
+
+  // Samples [lo, hi) with their weight-gradient terms accumulated into grad (n_out, n_in). Only the active pre
+  // columns of a sample are traced and contracted: e_ij = 0 for a column j without spikes, so skipping it leaves
+  // every sum as it is (each remaining term is added in the same order).
   void samples(int64_t lo, int64_t hi, scalar_t* __restrict__ grad) const {
-    // Per-thread scratch kept across calls: the traces of an 800-input layer take 2.5 MB, and a fresh allocation
-    // of that size pays its page faults on every call.
-    thread_local std::vector<scalar_t> tr, e;
-    thread_local std::vector<int64_t> start, times;
-    thread_local std::vector<std::pair<int32_t, int32_t>> spikes;  // (neuron, time) in time order
-    tr.resize(T * 2 * n_in);
-    e.resize(n_in);
-    start.resize(n_out + 1);
+    // Per-thread scratch kept across calls: a fresh allocation of the traces' size pays its page faults per call.
+    thread_local Scratch<scalar_t> sc;
     for (int64_t b = lo; b < hi; ++b) {
-      scalar_t* __restrict__ ob = o + b * n_out;
-      spikes.clear();
-      for (int64_t t = 0; t < T; ++t) {  // one pass over the post raster: counts and spike times
-        const scalar_t* __restrict__ row = post + (t * B + b) * n_out;
-        for_each_spike(row, n_out, [&](int64_t i) {
-          spikes.emplace_back(static_cast<int32_t>(i), static_cast<int32_t>(t));
-        });
-      }
-      std::fill(start.begin(), start.end(), 0);
-      for (const auto& sp : spikes) ++start[sp.first + 1];
-      for (int64_t i = 0; i < n_out; ++i) {
-        ob[i] = static_cast<scalar_t>(start[i + 1]);
-        start[i + 1] += start[i];
-      }
-      times.resize(spikes.size());
-      for (const auto& sp : spikes) times[start[sp.first]++] = sp.second;  // stable: each neuron's times ascend
-      for (int64_t i = n_out; i > 0; --i) start[i] = start[i - 1];  // back to the first index of each neuron
-      start[0] = 0;
-      traces(b, tr.data(), o_pre + b * n_in);
+      post_times(b, sc, o + b * n_out);
+      pre_events(b, sc, o_pre + b * n_in);
+      traces(b, sc);
+      const int64_t n = static_cast<int64_t>(sc.act.size());
+      sc.compact = 2 * sc.busy < n_in;  // the next sample's form: either gives the same numbers, one is faster
+      const int32_t* __restrict__ act = sc.act.data();
+      sc.e.resize(n);
+      sc.wi.resize(n);
+      scalar_t* __restrict__ e = sc.e.data();
+      scalar_t* __restrict__ wc = sc.wi.data();
       scalar_t* __restrict__ out = gwe ? gwe + b * n_in : nullptr;
       if (out) std::fill(out, out + n_in, scalar_t(0));
       for (int64_t i = 0; i < n_out; ++i) {
-        const int64_t count = start[i + 1] - start[i];
+        const int64_t count = sc.start[i + 1] - sc.start[i];
         const scalar_t gi = g[b * n_out + i];
-        const scalar_t* __restrict__ wi = w + i * n_in;
         scalar_t ci = gi;
-        if (count > 0) psp_row(e.data(), tr.data(), times.data() + start[i], count);
+        if (count > 0) {
+          psp_row(e, sc.tr.data(), n, sc.times.data() + sc.start[i], count);
+          const scalar_t* __restrict__ wrow = w + i * n_in;
+          for (int64_t j = 0; j < n; ++j) wc[j] = wrow[act[j]];
+        }
         if (rho) {  // side effect S_i = a_i / (o_i nu), or rho_i / nu for a silent neuron
           scalar_t side = rho[i];
           if (count > 0) {
             scalar_t a = 0;
-            for (int64_t j = 0; j < n_in; ++j) a += wi[j] * e[j];
+            for (int64_t j = 0; j < n; ++j) a = madd(wc[j], e[j], a);
             side = a / static_cast<scalar_t>(count);
           }
           ci = ci * (scalar_t(1) + side / nu);
@@ -221,9 +309,9 @@ struct Backward {
         coef[b * n_out + i] = ci;
         if (count == 0) continue;  // e_i = 0: no gradient term
         scalar_t* __restrict__ gr = grad + i * n_in;
-        for (int64_t j = 0; j < n_in; ++j) gr[j] += ci * e[j];
+        for (int64_t j = 0; j < n; ++j) gr[act[j]] = madd(ci, e[j], gr[act[j]]);
         if (out) {
-          for (int64_t j = 0; j < n_in; ++j) out[j] += gi * wi[j] * e[j];
+          for (int64_t j = 0; j < n; ++j) out[act[j]] = madd(gi * wc[j], e[j], out[act[j]]);
         }
       }
     }
