@@ -11,7 +11,7 @@ import torch
 from hm2bp import ops
 from hm2bp.functional import HM2BPRule, LayerSetup, hm2bp_linear
 from hm2bp.neuron import LIFParams, scan_inplace
-from hm2bp.spsp import PSPKernel, SpikeSums, spike_sums
+from hm2bp.spsp import PSPKernel, SpikeSums, contract, post_events, pre_traces, spike_sums
 from hm2bp.workspace import derived
 
 
@@ -203,3 +203,53 @@ def test_pure_pytorch_path_when_the_build_is_impossible(monkeypatch, ops_backend
     ops.set_backend("compiled")  # the fixture resets it
     with pytest.raises(RuntimeError, match="could not be built"):
         ops.kernels_for(pre)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("convention", ["original", "exact"])
+@pytest.mark.parametrize("rate", [0.01, 0.3])  # sparse pre rasters take the event-list form, dense ones the rows
+def test_spsp_rows_equal_the_event_contraction(dtype, convention, rate):
+    """``ops.spsp`` (the lateral factor's S-PSPs on the compiled path) against ``contract(post_events, pre_traces)``,
+    with silent post neurons and silent pre columns in the same samples."""
+    g = torch.Generator().manual_seed(7)
+    pre = (torch.rand(400, 5, 40, generator=g) < rate).to(dtype)
+    pre[:, :, :7] = 0  # columns that never fire
+    weight = torch.rand(9, 40, generator=g, dtype=dtype) * (3.0 if rate < 0.1 else 0.3)
+    weight[:2] = 0  # post neurons that never fire
+    post = ops.linear_forward(pre, weight, LIFParams(threshold=1.0))
+    kernel = PSPKernel(convention=convention)
+    expected = contract(post_events(post, kernel), pre_traces(pre, kernel), kernel)
+    assert post.sum(0)[:, 2:].min() > 3 and post[:, :, :2].sum() == 0
+    got = ops.spsp(pre, post, kernel)
+    assert torch.equal(got[:, :, :7], torch.zeros_like(got[:, :, :7])) and torch.equal(got[:, :2], got[:, :2] * 0)
+    tol = {"rtol": 1e-12, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 2e-5}
+    torch.testing.assert_close(got, expected, **tol)
+
+
+def test_backward_forms_give_the_same_numbers():
+    """A sample's pre side is held as an event list over its active columns after a sparse sample, as whole rows
+    after a dense one (the kernel picks the form from the previous sample of its thread); both give the same bits."""
+    g = torch.Generator().manual_seed(11)
+    x = (torch.rand(300, 1, 40, generator=g) < 0.05).double()
+    x[:, :, ::3] = 0  # some silent columns
+    sparse = torch.zeros_like(x)
+    sparse[5:200:7, :, :3] = 1
+    dense = (torch.rand(300, 1, 40, generator=g) < 0.5).double()
+    weight = torch.rand(6, 40, generator=g, dtype=torch.float64) * 1.5
+    lif, kernel = LIFParams(threshold=1.0), PSPKernel()
+    grad = torch.randn(1, 6, generator=g, dtype=torch.float64)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        torch.set_num_threads(1)
+        for first in (sparse, dense, sparse):
+            for pre in (first, x):
+                post = ops.linear_forward(pre, weight, lif)
+                out = ops.linear_backward(pre, post, weight, grad, None, weight.sum(1), 1.0, True, kernel)
+            results.append((out, ops.spsp(x, post, kernel)))
+    finally:
+        torch.set_num_threads(threads)
+    assert post.sum() > 10
+    for other in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0][0], other[0], strict=True))
+        assert torch.equal(results[0][1], other[1])

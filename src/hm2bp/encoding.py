@@ -12,11 +12,15 @@ from __future__ import annotations
 import torch
 
 from hm2bp import ops
+from hm2bp.workspace import BufferPool
 
 # Provenance: docs/algorithm.md §2 [CODE `readData/readMnistData.cpp:168-223`]: q = pixel / (5.5 · 255), at most
 # 0.1818 per step.
 PIXEL_MAX = 255.0
 RATE_DIVISOR = 5.5
+# The kernels' output rasters, reused once nothing refers to them any more (an MNIST batch's raster is 80 MB, whose
+# fresh allocation costs ~20 ms of page faults on a CPU, ten times the encoding itself).
+_rasters = BufferPool(2)
 
 _MASK32 = 0xFFFFFFFF
 
@@ -121,7 +125,7 @@ def bernoulli_encode(pixels: torch.Tensor, steps: int, *, seed: int, indices: to
     draw = 0 if fixed else epoch
     family = ops.kernels_for(pixels)
     if family != "torch":  # the same hash in C++ or Triton: same spikes, no (T, B, N) int64 temporaries
-        spikes = pixels.new_empty(steps, *pixels.shape, dtype=dtype or torch.get_default_dtype())
+        spikes = _rasters.get((steps, *pixels.shape), pixels.new_empty(0, dtype=dtype or torch.get_default_dtype()))
         keys = sample_keys(seed, indices.to(pixels.device), draw)
         if family == "cpp":
             torch.ops.hm2bp.bernoulli_hash_(keys, q.contiguous(), spikes)

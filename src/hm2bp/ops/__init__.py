@@ -280,6 +280,26 @@ def linear_backward(pre: torch.Tensor, post: torch.Tensor, weight: torch.Tensor,
     return coef, grad_w, (gwe if need_below else None), o, o_pre
 
 
+@torch.library.custom_op("hm2bp::spsp", mutates_args=())
+def spsp_op(pre: torch.Tensor, post: torch.Tensor, decay_m: float, decay_s: float, coef_m: float, coef_s: float,
+            delay: int, t_ref: int, window: int, zero_first: bool) -> torch.Tensor:
+    """The S-PSPs ``e (B, N_out, N_in)`` of :func:`spsp` (``window < 0``: none)."""
+    return _cpu_module().spsp_cpu(pre, post, decay_m, decay_s, coef_m, coef_s, delay, t_ref, window, zero_first)
+
+
+@spsp_op.register_fake
+def _(pre, post, decay_m, decay_s, coef_m, coef_s, delay, t_ref, window, zero_first):
+    return pre.new_empty(pre.shape[1], post.shape[2], pre.shape[2])
+
+
+def spsp(pre: torch.Tensor, post: torch.Tensor, kernel: PSPKernel) -> torch.Tensor:
+    """Per-sample S-PSPs ``e[b, i, j]`` of post neuron ``i`` onto pre neuron ``j`` from time-major ``pre (T, B, N_in)``
+    and ``post (T, B, N_out)`` (fused C++): ``hm2bp.spsp.contract(post_events(post), pre_traces(pre))``, the events of
+    each post neuron read against the pre traces in cache; 0 for a silent neuron."""
+    return torch.ops.hm2bp.spsp(pre.contiguous(), post.contiguous(), *kernel.decays, *kernel.coeffs, kernel.delay,
+                                kernel.t_ref, kernel.window if kernel.split else -1, kernel.convention == "original")
+
+
 @torch.library.custom_op("hm2bp::bernoulli_hash_", mutates_args=("out",))
 def bernoulli_hash_(keys: torch.Tensor, q: torch.Tensor, out: torch.Tensor) -> None:
     """``out[t, b, i] = 1`` iff ``t ≥ 1`` and ``lowbias32(keys[b] + t·N + i)/2³² < q[b, i]`` (the pure-PyTorch

@@ -11,11 +11,14 @@ std::vector<torch::Tensor> linear_backward_cpu(torch::Tensor pre, torch::Tensor 
                                                bool need_below, double decay_m, double decay_s, double coef_m,
                                                double coef_s, int64_t delay, int64_t t_ref, int64_t window,
                                                bool zero_first);
+torch::Tensor spsp_cpu(torch::Tensor pre, torch::Tensor post, double decay_m, double decay_s, double coef_m,
+                       double coef_s, int64_t delay, int64_t t_ref, int64_t window, bool zero_first);
 void bernoulli_hash_cpu(torch::Tensor keys, torch::Tensor q, torch::Tensor out);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("lif_scan_cpu", &lif_scan_cpu, "fused LIF scan, in place (CPU)");
   m.def("linear_forward_cpu", &linear_forward_cpu, "spiking linear layer forward into post: event-driven drive + LIF scan");
   m.def("linear_backward_cpu", &linear_backward_cpu, "spiking linear layer HM2-BP backward contractions");
+  m.def("spsp_cpu", &spsp_cpu, "per-sample S-PSPs e (B, N_out, N_in) of HM2-BP (CPU)");
   m.def("bernoulli_hash_cpu", &bernoulli_hash_cpu, "Bernoulli rate code from the counter-based hash, into out");
 }

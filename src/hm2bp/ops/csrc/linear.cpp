@@ -316,6 +316,27 @@ struct Backward {
       }
     }
   }
+
+  // The S-PSPs e (B, n_out, n_in) of samples [lo, hi) themselves (the counts come out as in samples()).
+  void rows(int64_t lo, int64_t hi, scalar_t* __restrict__ e_all) const {
+    thread_local Scratch<scalar_t> sc;
+    for (int64_t b = lo; b < hi; ++b) {
+      post_times(b, sc, o + b * n_out);
+      pre_events(b, sc, o_pre + b * n_in);
+      traces(b, sc);
+      const int64_t n = static_cast<int64_t>(sc.act.size());
+      sc.compact = 2 * sc.busy < n_in;
+      sc.e.resize(n);
+      scalar_t* __restrict__ out = e_all + b * n_out * n_in;
+      std::fill(out, out + n_out * n_in, scalar_t(0));
+      for (int64_t i = 0; i < n_out; ++i) {
+        const int64_t count = sc.start[i + 1] - sc.start[i];
+        if (count == 0) continue;
+        psp_row(sc.e.data(), sc.tr.data(), n, sc.times.data() + sc.start[i], count);
+        for (int64_t j = 0; j < n; ++j) out[i * n_in + sc.act[j]] = sc.e[j];
+      }
+    }
+  }
 };
 
 // Samples are split into this many fixed groups, each with its own gradient buffer, summed in group order.
@@ -391,4 +412,25 @@ std::vector<at::Tensor> linear_backward_cpu(at::Tensor pre, at::Tensor post, at:
     });
   });
   return {coef, partial.sum(0), gwe, o, o_pre};
+}
+
+at::Tensor spsp_cpu(at::Tensor pre, at::Tensor post, double decay_m, double decay_s, double coef_m, double coef_s,
+                    int64_t delay, int64_t t_ref, int64_t window, bool zero_first) {
+  TORCH_CHECK(pre.dim() == 3 && post.dim() == 3 && pre.size(0) == post.size(0) && pre.size(1) == post.size(1),
+              "pre (T, B, N_in) and post (T, B, N_out) must share (T, B)");
+  TORCH_CHECK(pre.is_contiguous() && post.is_contiguous() && pre.device().is_cpu() && post.device().is_cpu() &&
+                  pre.scalar_type() == post.scalar_type(),
+              "spsp_cpu: pre and post must be contiguous CPU tensors of one dtype");
+  const int64_t T = pre.size(0), B = pre.size(1), n_in = pre.size(2), n_out = post.size(2);
+  auto e = at::empty({B, n_out, n_in}, pre.options());
+  auto o = at::empty({B, n_out}, pre.options());
+  auto o_pre = at::empty({B, n_in}, pre.options());
+  AT_DISPATCH_FLOATING_TYPES(pre.scalar_type(), "spsp_cpu", [&] {
+    Backward<scalar_t> bw{pre.data_ptr<scalar_t>(), post.data_ptr<scalar_t>(), nullptr, nullptr, nullptr, nullptr,
+                          nullptr, nullptr, o.data_ptr<scalar_t>(), o_pre.data_ptr<scalar_t>(), T, B, n_in, n_out,
+                          scalar_t(1), KernelArgs{decay_m, decay_s, coef_m, coef_s, delay, t_ref, window, zero_first}};
+    scalar_t* out = e.data_ptr<scalar_t>();
+    at::parallel_for(0, B, 1, [&](int64_t lo, int64_t hi) { bw.rows(lo, hi, out); });
+  });
+  return e;
 }
