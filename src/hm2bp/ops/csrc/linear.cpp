@@ -58,6 +58,14 @@ inline void for_each_spike(const scalar_t* x, int64_t n, F&& f) {
   }
 }
 
+// Asks for the n values at x to be brought into cache: a sample's rows of a time-major raster lie B rows apart, so
+// each starts cold for the hardware prefetcher; the loops over time ask for the next step's row while on this one.
+template <typename scalar_t>
+inline void prefetch(const scalar_t* x, int64_t n) {
+  const char* p = reinterpret_cast<const char*>(x);
+  for (int64_t off = 0; off < n * static_cast<int64_t>(sizeof(scalar_t)); off += 64) __builtin_prefetch(p + off);
+}
+
 template <typename scalar_t, bool kLateral>
 void forward_sample(const scalar_t* __restrict__ pre, const scalar_t* __restrict__ wt, scalar_t* __restrict__ post,
                     int64_t T, int64_t B, int64_t b, int64_t n_in, int64_t n_out, scalar_t fire_at, scalar_t dm,
@@ -71,6 +79,7 @@ void forward_sample(const scalar_t* __restrict__ pre, const scalar_t* __restrict
   std::fill(post + b * n_out, post + (b + 1) * n_out, scalar_t(0));  // no spike at t = 0
   for (int64_t t = 1; t < T; ++t) {
     const scalar_t* x = pre + ((t - 1) * B + b) * n_in;
+    if (t < T - 1) prefetch(x + B * n_in, n_in);
     std::fill(dr, dr + n_out, scalar_t(0));
     for_each_spike(x, n_in, [&](int64_t j) {  // I[t-1]/tau_s = sum_j x_j W^T_j / tau_s over the inputs that spiked
       const scalar_t a = x[j];  // 1 for a spike (then a * row is exact); any other value weighs the row as a GEMM
@@ -139,6 +148,7 @@ struct Backward {
     if (!sc.compact) {
       for (int64_t t = 0; t < T; ++t) {
         const scalar_t* __restrict__ now = pre + (t * B + b) * n_in;
+        if (t + 1 < T) prefetch(now + B * n_in, n_in);
         for (int64_t j = 0; j < n_in; ++j) o_pre[j] += now[j];
       }
       sc.busy = 0;
@@ -154,6 +164,7 @@ struct Backward {
     for (int64_t t = 0; t < T; ++t) {
       sc.first[t] = static_cast<int64_t>(sc.ev.size());
       const scalar_t* __restrict__ now = pre + (t * B + b) * n_in;
+      if (t + 1 < T) prefetch(now + B * n_in, n_in);
       for_each_spike(now, n_in, [&](int64_t j) {
         sc.ev.emplace_back(static_cast<int32_t>(j), now[j]);
         o_pre[j] += now[j];  // the same additions, in the same order, as summing the rows (zeros add nothing)
@@ -252,6 +263,7 @@ struct Backward {
     sc.spikes.clear();
     for (int64_t t = 0; t < T; ++t) {
       const scalar_t* __restrict__ row = post + (t * B + b) * n_out;
+      if (t + 1 < T) prefetch(row + B * n_out, n_out);
       for_each_spike(row, n_out, [&](int64_t i) {
         sc.spikes.emplace_back(static_cast<int32_t>(i), static_cast<int32_t>(t));
       });
