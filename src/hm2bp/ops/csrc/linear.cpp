@@ -21,11 +21,8 @@
 #include <utility>
 #include <vector>
 
-#if defined(__AVX2__)
-#include <immintrin.h>
-#endif
-
 #include "madd.h"
+#include "memory.h"
 
 namespace {
 
@@ -58,18 +55,10 @@ inline void for_each_spike(const scalar_t* x, int64_t n, F&& f) {
   }
 }
 
-// Asks for the n values at x to be brought into cache: a sample's rows of a time-major raster lie B rows apart, so
-// each starts cold for the hardware prefetcher; the loops over time ask for the next step's row while on this one.
-template <typename scalar_t>
-inline void prefetch(const scalar_t* x, int64_t n) {
-  const char* p = reinterpret_cast<const char*>(x);
-  for (int64_t off = 0; off < n * static_cast<int64_t>(sizeof(scalar_t)); off += 64) __builtin_prefetch(p + off);
-}
-
 template <typename scalar_t, bool kLateral>
 void forward_sample(const scalar_t* __restrict__ pre, const scalar_t* __restrict__ wt, scalar_t* __restrict__ post,
                     int64_t T, int64_t B, int64_t b, int64_t n_in, int64_t n_out, scalar_t fire_at, scalar_t dm,
-                    scalar_t ds, int64_t t_ref, scalar_t lateral) {
+                    scalar_t ds, int64_t t_ref, scalar_t lateral, bool stream) {
   std::vector<scalar_t> drive(n_out), c(n_out, 0), v(n_out, 0), ref(n_out, 0);
   scalar_t* __restrict__ dr = drive.data();
   scalar_t* __restrict__ cp = c.data();
@@ -96,7 +85,19 @@ void forward_sample(const scalar_t* __restrict__ pre, const scalar_t* __restrict
       scalar_t ci = madd(cp[i], ds, dr[i]);  // c <- c(1 - 1/tau_s) + I[t-1]/tau_s
       if constexpr (kLateral) ci = madd(-lateral, total - prev[i], ci);  // -w0/tau_s per other spike at t-1
       cp[i] = ci;
-      out[i] = lif_step(ci, vp[i], rp[i], dm, fire_at, hold);
+      const scalar_t spike = lif_step(ci, vp[i], rp[i], dm, fire_at, hold);
+      if constexpr (kLateral) {
+        out[i] = spike;  // read back as prev at the next step
+      } else {
+        dr[i] = spike;
+      }
+    }
+    if constexpr (!kLateral) {
+      if (stream) {
+        stream_row(out, dr, n_out);
+      } else {
+        std::memcpy(out, dr, n_out * sizeof(scalar_t));
+      }
     }
   }
 }
@@ -110,15 +111,33 @@ struct KernelArgs {
   bool zero_first;          // pre spikes at t = 0 never count (original convention)
 };
 
+// sum_j a_j b_j in kDotLanes interleaved partial sums (lane j mod kDotLanes), added pairwise at the end: the order is
+// fixed by j alone, so the result does not depend on the instruction set, and the lanes are independent chains (a
+// single running sum waits for each multiply-add to finish before the next).
+constexpr int64_t kDotLanes = 16;
+
+template <typename scalar_t>
+inline scalar_t dot(const scalar_t* __restrict__ a, const scalar_t* __restrict__ b, int64_t n) {
+  scalar_t acc[kDotLanes] = {};
+  int64_t j = 0;
+  for (; j + kDotLanes <= n; j += kDotLanes) {
+    for (int64_t l = 0; l < kDotLanes; ++l) acc[l] = madd(a[j + l], b[j + l], acc[l]);
+  }
+  for (int64_t l = 0; j + l < n; ++l) acc[l] = madd(a[j + l], b[j + l], acc[l]);
+  for (int64_t width = kDotLanes / 2; width > 0; width /= 2) {
+    for (int64_t l = 0; l < width; ++l) acc[l] += acc[l + width];
+  }
+  return acc[0];
+}
+
 // Per-thread scratch of the backward kernel (see Backward::samples).
 template <typename scalar_t>
 struct Scratch {
-  std::vector<scalar_t> tr, e, wi, x;
+  std::vector<scalar_t> tr, e, wi, x, seen;
   std::vector<int64_t> first, start, times;
   std::vector<int32_t> pos, act;
   std::vector<std::pair<int32_t, scalar_t>> ev;     // pre events (column, value) in time order
   std::vector<std::pair<int32_t, int32_t>> spikes;  // post spikes (neuron, time) in time order
-  int64_t busy = 0;     // active columns of the last sample
   bool compact = true;  // the form of the pre side (Backward::pre_events), chosen from the previous sample
 };
 
@@ -137,47 +156,67 @@ struct Backward {
   int64_t T, B, n_in, n_out;
   scalar_t nu;
   KernelArgs k;
+  // pow_m[q] = decay_m^q, pow_s[q] = decay_s^q for 0 <= q <= max(T, window) (std::pow's values, computed once)
+  std::vector<scalar_t> pow_m, pow_s;
 
-  // The pre spikes of sample b, one pass over its rows, with the counts into o_pre (n_in). Compact (sparse
-  // inputs): the events (column, value) of each step t in ev[first[t], first[t + 1]) in column order, the active
-  // columns (a nonzero value at some step) ascending in act, and pos[j] = index of column j in act (or -1).
-  // Dense (most columns active): act = every column, and the traces read the rows themselves.
+  void init_powers() {
+    const int64_t top = std::max<int64_t>(T, k.window) + 1;
+    pow_m.resize(top);
+    pow_s.resize(top);
+    for (int64_t q = 0; q < top; ++q) {
+      pow_m[q] = std::pow(static_cast<scalar_t>(k.decay_m), static_cast<scalar_t>(q));
+      pow_s[q] = std::pow(static_cast<scalar_t>(k.decay_s), static_cast<scalar_t>(q));
+    }
+  }
+
+  // base^q from its table, or from std::pow outside it (q < 0 only on rasters that break the refractory period)
+  static scalar_t power(const std::vector<scalar_t>& table, double base, int64_t q) {
+    if (q >= 0 && q < static_cast<int64_t>(table.size())) return table[q];
+    return std::pow(static_cast<scalar_t>(base), static_cast<scalar_t>(q));
+  }
+
+  // The pre side of sample b, one pass over its rows: the counts into o_pre (n_in), the active columns (a nonzero
+  // value at some step) ascending in act, and pos[j] = index of column j in act (or -1). Compact form (sparse
+  // inputs): the events (column, value) of step t are kept in ev[first[t], first[t + 1]), in column order. Dense
+  // form (most columns active): the traces gather the active columns from the rows themselves. Both forms give the
+  // same act, traces and so the same numbers; the dense one skips the per-event work where events are many.
   void pre_events(int64_t b, Scratch<scalar_t>& sc, scalar_t* __restrict__ o_pre) const {
     std::fill(o_pre, o_pre + n_in, scalar_t(0));
     sc.act.clear();
-    if (!sc.compact) {
-      for (int64_t t = 0; t < T; ++t) {
-        const scalar_t* __restrict__ now = pre + (t * B + b) * n_in;
-        if (t + 1 < T) prefetch(now + B * n_in, n_in);
-        for (int64_t j = 0; j < n_in; ++j) o_pre[j] += now[j];
-      }
-      sc.busy = 0;
-      for (int64_t j = 0; j < n_in; ++j) {
-        sc.act.push_back(static_cast<int32_t>(j));
-        sc.busy += o_pre[j] != scalar_t(0);
-      }
-      return;
-    }
-    sc.first.resize(T + 1);
-    sc.ev.clear();
     sc.pos.assign(n_in, -1);
+    if (sc.compact) {
+      sc.first.resize(T + 1);
+      sc.ev.clear();
+    } else {
+      sc.seen.assign(n_in, scalar_t(0));
+    }
     for (int64_t t = 0; t < T; ++t) {
-      sc.first[t] = static_cast<int64_t>(sc.ev.size());
       const scalar_t* __restrict__ now = pre + (t * B + b) * n_in;
       if (t + 1 < T) prefetch(now + B * n_in, n_in);
+      if (!sc.compact) {
+        scalar_t* __restrict__ seen = sc.seen.data();
+        for (int64_t j = 0; j < n_in; ++j) {
+          o_pre[j] += now[j];
+          seen[j] = now[j] != scalar_t(0) ? scalar_t(1) : seen[j];
+        }
+        continue;
+      }
+      sc.first[t] = static_cast<int64_t>(sc.ev.size());
       for_each_spike(now, n_in, [&](int64_t j) {
         sc.ev.emplace_back(static_cast<int32_t>(j), now[j]);
         o_pre[j] += now[j];  // the same additions, in the same order, as summing the rows (zeros add nothing)
         sc.pos[j] = 0;
       });
     }
-    sc.first[T] = static_cast<int64_t>(sc.ev.size());
-    sc.busy = 0;
+    if (sc.compact) {
+      sc.first[T] = static_cast<int64_t>(sc.ev.size());
+    } else {
+      for (int64_t j = 0; j < n_in; ++j) sc.pos[j] = sc.seen[j] != scalar_t(0) ? 0 : -1;
+    }
     for (int64_t j = 0; j < n_in; ++j) {
       if (sc.pos[j] < 0) continue;
       sc.pos[j] = static_cast<int32_t>(sc.act.size());
       sc.act.push_back(static_cast<int32_t>(j));
-      ++sc.busy;
     }
   }
 
@@ -186,8 +225,10 @@ struct Backward {
   void traces(int64_t b, Scratch<scalar_t>& sc) const {
     const scalar_t dm = static_cast<scalar_t>(k.decay_m), ds = static_cast<scalar_t>(k.decay_s);
     const int64_t n = static_cast<int64_t>(sc.act.size());
+    const int32_t* __restrict__ act = sc.act.data();
     sc.tr.resize(T * 2 * n);
     sc.x.assign(n, scalar_t(0));
+    scalar_t* __restrict__ x = sc.x.data();
     for (int64_t t = 0; t < T; ++t) {
       scalar_t* __restrict__ m = sc.tr.data() + t * 2 * n;
       scalar_t* __restrict__ s = m + n;
@@ -196,10 +237,12 @@ struct Backward {
         std::fill(m, m + 2 * n, scalar_t(0));
         continue;
       }
-      const scalar_t* __restrict__ x = pre + (src * B + b) * n_in;  // dense: the row itself
       if (sc.compact) {
-        for (int64_t q = sc.first[src]; q < sc.first[src + 1]; ++q) sc.x[sc.pos[sc.ev[q].first]] = sc.ev[q].second;
-        x = sc.x.data();
+        for (int64_t q = sc.first[src]; q < sc.first[src + 1]; ++q) x[sc.pos[sc.ev[q].first]] = sc.ev[q].second;
+      } else {
+        const scalar_t* __restrict__ row = pre + (src * B + b) * n_in;
+        if (src + 1 < T) prefetch(row + B * n_in, n_in);
+        for (int64_t j = 0; j < n; ++j) x[j] = row[act[j]];
       }
       if (src == 0) {
         const bool skip = k.zero_first;
@@ -213,7 +256,7 @@ struct Backward {
         }
       }
       if (sc.compact) {
-        for (int64_t q = sc.first[src]; q < sc.first[src + 1]; ++q) sc.x[sc.pos[sc.ev[q].first]] = scalar_t(0);
+        for (int64_t q = sc.first[src]; q < sc.first[src + 1]; ++q) x[sc.pos[sc.ev[q].first]] = scalar_t(0);
       }
     }
   }
@@ -229,29 +272,28 @@ struct Backward {
   // event for event).
   void psp_row(scalar_t* __restrict__ e, const scalar_t* tr, int64_t n, const int64_t* times, int64_t count) const {
     std::fill(e, e + n, scalar_t(0));
-    const scalar_t dm = static_cast<scalar_t>(k.decay_m), ds = static_cast<scalar_t>(k.decay_s);
     const scalar_t cm = static_cast<scalar_t>(k.coef_m), cs = static_cast<scalar_t>(k.coef_s);
     const bool split = k.window >= 0;
-    const scalar_t span = static_cast<scalar_t>(k.window - k.t_ref);
+    const int64_t span = k.window - k.t_ref;
     for (int64_t q = 0; q < count; ++q) {
       const int64_t t = times[q];
       read(e, tr, n, t, cm, cs);  // +1 at the spike
       bool reset = q > 0;
       scalar_t dms = 0;
+      int64_t sigma = 0;
       if (reset) {
         const int64_t r = times[q - 1] + k.t_ref;
-        const int64_t sigma = t - r;
-        dms = std::pow(dm, static_cast<scalar_t>(sigma));
-        if (split) reset = sigma <= k.window - k.t_ref - 1;
+        sigma = t - r;
+        dms = power(pow_m, k.decay_m, sigma);
+        if (split) reset = sigma <= span - 1;
         if (reset) read(e, tr, n, r, -dms * cm, -dms * cs);  // -decay_m^sigma at the previous reset
       }
       if (split) {
         const int64_t u = t - k.window + k.t_ref;
         if (u >= 0) {  // remove the pre spikes that left the window
-          const scalar_t sigma = reset ? static_cast<scalar_t>(t - times[q - 1] - k.t_ref) : scalar_t(0);
-          const scalar_t kept_m = reset ? dms * std::pow(dm, span - sigma) : scalar_t(0);
-          const scalar_t kept_s = reset ? dms * std::pow(ds, span - sigma) : scalar_t(0);
-          read(e, tr, n, u, (kept_m - std::pow(dm, span)) * cm, (kept_s - std::pow(ds, span)) * cs);
+          const scalar_t kept_m = reset ? dms * power(pow_m, k.decay_m, span - sigma) : scalar_t(0);
+          const scalar_t kept_s = reset ? dms * power(pow_s, k.decay_s, span - sigma) : scalar_t(0);
+          read(e, tr, n, u, (kept_m - pow_m[span]) * cm, (kept_s - pow_s[span]) * cs);
         }
       }
     }
@@ -291,7 +333,7 @@ struct Backward {
       pre_events(b, sc, o_pre + b * n_in);
       traces(b, sc);
       const int64_t n = static_cast<int64_t>(sc.act.size());
-      sc.compact = 2 * sc.busy < n_in;  // the next sample's form: either gives the same numbers, one is faster
+      sc.compact = 2 * n < n_in;  // the next sample's form: either gives the same numbers, one is faster
       const int32_t* __restrict__ act = sc.act.data();
       sc.e.resize(n);
       sc.wi.resize(n);
@@ -311,9 +353,7 @@ struct Backward {
         if (rho) {  // side effect S_i = a_i / (o_i nu), or rho_i / nu for a silent neuron
           scalar_t side = rho[i];
           if (count > 0) {
-            scalar_t a = 0;
-            for (int64_t j = 0; j < n; ++j) a = madd(wc[j], e[j], a);
-            side = a / static_cast<scalar_t>(count);
+            side = dot(wc, e, n) / static_cast<scalar_t>(count);
           }
           ci = ci * (scalar_t(1) + side / nu);
         }
@@ -337,7 +377,7 @@ struct Backward {
       pre_events(b, sc, o_pre + b * n_in);
       traces(b, sc);
       const int64_t n = static_cast<int64_t>(sc.act.size());
-      sc.compact = 2 * sc.busy < n_in;
+      sc.compact = 2 * n < n_in;
       sc.e.resize(n);
       scalar_t* __restrict__ out = e_all + b * n_out * n_in;
       std::fill(out, out + n_out * n_in, scalar_t(0));
@@ -372,12 +412,14 @@ void linear_forward_cpu(at::Tensor pre, at::Tensor weight_t, at::Tensor post, do
     const scalar_t* x = pre.data_ptr<scalar_t>();
     const scalar_t* wt = weight_t.data_ptr<scalar_t>();
     scalar_t* out = post.data_ptr<scalar_t>();
+    const bool stream = lateral == 0.0 && T * B * n_out * static_cast<int64_t>(sizeof(scalar_t)) >= kStreamBytes;
     at::parallel_for(0, B, 1, [&](int64_t lo, int64_t hi) {
       for (int64_t b = lo; b < hi; ++b) {
         const auto run = lateral != 0.0 ? forward_sample<scalar_t, true> : forward_sample<scalar_t, false>;
         run(x, wt, out, T, B, b, n_in, n_out, static_cast<scalar_t>(fire_at), static_cast<scalar_t>(decay_m),
-            static_cast<scalar_t>(decay_s), t_ref, static_cast<scalar_t>(lateral));
+            static_cast<scalar_t>(decay_s), t_ref, static_cast<scalar_t>(lateral), stream);
       }
+      store_fence();
     });
   });
 }
@@ -416,6 +458,7 @@ std::vector<at::Tensor> linear_backward_cpu(at::Tensor pre, at::Tensor post, at:
                           o_pre.data_ptr<scalar_t>(), T, B, n_in, n_out,
                           static_cast<scalar_t>(nu),
                           KernelArgs{decay_m, decay_s, coef_m, coef_s, delay, t_ref, window, zero_first}};
+    bw.init_powers();
     scalar_t* part = partial.data_ptr<scalar_t>();
     at::parallel_for(0, groups, 1, [&](int64_t lo, int64_t hi) {
       for (int64_t q = lo; q < hi; ++q) {
@@ -441,6 +484,7 @@ at::Tensor spsp_cpu(at::Tensor pre, at::Tensor post, double decay_m, double deca
     Backward<scalar_t> bw{pre.data_ptr<scalar_t>(), post.data_ptr<scalar_t>(), nullptr, nullptr, nullptr, nullptr,
                           nullptr, nullptr, o.data_ptr<scalar_t>(), o_pre.data_ptr<scalar_t>(), T, B, n_in, n_out,
                           scalar_t(1), KernelArgs{decay_m, decay_s, coef_m, coef_s, delay, t_ref, window, zero_first}};
+    bw.init_powers();
     scalar_t* out = e.data_ptr<scalar_t>();
     at::parallel_for(0, B, 1, [&](int64_t lo, int64_t hi) { bw.rows(lo, hi, out); });
   });
