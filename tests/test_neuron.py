@@ -95,3 +95,28 @@ def test_negative_lateral_inhibition_is_refused_by_every_scan_path():
                 lambda: ops.linear_forward(torch.zeros(4, 1, 3), torch.zeros(2, 3), params, -1.0)):
         with pytest.raises(ValueError, match=r"lateral_w0 must be >= 0, got -1\.0"):
             run()
+
+
+def test_marked_spikes_skip_the_value_check_until_written():
+    from hm2bp.neuron import check_spikes, mark_spikes
+
+    x = (torch.rand(2, 30, 5) < 0.3).float()
+    bad = x.clone()
+    bad[0, 0, 0] = 0.5
+    with pytest.raises(ValueError, match="only 0/1"):
+        check_spikes("x", bad)
+    check_spikes("x", mark_spikes(x))
+    check_spikes("x", mark_spikes(bad.clone()))  # a marked tensor is not read: the mark is a promise
+    x[0, 0, 0] = 0.5  # a write drops the mark: the values are read again
+    with pytest.raises(ValueError, match="only 0/1"):
+        check_spikes("x", x)
+
+
+def test_encoded_trains_are_marked():
+    from hm2bp.encoding import bernoulli_encode
+    from hm2bp.workspace import derived
+
+    spikes = bernoulli_encode(torch.rand(3, 8) * 255, 20, seed=0, indices=torch.arange(3))
+    assert derived.get(spikes) is not None
+    spikes[0, 5, 0] = 0.5
+    assert derived.get(spikes) is None

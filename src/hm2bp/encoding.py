@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from hm2bp import ops
+from hm2bp.neuron import mark_spikes
 from hm2bp.workspace import BufferPool
 
 # Provenance: docs/algorithm.md §2 [CODE `readData/readMnistData.cpp:168-223`]: q = pixel / (5.5 · 255), at most
@@ -133,4 +134,4 @@ def bernoulli_encode(pixels: torch.Tensor, steps: int, *, seed: int, indices: to
             ops.triton_module(pixels.device).bernoulli_spikes(keys, q.contiguous(), spikes)
     else:
         spikes = _hashed_spikes(q, steps, sample_keys(seed, indices, draw), dtype or torch.get_default_dtype())
-    return spikes.transpose(0, 1)  # (B, T, N) view of time-major storage: the layers use it without a copy
+    return mark_spikes(spikes.transpose(0, 1))  # (B, T, N) view of time-major storage: the layers use it as it is

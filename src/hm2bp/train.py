@@ -27,6 +27,7 @@ from hm2bp.loss import (
     predict,
     weight_regularizer,
 )
+from hm2bp.neuron import mark_spikes
 from hm2bp.spsp import spike_sums
 
 
@@ -129,7 +130,7 @@ class StaticSplit:
     def spikes(self, idx: torch.Tensor, epoch: int) -> torch.Tensor:
         """``(B, T, N)`` spike trains (a view of time-major storage) of the samples ``idx``."""
         if self._trains is not None:
-            return self._trains[:, idx].to(torch.get_default_dtype()).transpose(0, 1)
+            return mark_spikes(self._trains[:, idx].to(torch.get_default_dtype()).transpose(0, 1))
         return self.encode(self.pixels[idx], idx, epoch)
 
     def encode(self, pixels: torch.Tensor, idx: torch.Tensor, epoch: int) -> torch.Tensor:
