@@ -57,7 +57,7 @@ def bptt_step(steps: int, hidden: int):
 
     from vs_bptt import bptt_peer
 
-    params, forward = bptt_peer(hidden, THRESHOLDS)  # the same peer as bench/vs_bptt.py
+    params, forward = bptt_peer(64, hidden, THRESHOLDS)  # the same peer as bench/vs_bptt.py
     opt = torch.optim.Adam(params, lr=LR)
     loss_fn = SF.mse_count_loss(correct_rate=35 / 400, incorrect_rate=5 / 400)  # the same rates at every T
     x, y = _batch(steps)

