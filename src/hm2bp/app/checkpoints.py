@@ -152,9 +152,7 @@ class RunCheckpoint(Callback):
         atomic_save(trainer, self.path)
         self._last_save = time.monotonic()
 
-    def _stop(self, trainer, where: str) -> None:
-        signum = self.received
-        assert signum is not None
+    def _stop(self, trainer, signum: int, where: str) -> None:
         name = signal.Signals(signum).name
         message = (f"interrupted by {name} {where}: saved {self.path}; run the same command again to resume from "
                    f"there")
@@ -174,35 +172,38 @@ class RunCheckpoint(Callback):
         if checkpoint.get(MID_EPOCH_KEY) and trainer.datamodule is not None:
             trainer.datamodule.resume_within_epoch(pl_module.samples_this_epoch)
 
-    def _agree(self, trainer, due: bool) -> bool:
-        """Under DDP every process must save together: the largest signal number noted by any process, and whether
-        a timed save is due on any (one small all-reduce, only with several processes)."""
+    def _agree(self, trainer, due: bool) -> tuple[int | None, bool]:
+        """``(signal, due)`` to act on now: under DDP every process must save and stop together, on the largest
+        signal number noted by any process and whether a timed save is due on any (one small all-reduce, only with
+        several processes). Callers act on these values, not on :attr:`received`: a signal noted after the
+        all-reduce waits for the next agreement, or one process would stop while the others go on."""
+        signum = self.received
         if trainer.world_size > 1:
-            flags = torch.tensor([self.received or 0, int(due)], dtype=torch.int64, device=trainer.strategy.root_device)
+            flags = torch.tensor([signum or 0, int(due)], dtype=torch.int64, device=trainer.strategy.root_device)
             torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
-            signum, due = (int(v) for v in flags.tolist())
-            self.received = signum or None
-        return bool(due)
+            signum, due = (int(v) or None for v in flags.tolist())
+            self.received = self.received or signum
+        return signum, bool(due)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if batch_idx + 1 >= trainer.num_training_batches:
             return  # the epoch's last batch: the epoch-end checkpoint follows its validation
         if trainer.world_size > 1 and (batch_idx + 1) % DDP_AGREE_EVERY:
             return  # under DDP the processes compare notes every few batches only (a sync on GPUs)
-        due = self._agree(trainer, self.every_seconds is not None and
-                          time.monotonic() - self._last_save >= self.every_seconds)
-        if self.received is None and not due:
+        signum, due = self._agree(trainer, self.every_seconds is not None and
+                                  time.monotonic() - self._last_save >= self.every_seconds)
+        if signum is None and not due:
             return
         self._mid_epoch = True
         try:
             self._save(trainer)
         finally:
             self._mid_epoch = False
-        if self.received is not None:
-            self._stop(trainer, f"at epoch {trainer.current_epoch}, batch {batch_idx + 1}")
+        if signum is not None:
+            self._stop(trainer, signum, f"at epoch {trainer.current_epoch}, batch {batch_idx + 1}")
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self._agree(trainer, False)
+        signum, _ = self._agree(trainer, False)
         self._save(trainer)
-        if self.received is not None:
-            self._stop(trainer, f"at the end of epoch {trainer.current_epoch}")
+        if signum is not None:
+            self._stop(trainer, signum, f"at the end of epoch {trainer.current_epoch}")
