@@ -11,6 +11,7 @@ several passes over the same raster share one computation.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from typing import Any
 
@@ -79,14 +80,20 @@ derived = TensorCache(4)
 
 
 class BufferPool:
-    """At most ``size`` cached buffers; :meth:`get` returns a free one of the right shape or allocates."""
+    """At most ``size`` cached buffers; :meth:`get` returns a free one of the right shape or allocates (one thread at
+    a time: the encoders' pools may be shared by loader threads)."""
 
     def __init__(self, size: int = 2) -> None:
         self.size = size
         self._items: list[tuple[torch.Tensor, int]] = []  # (buffer, reference count when only the pool holds it)
+        self._lock = threading.Lock()
 
     def get(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
         """An uninitialised tensor of ``shape`` with the dtype and device of ``like``."""
+        with self._lock:
+            return self._get(shape, like)
+
+    def _get(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
         for buf, free_refs in self._items:
             if (buf.shape == shape and buf.dtype == like.dtype and buf.device == like.device
                     and free_refs >= 0 and _refs(buf) - derived.holds(buf) == free_refs):
@@ -107,5 +114,4 @@ class BufferPool:
         return {"size": self.size}
 
     def __setstate__(self, state: dict) -> None:
-        self.size = state["size"]
-        self._items = []
+        self.__init__(state["size"])
