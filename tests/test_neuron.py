@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from hm2bp import ops
-from hm2bp.neuron import LIFParams, lif_scan, scan_inplace
+from hm2bp.neuron import LIFParams, lif_scan, mark_spikes, scan_inplace
 from hm2bp.reference import lif_reference
 
 
@@ -98,7 +98,7 @@ def test_negative_lateral_inhibition_is_refused_by_every_scan_path():
 
 
 def test_marked_spikes_skip_the_value_check_until_written():
-    from hm2bp.neuron import check_spikes, mark_spikes
+    from hm2bp.neuron import check_spikes
 
     x = (torch.rand(2, 30, 5) < 0.3).float()
     bad = x.clone()
@@ -112,11 +112,19 @@ def test_marked_spikes_skip_the_value_check_until_written():
         check_spikes("x", x)
 
 
-def test_encoded_trains_are_marked():
+def test_encoded_trains_are_marked_without_being_kept_alive():
+    import gc
+    import weakref
+
     from hm2bp.encoding import bernoulli_encode
-    from hm2bp.workspace import derived
+    from hm2bp.neuron import marked
 
     spikes = bernoulli_encode(torch.rand(3, 8) * 255, 20, seed=0, indices=torch.arange(3))
-    assert derived.get(spikes) is not None
+    assert marked(spikes) and not marked(spikes.clone())
     spikes[0, 5, 0] = 0.5
-    assert derived.get(spikes) is None
+    assert not marked(spikes)
+    other = mark_spikes(torch.zeros(4, 5, 6))
+    alive = weakref.ref(other)
+    del other
+    gc.collect()
+    assert alive() is None  # the mark holds no reference

@@ -15,11 +15,10 @@ No neuron spikes at ``t = 0``. The synaptic state is never reset.
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 
 import torch
-
-from hm2bp.workspace import derived
 
 # Provenance of every default below: docs/algorithm.md §1 [CODE `layers/Spiking.cu:1470-1538`].
 TAU_M = 64.0  # membrane time constant, in steps
@@ -78,15 +77,24 @@ def _host_reads(x: torch.Tensor) -> bool:
     return ops.host_reads_allowed(x)
 
 
-# The mark of a tensor known to hold only 0/1 (in hm2bp.workspace.derived, so a write to the tensor drops it).
-_ZERO_ONE = "0/1"
+# Tensors known to hold only 0/1: id → (weak reference, version counter when marked). Weak: a mark keeps no raster
+# alive; the version: any write to the tensor (or a view of it) drops the mark.
+_marks: dict[int, tuple[weakref.ref, int]] = {}
 
 
 def mark_spikes(x: torch.Tensor) -> torch.Tensor:
     """Record that ``x`` holds only 0/1 (it was made so, e.g. by an encoder), so that :func:`check_spikes` need not read
     it again while it is unchanged (an MNIST batch's raster is 80 MB: the check was ~12 ms per batch). Returns ``x``."""
-    derived.put(x, _ZERO_ONE)
+    if not x.is_inference():  # inference tensors have no version counter
+        key = id(x)
+        _marks[key] = (weakref.ref(x, lambda _, k=key: _marks.pop(k, None)), x._version)
     return x
+
+
+def marked(x: torch.Tensor) -> bool:
+    """Whether ``x`` itself was marked by :func:`mark_spikes` and not written since."""
+    entry = _marks.get(id(x))
+    return entry is not None and entry[0]() is x and entry[1] == x._version
 
 
 def check_spikes(name: str, x: torch.Tensor, ndim: int = 3) -> None:
@@ -99,7 +107,7 @@ def check_spikes(name: str, x: torch.Tensor, ndim: int = 3) -> None:
         raise ValueError(f"{name} must have {ndim} dims (batch, time, neurons), got shape {tuple(x.shape)}")
     if not (x.dtype == torch.bool or x.is_floating_point()):
         raise TypeError(f"{name} must be bool or floating point, got {x.dtype}")
-    if x.dtype == torch.bool or not _host_reads(x) or derived.get(x) is _ZERO_ONE:
+    if x.dtype == torch.bool or not _host_reads(x) or marked(x):
         return
     if not bool(((x == 0) | (x == 1)).all()):
         raise ValueError(f"{name} must hold only 0/1 spikes")
