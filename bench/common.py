@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import os
 import platform
 import re
 import statistics
+import subprocess
+import tarfile
 from pathlib import Path
 
 import torch
@@ -15,6 +18,25 @@ from hm2bp.io import atomic_write_text
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
+
+
+# The last commit before the work of issue "CPU speed at the paper's sizes": the before/after benchmarks' baseline.
+CPU_BASELINE = "57ed9be"
+
+
+def export_tree(rev: str, where: Path) -> Path:
+    """The source tree (src/ and conf/) of git revision ``rev``, unpacked under ``where``: run code from it with
+    ``PYTHONPATH=where/src`` and its own ``HM2BP_EXTENSIONS_DIR``."""
+    data = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "src", "conf"], check=True,
+                          capture_output=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        tar.extractall(where, filter="data")
+    return where
+
+
+def short_rev(rev: str) -> str:
+    return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", rev], check=True, capture_output=True,
+                          text=True).stdout.strip()
 
 
 def machine() -> dict[str, object]:

@@ -18,30 +18,17 @@ Each job is its own process; its peak RSS comes from ``wait4``. Writes bench/res
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import subprocess
 import sys
-import tarfile
 import tempfile
 from pathlib import Path
 
-from common import RESULTS, ROOT, machine, update_section
+from common import CPU_BASELINE, RESULTS, ROOT, export_tree, machine, short_rev, update_section
 from hm2bp.io import atomic_write_json
 
-# The last commit before the work of issue "CPU speed at the paper's sizes".
-BASELINE = "57ed9be"
 JOBS = {"mnist5k": ["experiment=mnist5k_mlp"], "digits": []}
-
-
-def export(rev: str, where: Path) -> Path:
-    """The tree of ``rev`` (src/ and conf/) unpacked under ``where``."""
-    data = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "src", "conf"], check=True,
-                          capture_output=True).stdout
-    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        tar.extractall(where, filter="data")
-    return where
 
 
 def job(tree: Path, name: str, epochs: int, out: Path, extensions: Path) -> dict:
@@ -66,14 +53,13 @@ def job(tree: Path, name: str, epochs: int, out: Path, extensions: Path) -> dict
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--baseline", default=BASELINE, help="git revision to compare with (default: %(default)s)")
+    ap.add_argument("--baseline", default=CPU_BASELINE, help="git revision to compare with (default: %(default)s)")
     ap.add_argument("--epochs", type=int, default=3, help="mnist5k epochs (the last one is timed)")
     args = ap.parse_args()
-    rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.baseline], check=True,
-                         capture_output=True, text=True).stdout.strip()
+    rev = short_rev(args.baseline)
     results: dict[str, dict[str, dict]] = {"baseline": {}, "now": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        trees = {"baseline": export(rev, Path(tmp) / "baseline"), "now": ROOT}
+        trees = {"baseline": export_tree(rev, Path(tmp) / "baseline"), "now": ROOT}
         for name in JOBS:
             for which, tree in trees.items():
                 results[which][name] = job(tree, name, args.epochs, Path(tmp) / f"{which}-{name}",

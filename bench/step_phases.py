@@ -8,7 +8,11 @@ process, warms up for 6 batches, then times 40 batches (median and minimum per p
 gradient reaches the hidden spikes (a tensor hook). Writes bench/results/step_phases[-DATASET].json and the
 ``step-phases[-DATASET]`` section of BENCHMARKS.md.
 
+``--baseline REV`` adds a column: the compiled kernels of git revision REV (its source tree exported to a temporary
+folder, its own kernel build), timed by this script in the same run.
+
     python bench/step_phases.py [--batches 40] [--dataset digits|mnist5k|nmnist_shape] [--events 4000]
+                                [--backends torch compiled] [--baseline 57ed9be]
 """
 
 from __future__ import annotations
@@ -20,11 +24,14 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
+import textwrap
 import time
+from pathlib import Path
 
 import torch
 
-from common import RESULTS, machine, update_section
+from common import RESULTS, export_tree, machine, short_rev, update_section
 from hm2bp.io import atomic_write_json
 
 PHASES = ("encode", "forward hidden", "forward output", "loss", "backward output", "backward hidden",
@@ -114,7 +121,7 @@ def run(batches: int, dataset: str, events: int) -> dict[str, dict[str, float]]:
 
 
 DESCRIPTIONS = {"digits": "digits", "mnist5k": "5,000 real MNIST digits (the paper's MNIST network)",
-                "nmnist_shape": "synthetic event trains of N-MNIST's shape (the paper's N-MNIST network; "
+                "nmnist_shape": "Synthetic event trains of N-MNIST's shape (the paper's N-MNIST network; "
                                 "`nmnist_shape_split`)"}
 TITLES = {"digits": "", "mnist5k": ": MNIST size", "nmnist_shape": ": N-MNIST size"}
 
@@ -125,17 +132,25 @@ def main() -> None:
     ap.add_argument("--dataset", choices=list(NETWORKS), default="digits")
     ap.add_argument("--events", type=int, default=4000, help="nmnist_shape: mean spikes per sample")
     ap.add_argument("--backends", nargs="+", default=["torch", "compiled"], choices=["torch", "compiled"])
+    ap.add_argument("--baseline", help="git revision whose compiled kernels make a third column")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         print(json.dumps(run(args.batches, args.dataset, args.events)))
         return
+    child = [sys.executable, __file__, "--child", "--batches", str(args.batches), "--dataset", args.dataset,
+             "--events", str(args.events)]
     results = {}
-    for backend in args.backends:
-        out = subprocess.run([sys.executable, __file__, "--child", "--batches", str(args.batches), "--dataset",
-                              args.dataset, "--events", str(args.events)], check=True, capture_output=True,
-                             text=True, env={**os.environ, "HM2BP_OPS": backend}).stdout
-        results[backend] = json.loads(out.strip().splitlines()[-1])
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = [(backend, backend, {}) for backend in args.backends]
+        if args.baseline:
+            tree = export_tree(short_rev(args.baseline), Path(tmp) / "baseline")
+            runs.insert(0, (f"compiled at {short_rev(args.baseline)}", "compiled",
+                            {"PYTHONPATH": str(tree / "src"), "HM2BP_EXTENSIONS_DIR": str(Path(tmp) / "extensions")}))
+        for name, backend, extra in runs:
+            out = subprocess.run(child, check=True, capture_output=True, text=True,
+                                 env={**os.environ, "HM2BP_OPS": backend, **extra}).stdout
+            results[name] = json.loads(out.strip().splitlines()[-1])
     suffix = "" if args.dataset == "digits" else f"-{args.dataset}"
     sizes, _ = NETWORKS[args.dataset]
     data = {"benchmark": "step_phases", "dataset": args.dataset, "sizes": sizes, "steps": STEPS[args.dataset],
@@ -144,28 +159,40 @@ def main() -> None:
         data["events_per_sample"] = args.events
     atomic_write_json(RESULTS / f"step_phases{suffix}.json", data)
     names = {"torch": "pure PyTorch", "compiled": "compiled"}
-    head = " | ".join(f"{names[b]} median | min" for b in results)
+    head = " | ".join(f"{names.get(b, b)} median | min" for b in results)
     cells = {p: [f"{r[p]['median_ms']:.1f} | {r[p]['min_ms']:.1f}" for r in results.values()] for p in PHASES}
     rows = "\n".join("| " + " | ".join([p, *cells[p]]) + " |" for p in PHASES)
     how = {"torch": "in pure PyTorch", "compiled": "with the compiled kernels"}
-    rates = ", ".join(f"{64e3 / r['total']['median_ms']:.0f} samples/s {how[b]}" for b, r in results.items())
+    rates = ", ".join(f"{64e3 / r['total']['median_ms']:.0f} samples/s "
+                      f"{how.get(b, 'with the compiled kernels of ' + b.removeprefix('compiled at '))}"
+                      for b, r in results.items())
     command = "python bench/step_phases.py" + (f" --dataset {args.dataset}" if suffix else "")
     if args.dataset == "nmnist_shape":
-        command += f" --events {args.events}" + (" --backends compiled" if list(results) == ["compiled"] else "")
-    events = f" ({args.events} spikes per sample on average)" if args.dataset == "nmnist_shape" else ""
+        command += f" --events {args.events}"
+    if args.backends != ["torch", "compiled"]:
+        command += " --backends " + " ".join(args.backends)
+    if args.baseline:
+        command += f" --baseline {short_rev(args.baseline)}"
+    events = f", {args.events} spikes per sample on average" if args.dataset == "nmnist_shape" else ""
+    trains = "fixed event trains" if args.dataset == "nmnist_shape" else "training trains redrawn"
+    prose = textwrap.fill(
+        f"{DESCRIPTIONS[args.dataset]}{events}: {'-'.join(map(str, sizes))}, T = {STEPS[args.dataset]}, batch 64, "
+        f"{trains}, 2 threads ({data['machine']['cpu_capability']}), torch {data['machine']['torch']}; "
+        f"{args.batches} batches after {WARMUP} warm-up batches, every column in the same run. Milliseconds per "
+        "batch.", 118)
+    summary = textwrap.fill(f"From the medians: {rates}. A step here excludes the epoch loop's bookkeeping, so the "
+                            "app's and `engine_digits.py`'s rates are a little lower.", 118)
     update_section(f"step-phases{suffix}", f"""## One training step, phase by phase{TITLES[args.dataset]}
 
-`{command}` — {DESCRIPTIONS[args.dataset]}{events} {'-'.join(map(str, sizes))},
-T = {STEPS[args.dataset]}, batch 64, training trains redrawn, 2 threads ({data['machine']['cpu_capability']}),
-torch {data['machine']['torch']}; {args.batches} batches after {WARMUP} warm-up batches, the backends in the same run.
-Milliseconds per batch.
+`{command}`
+
+{prose}
 
 | phase | {head} |
 |---|{'---|---|' * len(results)}
 {rows}
 
-From the medians: {rates} (a step here excludes the epoch loop's bookkeeping, so `engine_digits.py`'s rates are a
-little lower).""")
+{summary}""")
     print(json.dumps(results, indent=1))
 
 

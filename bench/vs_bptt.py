@@ -16,6 +16,7 @@ import json
 import resource
 import subprocess
 import sys
+import textwrap
 import time
 
 import torch
@@ -152,8 +153,8 @@ def main() -> None:
     title = "HM2-BP vs surrogate-gradient BPTT (snnTorch)" + (": MNIST size" if suffix else "")
     update_section(f"vs-bptt{suffix}", f"""## {title}
 
-`{command}` — {what}, {'-'.join(map(str, sizes))}, T = {STEPS}, batch {BATCH},
-Adam {LR}, {args.epochs} epochs, seed {args.seed}, {m['threads']} threads; both in the same run.
+{textwrap.fill(f"`{command}` — {what}, {'-'.join(map(str, sizes))}, T = {STEPS}, batch {BATCH}, Adam {LR}, "
+                f"{args.epochs} epochs, seed {args.seed}, {m['threads']} threads; both in the same run.", 118)}
 
 | method | train samples/s | peak RSS MiB | final test acc % | best test acc % |
 |---|---|---|---|---|
