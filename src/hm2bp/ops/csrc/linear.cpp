@@ -325,18 +325,26 @@ struct Backward {
     sc.start[0] = 0;
   }
 
+  // Both sides of sample b into sc (post spike times, pre columns and their traces, the counts); returns the
+  // number of active pre columns. The pre form of the next sample follows this one's density: either form gives the
+  // same numbers, one is faster.
+  int64_t sides(int64_t b, Scratch<scalar_t>& sc) const {
+    post_times(b, sc, o + b * n_out);
+    pre_events(b, sc, o_pre + b * n_in);
+    traces(b, sc);
+    const int64_t n = static_cast<int64_t>(sc.act.size());
+    sc.compact = 2 * n < n_in;
+    return n;
+  }
+
   // Samples [lo, hi) with their weight-gradient terms accumulated into grad (n_out, n_in). Only the active pre
-  // columns of a sample are traced and contracted: e_ij = 0 for a column j without spikes, so skipping it leaves
-  // every sum as it is (each remaining term is added in the same order).
+  // columns of a sample are traced and contracted: e_ij = 0 for a column j without spikes, so skipping it adds
+  // nothing to any sum (and the side effect's lanes follow the compact order, the same in both pre forms).
   void samples(int64_t lo, int64_t hi, scalar_t* __restrict__ grad) const {
     // Per-thread scratch kept across calls: a fresh allocation of the traces' size pays its page faults per call.
     thread_local Scratch<scalar_t> sc;
     for (int64_t b = lo; b < hi; ++b) {
-      post_times(b, sc, o + b * n_out);
-      pre_events(b, sc, o_pre + b * n_in);
-      traces(b, sc);
-      const int64_t n = static_cast<int64_t>(sc.act.size());
-      sc.compact = 2 * n < n_in;  // the next sample's form: either gives the same numbers, one is faster
+      const int64_t n = sides(b, sc);
       const int32_t* __restrict__ act = sc.act.data();
       sc.e.resize(n);
       sc.wi.resize(n);
@@ -376,11 +384,7 @@ struct Backward {
   void rows(int64_t lo, int64_t hi, scalar_t* __restrict__ e_all) const {
     thread_local Scratch<scalar_t> sc;
     for (int64_t b = lo; b < hi; ++b) {
-      post_times(b, sc, o + b * n_out);
-      pre_events(b, sc, o_pre + b * n_in);
-      traces(b, sc);
-      const int64_t n = static_cast<int64_t>(sc.act.size());
-      sc.compact = 2 * n < n_in;
+      const int64_t n = sides(b, sc);
       sc.e.resize(n);
       scalar_t* __restrict__ out = e_all + b * n_out * n_in;
       std::fill(out, out + n_out * n_in, scalar_t(0));
