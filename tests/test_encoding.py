@@ -83,3 +83,24 @@ def test_encoder_op_refuses_bad_tensors(ops_backend):
                           ((keys, q, torch.empty(4, 2, 5)), "out must be a contiguous \\(T, B, N\\)")):
         with pytest.raises(RuntimeError, match=message):
             torch.ops.hm2bp.bernoulli_hash_(*args)
+
+
+def test_compiled_hash_thresholds_at_the_edges(ops_backend):
+    """The C++ op compares integers (h ≤ ⌈q·2³²⌉ − 1): the same spikes as the definition ``u < q`` of
+    :func:`hashed_uniform` at q = 0, the smallest q, q between representable uniforms, q = 1, q > 1 and q < 0."""
+    from hm2bp.encoding import hashed_uniform, sample_keys
+
+    ops_backend("compiled")
+    idx = torch.arange(3)
+    u = hashed_uniform(5, idx, 2, 30, 8)
+    q = torch.tensor([0.0, 2.0**-40, 0.5, 1.0, 1.5, -0.1, 1 - 2.0**-33, 0.25 + 2.0**-34], dtype=torch.float64)
+    q = q.expand(3, 8).clone()
+    q[1, 2] = float(u[7, 1, 2])  # exactly on a uniform: u < q is false there
+    q[2, 3] = float(u[9, 2, 3]) + 2.0**-33  # just above one: true
+    out = torch.empty(30, 3, 8)
+    torch.ops.hm2bp.bernoulli_hash_(sample_keys(5, idx, 2), q, out)
+    expected = (u < q).float()
+    expected[0] = 0
+    assert torch.equal(out, expected)
+    assert out[7, 1, 2] == 0 and out[9, 2, 3] == 1 and out[1:, :2, 3].all() and out[1:, :, 4].all()
+    assert not out[:, :, 0].any() and not out[:, :, 5].any()
