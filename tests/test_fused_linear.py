@@ -253,3 +253,26 @@ def test_backward_forms_give_the_same_numbers():
     for other in results[1:]:
         assert all(torch.equal(a, b) for a, b in zip(results[0][0], other[0], strict=True))
         assert torch.equal(results[0][1], other[1])
+
+
+def test_sparse_backward_does_not_depend_on_the_thread_count():
+    """Samples whose pre sides take the event-list form (most columns silent, a different set per sample), float32,
+    through the group buffers kept between calls: the same bits with 1, 2 and 3 threads."""
+    g = torch.Generator().manual_seed(13)
+    pre = (torch.rand(300, 37, 120, generator=g) < 0.08).float()
+    pre *= (torch.rand(1, 37, 120, generator=g) < 0.2).float()  # ~80 % of the columns silent in each sample
+    weight = torch.rand(9, 120, generator=g) * 3.0
+    post = ops.linear_forward(pre, weight, LIFParams(threshold=1.5))
+    grad = torch.randn(37, 9, generator=g)
+    assert post.sum() > 100
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            results.append(ops.linear_backward(pre, post, weight, grad, None, weight.sum(1) * 0.5, 1.5, True,
+                                               PSPKernel()))
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], other, strict=True))

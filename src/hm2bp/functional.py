@@ -174,12 +174,12 @@ def lateral_factor(post: torch.Tensor, labels: torch.Tensor | None, setup: Layer
     """
     kernel = setup.kernel
     o = post.sum(0)
-    family = ops.kernels_for(post)
-    if family == "triton" and post.dtype in (torch.float32, torch.float64):
+    family = ops.kernels_for(post) if post.dtype in (torch.float32, torch.float64) else "torch"
+    if family == "triton":
         tk = ops.triton_module(post.device)  # both sides on the device, no event list
         a, x = tk.post_event_matrix(post.contiguous(), kernel), tk.pre_traces(post.contiguous(), kernel)
         e = torch.bmm(a.permute(1, 2, 0), x.permute(1, 0, 2))  # [b, l (post), i (pre)]
-    elif family == "cpp" and post.is_floating_point():
+    elif family == "cpp":
         e = ops.spsp(post, post, kernel)
     else:
         e = contract(post_events(post, kernel), pre_traces(post, kernel), kernel)
