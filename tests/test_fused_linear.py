@@ -168,6 +168,8 @@ def test_ops_schema_and_fake_implementations():
     args = (pre, post, weight, torch.rand(3, 5), torch.empty(0), torch.rand(5), 1.0, True, 0.98, 0.88, 1.0, -1.0,
             3, 2, 256, True)
     torch.library.opcheck(torch.ops.hm2bp.linear_backward.default, args, test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(torch.ops.hm2bp.spsp.default, (pre, post, 0.98, 0.88, 1.0, -1.0, 3, 2, 256, True),
+                          test_utils=("test_schema", "test_faketensor"))
 
 
 def test_bad_tensors_are_refused():
