@@ -31,7 +31,7 @@ FIXED_TRAIN_TRAINS = False  # fresh training trains every epoch (+0.4 points fin
 
 
 def run_seed(seed: int, epochs: int, convention: str, strategy: str) -> dict:
-    from hm2bp import HM2BPRule, SpikingMLP
+    from hm2bp import HM2BPRule, SpikingMLP, backend
     from hm2bp.data.digits import load_digits_split
     from hm2bp.train import Encoder, Regularizer, StaticSplit, fit, summarize
 
@@ -39,7 +39,8 @@ def run_seed(seed: int, epochs: int, convention: str, strategy: str) -> dict:
     torch.manual_seed(seed)
     x_tr, y_tr, x_te, y_te = load_digits_split()
     train_encoder = Encoder(STEPS, seed=seed, fixed=FIXED_TRAIN_TRAINS)
-    model = SpikingMLP(SIZES, THRESHOLDS, rule=HM2BPRule(convention=convention, strategy=strategy))
+    backend.set_strategy(strategy)
+    model = SpikingMLP(SIZES, THRESHOLDS, rule=HM2BPRule(convention=convention))
     start = time.perf_counter()
     history = fit(model, StaticSplit(x_tr, y_tr, train_encoder),
                   StaticSplit(x_te, y_te, Encoder(STEPS, seed=seed), key_offset=len(x_tr)),

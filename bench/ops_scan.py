@@ -14,7 +14,7 @@ import time
 import torch
 
 from common import RESULTS, machine, update_section
-from hm2bp import ops
+from hm2bp import backend
 from hm2bp.io import atomic_write_json
 from hm2bp.neuron import LIFParams, scan_inplace
 
@@ -72,16 +72,16 @@ def measure(total: int, params: LIFParams, have_cpp: bool) -> dict:
     row = {"batch_x_neurons": BATCH * n, "naive_s": best_of(lambda: naive_scan(currents, params)),
            "torch_s": best_of(run_torch), "fill_s": best_of(fill)}
     if have_cpp:
-        ops.set_backend("compiled")
+        backend.set_backend("compiled")
         row["compiled_s"] = best_of(run_compiled)
-        ops.set_backend("auto")
+        backend.set_backend("auto")
     return row
 
 
 def main() -> None:
     torch.set_num_threads(2)
     params = LIFParams(threshold=1.0)
-    have_cpp = ops.load_extension("cpu") is not None
+    have_cpp = backend.load_extension("cpu") is not None
     rows = []
     for total in SIZES:
         rows.append(measure(total, params, have_cpp))

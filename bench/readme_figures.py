@@ -46,7 +46,8 @@ def kernel_build() -> float:
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "HM2BP_EXTENSIONS_DIR": tmp}
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "from hm2bp import ops; assert ops.load_extension('cpu') is not None"],
+        probe = "from hm2bp import backend; assert backend.load_extension('cpu') is not None"
+        subprocess.run([sys.executable, "-c", probe],
                        cwd=ROOT, env=env, check=True, capture_output=True)
         return time.perf_counter() - start
 

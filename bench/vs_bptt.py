@@ -40,14 +40,14 @@ def _splits(seed: int, dataset: str):
 
 
 def run_hm2bp(epochs: int, seed: int, dataset: str) -> dict:
-    from hm2bp import SpikingMLP, ops
+    from hm2bp import SpikingMLP, backend
     from hm2bp.train import Regularizer, fit, summarize
 
     torch.manual_seed(seed)
     train, test = _splits(seed, dataset)
     history = fit(SpikingMLP(*NETWORKS[dataset]), train, test, epochs=epochs, batch_size=BATCH, lr=LR, seed=seed,
                   regularizer=Regularizer())
-    path = "compiled CPU kernels" if ops.kernels_for(torch.empty(0)) == "cpp" else "pure PyTorch"
+    path = "compiled CPU kernels" if backend.kernels_for(torch.empty(0)) == "cpp" else "pure PyTorch"
     return {**summarize(history), "path": path}
 
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from hm2bp import ops
+from hm2bp import backend
 
 # Subprocesses that change HOME (e.g. the wandb tests) must still find the compiled kernels instead of rebuilding
 # them (~2 minutes here).
-os.environ.setdefault("HM2BP_EXTENSIONS_DIR", str(ops.DEFAULT_EXTENSIONS_DIR))
+os.environ.setdefault("HM2BP_EXTENSIONS_DIR", str(backend.DEFAULT_EXTENSIONS_DIR))
 # Without a GPU the Triton kernels run on CPU tensors through Triton's interpreter (HM2BP_OPS=triton in the tests);
 # it must be chosen before the kernels' module is first imported.
 if not torch.cuda.is_available():
@@ -41,17 +41,24 @@ def rng() -> np.random.Generator:
 
 @pytest.fixture
 def ops_backend() -> Iterator[Callable[[str], None]]:
-    """Choose the :mod:`hm2bp.ops` backend for one test (``"compiled"`` skips where no C++ compiler exists)."""
+    """Choose the :mod:`hm2bp.backend` kernels for one test (``"compiled"`` skips where no C++ compiler exists)."""
     def use(name: str) -> None:
-        if name == "compiled" and ops.load_extension("cpu") is None:
+        if name == "compiled" and backend.load_extension("cpu") is None:
             pytest.skip("no C++ compiler on this machine: the engine runs its pure-PyTorch path")
         if name == "triton" and os.environ.get("TRITON_INTERPRET") != "1":
             pytest.skip("the Triton path on CPU tensors runs through Triton's interpreter, which is chosen only where "
                         "no GPU exists (on a GPU, tests/test_triton.py runs the kernels on CUDA tensors)")
-        ops.set_backend(name)
+        backend.set_backend(name)
 
     yield use
-    ops.set_backend("auto")
+    backend.set_backend("auto")
+
+
+@pytest.fixture
+def contraction() -> Iterator[Callable[[str], None]]:
+    """Choose the pure-PyTorch path's contraction strategy for one test (:func:`hm2bp.backend.set_strategy`)."""
+    yield backend.set_strategy
+    backend.set_strategy("auto")
 
 
 def nonempty(items: list, what: str) -> list:

@@ -239,8 +239,7 @@ def test_faithful_preset_sets_every_authors_behaviour_on_top_of_any_row(base):
     from hm2bp.functional import HM2BPRule
 
     authors = HM2BPRule(lateral_min_denominator=None)  # the rule's defaults are the authors' except the clamp
-    assert {k: getattr(authors, k) for k in rule} == {**rule, "strategy": authors.strategy,
-                                                      "pool_error_scale": authors.pool_error_scale}
+    assert {k: getattr(authors, k) for k in rule} == {**rule, "pool_error_scale": authors.pool_error_scale}
     # the row's own choices stay: its network, epochs and lr schedule
     assert (faithful.model, faithful.trainer.max_epochs, faithful.trainer.lr_schedule) == (
         OmegaConf.merge(plain.model, {"rule": {"lateral_min_denominator": None}}), plain.trainer.max_epochs,

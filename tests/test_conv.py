@@ -5,10 +5,12 @@ import pytest
 import torch
 
 from conftest import refractory_trains
-from hm2bp.conv import LOCAL_CHUNK_ELEMS, conv_index, hm2bp_conv2d, hm2bp_pool2d, local_spsp, pool_index
+from hm2bp.conv import conv_index, hm2bp_conv2d, hm2bp_pool2d, pool_index
 from hm2bp.functional import HM2BPRule, LayerSetup, hm2bp_linear
 from hm2bp.layers import CONV_THRESHOLD_EPS, SpikingConv2d, SpikingPool2d
 from hm2bp.neuron import LIFParams
+from hm2bp.ops import local_spsp
+from hm2bp.ops.torch_kernels import LOCAL_CHUNK_ELEMS
 from hm2bp.reference import (
     conv_forward_reference,
     hm2bp_conv_reference,
@@ -86,7 +88,7 @@ def test_local_spsp_equals_full_spsp(convention, chunks, rng):
     torch.testing.assert_close(local, full.gather(2, index.expand(2, -1, -1)), rtol=1e-12, atol=1e-12)
 
 
-def test_one_by_one_conv_equals_linear_layer(rng):
+def test_one_by_one_conv_equals_linear_layer(rng, contraction):
     """A 1×1 kernel on 1×1 maps is a fully-connected layer: same spikes, same gradients."""
     n_in, n_out, steps, batch = 7, 5, 200, 3
     pre = (torch.from_numpy(rng.random((batch, steps, n_in))) < 0.12).double()
@@ -94,7 +96,8 @@ def test_one_by_one_conv_equals_linear_layer(rng):
     pre[0, :, 2] = 0
     weight = torch.from_numpy(rng.uniform(-0.6, 1.4, size=(n_out, n_in)))
     weight[-1] = -weight[-1].abs()
-    setup = LayerSetup(lif=LIFParams(1.5), rule=HM2BPRule(strategy="dense"))
+    contraction("dense")
+    setup = LayerSetup(lif=LIFParams(1.5), rule=HM2BPRule())
     delta = torch.from_numpy(rng.normal(size=(batch, n_out)))
 
     p_lin, w_lin = pre.clone().requires_grad_(), weight.clone().requires_grad_()

@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from conftest import refractory_trains
-from hm2bp import functional
-from hm2bp.functional import HM2BPRule, LayerSetup, choose_strategy, hm2bp_linear, patch_silent_target
+from hm2bp.functional import HM2BPRule, LayerSetup, hm2bp_linear, lateral_factor, patch_silent_target
 from hm2bp.neuron import LIFParams
+from hm2bp.ops import torch_kernels
+from hm2bp.ops.torch_kernels import choose_strategy
 from hm2bp.reference import hm2bp_layer_reference, spsp_reference
 from hm2bp.spsp import post_events
 
@@ -54,12 +55,12 @@ def _reference(pre, weight, post, delta, setup, labels):
 @pytest.mark.parametrize("convention", ["original", "exact"])
 @pytest.mark.parametrize("output", [True, False])
 @pytest.mark.parametrize("flags", list(FLAG_SETS))
-def test_batched_rule_equals_per_sample_reference(path, convention, output, flags, rng, ops_backend):
+def test_batched_rule_equals_per_sample_reference(path, convention, output, flags, rng, ops_backend, contraction):
     """Every contraction strategy of the pure-PyTorch path, the fused C++ layer, and the Triton path (its kernels
     interpreted on CPU tensors: scan, traces, event matrix) against the literal reference."""
     ops_backend({"fused": "compiled", "triton": "triton"}.get(path, "torch"))
-    strategy = "auto" if path in ("fused", "triton") else path
-    rule = HM2BPRule(convention=convention, strategy=strategy, **FLAG_SETS[flags])
+    contraction("auto" if path in ("fused", "triton") else path)
+    rule = HM2BPRule(convention=convention, **FLAG_SETS[flags])
     steps = 300 if flags == "authors" else 100  # T > 256 exercises the original convention's window
     pre, weight, post, delta, setup, labels = _run_layer(rng, rule, output, steps=steps)
     counts = post.detach().sum(1)
@@ -73,14 +74,15 @@ def test_batched_rule_equals_per_sample_reference(path, convention, output, flag
 
 @pytest.mark.parametrize("output", [True, False])
 @pytest.mark.parametrize("n_in, n_out", [(7, 5), (4, 6)])  # pairs traces the post side, then the pre side
-def test_pairs_in_sample_chunks_equals_reference(output, n_in, n_out, ops_backend, monkeypatch):
+def test_pairs_in_sample_chunks_equals_reference(output, n_in, n_out, ops_backend, contraction, monkeypatch):
     """The pairs strategy gives the literal reference's gradients whether e is formed for the whole batch at once or
     one sample at a time."""
     ops_backend("torch")
+    contraction("pairs")
     for chunk_bytes in (1 << 30, 1):
-        monkeypatch.setattr(functional, "PAIRS_CHUNK_BYTES", chunk_bytes)
+        monkeypatch.setattr(torch_kernels, "PAIRS_CHUNK_BYTES", chunk_bytes)
         rng = np.random.default_rng(7)
-        pre, weight, post, delta, setup, labels = _run_layer(rng, HM2BPRule(strategy="pairs"), output, n_in=n_in,
+        pre, weight, post, delta, setup, labels = _run_layer(rng, HM2BPRule(), output, n_in=n_in,
                                                              n_out=n_out)
         dw, below = _reference(pre, weight, post, delta, setup, labels)
         np.testing.assert_allclose(weight.grad.numpy(), dw, rtol=1e-9, atol=1e-9)
@@ -133,7 +135,7 @@ def test_lateral_clamp_counts_and_bounds(rng, floor):
     post = torch.cat([refractory_trains(rng, 1, 200, 4, rate) for rate in (0.0, 0.005, 0.01, 0.02, 0.04, 0.08)])
     labels = torch.tensor([0, 1, 2, 3, 0, 1])
     setup = LayerSetup(lif=LIFParams(threshold=1.0), rule=rule, lateral_w0=1.0, is_output=True, target_count=10)
-    lam = functional.lateral_factor(post.transpose(0, 1), labels, setup)
+    lam = lateral_factor(post.transpose(0, 1), labels, setup)
     denom = np.stack([_lateral_denominators(post[b].numpy(), int(labels[b]), setup) for b in range(6)])
     assert 0 < (denom < floor).sum() < denom.size
     assert setup.stats.lateral_evaluated == denom.size
@@ -174,7 +176,6 @@ def test_input_gradient_not_computed_when_not_needed(rng):
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(convention="paper"), "convention"),
-    (dict(strategy="fastest"), "strategy"),
     (dict(silent_post_psp=-1.0), "silent_post_psp"),
     (dict(lateral_min_denominator=0.0), "lateral_min_denominator"),
     (dict(psp_window_taus=0.0), "psp_window_taus"),
@@ -186,11 +187,12 @@ def test_bad_rule(kwargs, message):
 
 @pytest.mark.parametrize("n_in, n_out", [(6, 4), (3, 8)])
 @pytest.mark.parametrize("output", [True, False])
-def test_empty_batch_gives_zero_gradients(n_in, n_out, output, ops_backend):
+def test_empty_batch_gives_zero_gradients(n_in, n_out, output, ops_backend, contraction):
     ops_backend("torch")
+    contraction("pairs")
     pre = torch.zeros(0, 50, n_in, requires_grad=True)
     weight = torch.rand(n_out, n_in, requires_grad=True)
-    setup = LayerSetup(lif=LIFParams(1.0), rule=HM2BPRule(strategy="pairs"), is_output=output,
+    setup = LayerSetup(lif=LIFParams(1.0), rule=HM2BPRule(), is_output=output,
                        lateral_w0=1.0 if output else 0.0)
     labels = torch.zeros(0, dtype=torch.long) if output else None
     hm2bp_linear(pre, weight, setup, labels).sum().backward()

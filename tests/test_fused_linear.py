@@ -1,4 +1,5 @@
-"""The fused C++ spiking linear layer (hm2bp.ops.linear_forward / linear_backward) against the pure-PyTorch path.
+"""The fused C++ spiking linear layer (hm2bp.ops.cpp_kernels.linear_forward / linear_backward) against the pure-PyTorch
+path.
 
 Whole-layer gradients against the literal per-sample reference are in test_functional.py (path "fused").
 """
@@ -8,9 +9,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hm2bp import ops
+from hm2bp import backend
 from hm2bp.functional import HM2BPRule, LayerSetup, hm2bp_linear
 from hm2bp.neuron import LIFParams, scan_inplace
+from hm2bp.ops import cpp_kernels
 from hm2bp.spsp import PSPKernel, SpikeSums, contract, post_events, pre_traces, spike_sums
 from hm2bp.workspace import derived
 
@@ -45,7 +47,7 @@ def test_forward_equals_gemm_and_scan(dtype, w0, shape):
     weight = _dyadic_weight(n_out, n_in, dtype, seed=B)
     params = LIFParams(threshold=1.0, t_ref=2)
     expected = _gemm_scan(pre, weight, params, w0)
-    got = ops.linear_forward(pre, weight, params, w0)
+    got = cpp_kernels.linear_forward(pre, weight, params, w0)
     assert torch.equal(got, expected)
     if T > 10:
         assert expected.sum() > 0
@@ -59,7 +61,7 @@ def test_forward_weighs_inputs_as_a_gemm():
     params = LIFParams(threshold=1.0)
     expected = _gemm_scan(pre, weight, params, 0.0)
     assert expected.sum() > 0
-    assert torch.equal(ops.linear_forward(pre, weight, params), expected)
+    assert torch.equal(cpp_kernels.linear_forward(pre, weight, params), expected)
 
 
 def test_forward_random_weights_agree_with_gemm_path():
@@ -70,7 +72,7 @@ def test_forward_random_weights_agree_with_gemm_path():
     weight = torch.rand(300, 64, generator=g) * 2 - 1
     params = LIFParams(threshold=2.0)
     expected = _gemm_scan(pre, weight, params, 0.0)
-    got = ops.linear_forward(pre, weight, params)
+    got = cpp_kernels.linear_forward(pre, weight, params)
     assert expected.sum() > 1000
     assert (got != expected).sum() <= 1e-4 * expected.numel()
 
@@ -79,7 +81,7 @@ def _backward_args(seed=0, dtype=torch.float64, B=6, T=300, n_in=9, n_out=7):
     g = torch.Generator().manual_seed(seed)
     pre = (torch.rand(T, B, n_in, generator=g) < 0.15).to(dtype)
     weight = (torch.rand(n_out, n_in, generator=g, dtype=dtype) * 2 - 0.6)
-    post = ops.linear_forward(pre, weight, LIFParams(threshold=1.5))
+    post = cpp_kernels.linear_forward(pre, weight, LIFParams(threshold=1.5))
     grad = torch.randn(B, n_out, generator=g, dtype=dtype)
     return pre, post, weight, grad
 
@@ -92,7 +94,8 @@ def test_backward_does_not_depend_on_the_thread_count():
     try:
         for n in (1, 2, 3):
             torch.set_num_threads(n)
-            results.append(ops.linear_backward(pre, post, weight, g, None, weight.sum(1) * 0.5, 1.5, True, kernel))
+            results.append(cpp_kernels.linear_backward(pre, post, weight, g, None, weight.sum(1) * 0.5, 1.5, True,
+                                                       kernel))
     finally:
         torch.set_num_threads(threads)
     for other in results[1:]:
@@ -101,12 +104,12 @@ def test_backward_does_not_depend_on_the_thread_count():
 
 def test_backward_counts_and_disabled_factors():
     pre, post, weight, g = _backward_args()
-    coef, grad_w, gwe, o, o_pre = ops.linear_backward(pre, post, weight, g, None, None, 1.5, False, PSPKernel())
+    coef, grad_w, gwe, o, o_pre = cpp_kernels.linear_backward(pre, post, weight, g, None, None, 1.5, False, PSPKernel())
     assert gwe is None
     assert torch.equal(o, post.sum(0)) and torch.equal(o_pre, pre.sum(0))
     assert torch.equal(coef, g)  # no side effect, no lateral factor: coef = g
     lam = torch.full_like(g, 2.0)
-    coef2, grad_w2, *_ = ops.linear_backward(pre, post, weight, g, lam, None, 1.5, False, PSPKernel())
+    coef2, grad_w2, *_ = cpp_kernels.linear_backward(pre, post, weight, g, lam, None, 1.5, False, PSPKernel())
     torch.testing.assert_close(coef2, 2 * g)
     torch.testing.assert_close(grad_w2, 2 * grad_w)
 
@@ -120,8 +123,8 @@ def test_layer_gradients_equal_torch_path_float32(convention, output, ops_backen
     weight0 = torch.rand(12, 30, generator=g) * 2 - 0.7
     labels = torch.randint(0, 12, (64,), generator=g) if output else None
     grads = []
-    for backend in ("torch", "compiled"):
-        ops_backend(backend)
+    for kernels in ("torch", "compiled"):
+        ops_backend(kernels)
         weight = weight0.clone().requires_grad_()
         x = pre.clone().requires_grad_()
         setup = LayerSetup(lif=LIFParams(threshold=1.0), rule=HM2BPRule(convention=convention),
@@ -164,7 +167,7 @@ def test_ops_schema_and_fake_implementations():
     torch.library.opcheck(torch.ops.hm2bp.linear_forward_.default,
                           (pre, (weight.t() / 8).contiguous(), out, 0.5, 0.9, 0.8, 2, 0.0),
                           test_utils=("test_schema", "test_faketensor"))
-    post = ops.linear_forward(pre, weight, LIFParams(0.2))
+    post = cpp_kernels.linear_forward(pre, weight, LIFParams(0.2))
     args = (pre, post, weight, torch.rand(3, 5), torch.empty(0), torch.rand(5), 1.0, True, 0.98, 0.88, 1.0, -1.0,
             3, 2, 256, True)
     torch.library.opcheck(torch.ops.hm2bp.linear_backward.default, args, test_utils=("test_schema", "test_faketensor"))
@@ -182,47 +185,47 @@ def test_bad_tensors_are_refused():
         torch.ops.hm2bp.linear_forward_(pre, torch.zeros(4, 5, dtype=torch.float64), torch.empty(10, 2, 5), 1.0, 0.9,
                                         0.8, 2, 0.0)
     with pytest.raises(RuntimeError, match="share \\(T, B\\)"):
-        ops.linear_backward(pre, torch.zeros(9, 2, 5), torch.zeros(5, 4), torch.zeros(2, 5), None, None, 1.0, True,
-                            PSPKernel())
+        cpp_kernels.linear_backward(pre, torch.zeros(9, 2, 5), torch.zeros(5, 4), torch.zeros(2, 5), None, None, 1.0,
+                                    True, PSPKernel())
     post, w, g = torch.zeros(10, 2, 5), torch.zeros(5, 4), torch.zeros(2, 5)
     for args, message in (((pre, post, torch.zeros(4, 5), g, None, None), "weight must be \\(N_out, N_in\\)"),
                           ((pre, post, w, torch.zeros(3, 5), None, None), "g must be \\(B, N_out\\)"),
                           ((pre, post, w, g, torch.zeros(2, 4), None), "lam must be empty or"),
                           ((pre, post, w, g, None, torch.zeros(4)), "rho must be empty or")):
         with pytest.raises(RuntimeError, match=message):
-            ops.linear_backward(*args, 1.0, True, PSPKernel())
+            cpp_kernels.linear_backward(*args, 1.0, True, PSPKernel())
 
 
 def test_pure_pytorch_path_when_the_build_is_impossible(monkeypatch, ops_backend):
     ops_backend("auto")
-    monkeypatch.setitem(ops._built, "cpu", None)  # as if the build had failed
+    monkeypatch.setitem(backend._built, "cpu", None)  # as if the build had failed
     pre = (torch.rand(50, 2, 4) < 0.3).float()
-    assert ops.kernels_for(pre) == "torch"
+    assert backend.kernels_for(pre) == "torch"
     setup = LayerSetup(lif=LIFParams(threshold=0.3), rule=HM2BPRule())
     weight = torch.rand(3, 4, requires_grad=True)
     hm2bp_linear(pre, weight, setup).sum().backward()
     assert weight.grad is not None
-    ops.set_backend("compiled")  # the fixture resets it
+    backend.set_backend("compiled")  # the fixture resets it
     with pytest.raises(RuntimeError, match="could not be built"):
-        ops.kernels_for(pre)
+        backend.kernels_for(pre)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("convention", ["original", "exact"])
 @pytest.mark.parametrize("rate", [0.01, 0.3])  # sparse pre rasters take the event-list form, dense ones the rows
 def test_spsp_rows_equal_the_event_contraction(dtype, convention, rate):
-    """``ops.spsp`` (the lateral factor's S-PSPs on the compiled path) against ``contract(post_events, pre_traces)``,
-    with silent post neurons and silent pre columns in the same samples."""
+    """``cpp_kernels.spsp`` (the lateral factor's S-PSPs on the compiled path) against
+    ``contract(post_events, pre_traces)``, with silent post neurons and silent pre columns in the same samples."""
     g = torch.Generator().manual_seed(7)
     pre = (torch.rand(400, 5, 40, generator=g) < rate).to(dtype)
     pre[:, :, :7] = 0  # columns that never fire
     weight = torch.rand(9, 40, generator=g, dtype=dtype) * (3.0 if rate < 0.1 else 0.3)
     weight[:2] = 0  # post neurons that never fire
-    post = ops.linear_forward(pre, weight, LIFParams(threshold=1.0))
+    post = cpp_kernels.linear_forward(pre, weight, LIFParams(threshold=1.0))
     kernel = PSPKernel(convention=convention)
     expected = contract(post_events(post, kernel), pre_traces(pre, kernel), kernel)
     assert post.sum(0)[:, 2:].min() > 3 and post[:, :, :2].sum() == 0
-    got = ops.spsp(pre, post, kernel)
+    got = cpp_kernels.spsp(pre, post, kernel)
     assert torch.equal(got[:, :, :7], torch.zeros_like(got[:, :, :7])) and torch.equal(got[:, :2], got[:, :2] * 0)
     tol = {"rtol": 1e-12, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 2e-5}
     torch.testing.assert_close(got, expected, **tol)
@@ -246,9 +249,9 @@ def test_backward_forms_give_the_same_numbers():
         torch.set_num_threads(1)
         for first in (sparse, dense, sparse):
             for pre in (first, x):
-                post = ops.linear_forward(pre, weight, lif)
-                out = ops.linear_backward(pre, post, weight, grad, None, weight.sum(1), 1.0, True, kernel)
-            results.append((out, ops.spsp(x, post, kernel)))
+                post = cpp_kernels.linear_forward(pre, weight, lif)
+                out = cpp_kernels.linear_backward(pre, post, weight, grad, None, weight.sum(1), 1.0, True, kernel)
+            results.append((out, cpp_kernels.spsp(x, post, kernel)))
     finally:
         torch.set_num_threads(threads)
     assert post.sum() > 10
@@ -264,7 +267,7 @@ def test_sparse_backward_does_not_depend_on_the_thread_count():
     pre = (torch.rand(300, 37, 120, generator=g) < 0.08).float()
     pre *= (torch.rand(1, 37, 120, generator=g) < 0.2).float()  # ~80 % of the columns silent in each sample
     weight = torch.rand(9, 120, generator=g) * 3.0
-    post = ops.linear_forward(pre, weight, LIFParams(threshold=1.5))
+    post = cpp_kernels.linear_forward(pre, weight, LIFParams(threshold=1.5))
     grad = torch.randn(37, 9, generator=g)
     assert post.sum() > 100
     threads = torch.get_num_threads()
@@ -272,7 +275,7 @@ def test_sparse_backward_does_not_depend_on_the_thread_count():
     try:
         for n in (1, 2, 3):
             torch.set_num_threads(n)
-            results.append(ops.linear_backward(pre, post, weight, grad, None, weight.sum(1) * 0.5, 1.5, True,
+            results.append(cpp_kernels.linear_backward(pre, post, weight, grad, None, weight.sum(1) * 0.5, 1.5, True,
                                                PSPKernel()))
     finally:
         torch.set_num_threads(threads)

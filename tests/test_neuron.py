@@ -4,6 +4,7 @@ import torch
 
 from hm2bp import ops
 from hm2bp.neuron import LIFParams, lif_scan, mark_spikes, scan_inplace
+from hm2bp.ops import cpp_kernels
 from hm2bp.reference import lif_reference
 
 
@@ -92,7 +93,7 @@ def test_negative_lateral_inhibition_is_refused_by_every_scan_path():
     params = LIFParams(threshold=1.0)
     for run in (lambda: scan_inplace(torch.zeros(5, 1, 2), params, -1.0),
                 lambda: ops.scan(torch.zeros(5, 1, 2), params, -1.0),
-                lambda: ops.linear_forward(torch.zeros(4, 1, 3), torch.zeros(2, 3), params, -1.0)):
+                lambda: cpp_kernels.linear_forward(torch.zeros(4, 1, 3), torch.zeros(2, 3), params, -1.0)):
         with pytest.raises(ValueError, match=r"lateral_w0 must be >= 0, got -1\.0"):
             run()
 

@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import run_dir
-from hm2bp import HM2BPRule, SpikeCountLoss, SpikingMLP, predict
+from hm2bp import HM2BPRule, SpikeCountLoss, SpikingMLP, backend, predict
 from hm2bp.app.data import SpikeData
 from hm2bp.app.module import HM2BPModule, NonFiniteError
 from hm2bp.io import atomic_write_text
@@ -212,12 +212,14 @@ def test_spsp_non_negative_and_zero_for_empty_pre(steps, convention, seed, rate)
 def test_gradients_finite_for_any_binary_input(batch, steps, seed, rate, strategy):
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    net = SpikingMLP([5, 7, 3], [1.0, 1.0], rule=HM2BPRule(strategy=strategy, lateral_min_denominator=0.1),
-                     target_count=5)
+    net = SpikingMLP([5, 7, 3], [1.0, 1.0], rule=HM2BPRule(lateral_min_denominator=0.1), target_count=5)
     x = (torch.rand(batch, steps, 5, generator=g) < rate).float()
     labels = torch.randint(0, 3, (batch,), generator=g)
-    loss = SpikeCountLoss(5, 1, 1)(net(x, labels).sum(1), labels)
-    loss.backward()
+    backend.set_strategy(strategy)  # (hypothesis runs many examples per call: no function-scoped fixture)
+    try:
+        SpikeCountLoss(5, 1, 1)(net(x, labels).sum(1), labels).backward()
+    finally:
+        backend.set_strategy("auto")
     assert all(torch.isfinite(p.grad).all() for p in net.parameters())
 
 

@@ -4,7 +4,7 @@ A conv layer is a linear layer whose weight matrix is sparse and shared, so its 
 :mod:`hm2bp.functional` restricted to the (output pixel ``p``, input pixel ``q``) pairs of each receptive field. The
 backward pass forms these *local* S-PSPs ``e[b, p, m] = e_{p, q_m(p)}`` (``O(B·N_out·C·K²)`` numbers, never
 ``(B, N_out, N_in)``) by reading, at each post-synaptic event of :mod:`hm2bp.spsp`, the pre-synaptic traces of the
-event's receptive field (:func:`local_spsp`), and then applies docs/algorithm.md §6 pair by pair, vectorised:
+event's receptive field (:func:`hm2bp.ops.local_spsp`), and then applies docs/algorithm.md §6 pair by pair, vectorised:
 
 * side effect ``S_p = (1/ν) Σ_m w_m ρ_pm`` and weight gradient ``∂L/∂w_m = Σ_{b, p} g_p ê_pm (1 + S_p)``, summed over
   the output pixels of the map (weight sharing), with ``g_p = δ_p/ν``;
@@ -17,6 +17,8 @@ per :attr:`HM2BPRule.pool_error_scale`.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from functools import partial
 
 import torch
@@ -24,67 +26,21 @@ import torch.nn.functional as F
 
 from hm2bp import ops
 from hm2bp.functional import LayerSetup
-from hm2bp.spsp import PSPKernel, post_events, trace_chunks
-from hm2bp.workspace import BufferPool
 
-# Gathered trace values per piece of the event list (bounds the temporaries of :func:`local_spsp`).
-LOCAL_CHUNK_ELEMS = 1 << 22
-# Traces of up to this size are formed in one piece (reused through the layer's buffer pool), which spares sorting
-# the events by time; larger ones are walked in chunks of time steps.
-LOCAL_TRACE_BYTES = 256 << 20
+# cuDNN runs float32 convolutions in TF32 by default (torch.backends.cudnn.allow_tf32, which
+# torch.set_float32_matmul_precision does not cover): the currents would keep only 10 mantissa bits and the GPU's
+# spikes would differ from the CPU's by more than rounding. Set True to trade that for speed.
+CONV_TF32 = False
 
 
-def local_spsp(post: torch.Tensor, pre: torch.Tensor, kernel: PSPKernel, index: torch.Tensor,
-               pool: BufferPool | None = None, chunk_bytes: int = LOCAL_TRACE_BYTES,
-               chunk_elems: int = LOCAL_CHUNK_ELEMS) -> torch.Tensor:
-    """S-PSPs of each post neuron with its own inputs only: ``out[b, p, m] = e_{p, index[p, m]}``.
-
-    ``post (T, B, N_out)`` and ``pre (T, B, N_in)`` are time-major; ``index (N_out, M)`` lists each post neuron's
-    inputs (a receptive field or pooling window). Every post event reads its inputs' trace values at its own time
-    step, so the cost is ``O(events·M)`` and the memory ``O(B·N_out·M)`` plus one chunk of traces (``chunk_bytes``)
-    and of gathered values (``chunk_elems``).
-    """
-    T, B, n_in = pre.shape
-    n_out, m = index.shape
-    if ops.kernels_for(post) == "triton" and pre.dtype == post.dtype in (torch.float32, torch.float64):
-        return _local_spsp_dense(post, pre, kernel, index, chunk_bytes)
-    ev = post_events(post, kernel)
-    t, b, n, w = ev.t, ev.b, ev.n, ev.weights(kernel.coeffs)
-    if 2 * B * n_in * pre.element_size() * T > chunk_bytes:  # several chunks of time: events in time order
-        order = torch.argsort(t, stable=True)
-        t, b, n, w = t[order], b[order], n[order], w[order]
-        bounds = torch.searchsorted(t, torch.arange(T + 1, device=pre.device)).tolist()
-    else:
-        bounds = [0] * T + [t.numel()]
-    out = pre.new_zeros(B * n_out, m)
-    plane = B * n_in  # distance between the membrane and synaptic trace of one step in a chunk
-    step = max(1, chunk_elems // max(1, m))
-    for t0, _, d in trace_chunks(pre, kernel, chunk_bytes, pool):
-        flat = d.reshape(-1)  # element ((t − t0)·2 + k)·B·N_in + b·N_in + j
-        lo, hi = bounds[t0], bounds[t0 + d.shape[0]]
-        for s in range(lo, hi, step):
-            e = slice(s, min(hi, s + step))
-            cols = (((t[e] - t0) * 2 * B + b[e]) * n_in)[:, None] + index[n[e]]
-            vals = flat[cols].mul_(w[e, :1]).addcmul_(flat[cols + plane], w[e, 1:])
-            out.index_add_(0, b[e] * n_out + n[e], vals)
-    return out.view(B, n_out, m)
-
-
-def _local_spsp_dense(post: torch.Tensor, pre: torch.Tensor, kernel: PSPKernel, index: torch.Tensor,
-                      chunk_bytes: int) -> torch.Tensor:
-    """:func:`local_spsp` on the Triton path: ``Σ_r A[r, b, p] X[r, b, index[p, m]]`` over the ``2T`` rows of the
-    dense event matrix and the traces (both from Triton kernels), a few rows at a time (``chunk_bytes`` of gathered
-    traces); no event list, so no host synchronisation."""
-    tk = ops.triton_module(post.device)
-    a = tk.post_event_matrix(post.contiguous(), kernel)  # (2T, B, N_out)
-    x = tk.pre_traces(pre.contiguous(), kernel)  # (2T, B, N_in)
-    rows, B, n_out = a.shape
-    out = a.new_zeros(B, n_out, index.shape[1])
-    step = max(1, chunk_bytes // max(1, out.numel() * out.element_size()))
-    for r0 in range(0, rows, step):
-        r1 = min(rows, r0 + step)
-        out += torch.einsum("rbp,rbpm->bpm", a[r0:r1], x[r0:r1][:, :, index])
-    return out
+@contextlib.contextmanager
+def _conv_precision() -> Iterator[None]:
+    before = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = CONV_TF32
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = before
 
 
 def conv_index(in_shape: tuple[int, int, int], c_out: int, k: int, device: torch.device | None = None
@@ -120,7 +76,9 @@ class HM2BPConv2dFunction(torch.autograd.Function):
         pre_tm = pre.transpose(0, 1).contiguous()  # (T, B, C, H, W)
         n_out = out_shape[0] * out_shape[1] * out_shape[2]
         buf = setup.buffers.get((T + 1, B, n_out), pre_tm)
-        buf[1:].view(T * B, *out_shape).copy_(F.conv2d(pre_tm.view(T * B, C, H, W), weight / setup.lif.tau_s))
+        with _conv_precision():
+            currents = F.conv2d(pre_tm.view(T * B, C, H, W), weight / setup.lif.tau_s)
+        buf[1:].view(T * B, *out_shape).copy_(currents)
         post_tm = ops.scan(buf, setup.lif)
         ctx.setup = setup
         ctx.save_for_backward(pre_tm, weight, post_tm)
@@ -136,7 +94,7 @@ class HM2BPConv2dFunction(torch.autograd.Function):
         L, M = (H - K + 1) * (W - K + 1), C * K * K
         pre = pre.view(T, B, -1)
         index = conv_index((C, H, W), c_out, K, pre.device)
-        e = local_spsp(post, pre, kernel, index, setup.buffers).view(B, c_out, L, M)  # e_pq, q in p's field
+        e = ops.local_spsp(post, pre, kernel, index, setup.buffers).view(B, c_out, L, M)  # e_pq, q in p's field
         w = weight.view(c_out, 1, M)
         g = grad_post.mean(1).reshape(B, c_out, L) / nu  # δ/ν, δ = ∂L/∂o
         o = post.sum(0).view(B, c_out, L)
@@ -194,7 +152,7 @@ class HM2BPPool2dFunction(torch.autograd.Function):
         pre_flat = pre.view(T, B, -1)
         index = pool_index((C, H, W), k, pre.device)
         if rule.effect_ratio:  # r = e/o_pre, or silent_effect_ratio when either neuron is silent
-            e = local_spsp(post, pre_flat, setup.kernel, index, setup.buffers)
+            e = ops.local_spsp(post, pre_flat, setup.kernel, index, setup.buffers)
             o_pre = pre_flat.sum(0)[:, index]
             both = (post.sum(0) > 0)[..., None] & (o_pre > 0)
             terms = g * torch.where(both, e / o_pre.clamp(min=1), rule.silent_effect_ratio)

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from hm2bp import ops
+from hm2bp import backend, ops
 from hm2bp.neuron import mark_spikes
+from hm2bp.ops.torch_kernels import MASK32, hash32
 from hm2bp.workspace import BufferPool
 
 # Provenance: docs/algorithm.md §2 [CODE `readData/readMnistData.cpp:168-223`]: q = pixel / (5.5 · 255), at most
@@ -23,24 +24,13 @@ RATE_DIVISOR = 5.5
 # fresh allocation costs ~20 ms of page faults on a CPU, ten times the encoding itself).
 _rasters = BufferPool(2)
 
-_MASK32 = 0xFFFFFFFF
-
-
-def _hash32(x: torch.Tensor) -> torch.Tensor:
-    """lowbias32 integer hash on int64 tensors holding values in [0, 2^32)."""
-    x = x ^ (x >> 16)
-    x = (x * 0x7FEB352D) & _MASK32
-    x = x ^ (x >> 15)
-    x = (x * 0x846CA68B) & _MASK32
-    return x ^ (x >> 16)
-
 
 def _hash32_int(x: int) -> int:
-    """:func:`_hash32` of one Python int in [0, 2³²)."""
+    """:func:`hash32` of one Python int in [0, 2³²)."""
     x ^= x >> 16
-    x = (x * 0x7FEB352D) & _MASK32
+    x = (x * 0x7FEB352D) & MASK32
     x ^= x >> 15
-    x = (x * 0x846CA68B) & _MASK32
+    x = (x * 0x846CA68B) & MASK32
     return x ^ (x >> 16)
 
 
@@ -48,8 +38,8 @@ def sample_keys(seed: int, indices: torch.Tensor, epoch: int) -> torch.Tensor:
     """Per-sample hash keys ``(B,)`` (int64 in [0, 2³²)): the uniform of (t, input) is ``hash(key + t·N + input)``,
     ``key = hash(hash(index ⊕ hash((seed·0x9E3779B1 + epoch·0x85EBCA77) mod 2³²)))``. The (seed, epoch) part is
     hashed on the host as a Python int, so no host tensor is copied to the device per batch."""
-    salt = _hash32_int((seed * 0x9E3779B1 + epoch * 0x85EBCA77) & _MASK32)
-    return _hash32(_hash32((indices.to(torch.int64) & _MASK32) ^ salt))
+    salt = _hash32_int((seed * 0x9E3779B1 + epoch * 0x85EBCA77) & MASK32)
+    return hash32(hash32((indices.to(torch.int64) & MASK32) ^ salt))
 
 
 def hashed_uniform(seed: int, indices: torch.Tensor, epoch: int, steps: int, n_inputs: int) -> torch.Tensor:
@@ -59,41 +49,8 @@ def hashed_uniform(seed: int, indices: torch.Tensor, epoch: int, steps: int, n_i
     """
     keys = sample_keys(seed, indices, epoch)
     cell = torch.arange(steps * n_inputs, dtype=torch.int64, device=indices.device).view(steps, 1, n_inputs)
-    h = _hash32((cell + keys.view(1, -1, 1)) & _MASK32)
+    h = hash32((cell + keys.view(1, -1, 1)) & MASK32)
     return h.to(torch.float64).div_(2.0**32)
-
-
-def _as_int32(x: torch.Tensor) -> torch.Tensor:
-    """int64 values in [0, 2³²) → int32 tensors with the same bit patterns."""
-    return torch.where(x >= 2**31, x - 2**32, x).to(torch.int32)
-
-
-def _hash32_int32(x: torch.Tensor) -> torch.Tensor:
-    """:func:`_hash32` on the bit patterns of an int32 tensor, in place: int32 multiplies wrap modulo 2³² and the
-    masks turn the arithmetic shifts into logical ones, so every bit equals the int64 version (half the memory)."""
-    x ^= (x >> 16) & 0xFFFF
-    x *= 0x7FEB352D
-    x ^= (x >> 15) & 0x1FFFF
-    x *= 0x846CA68B - 2**32  # the same bits as a signed 32-bit constant
-    x ^= (x >> 16) & 0xFFFF
-    return x
-
-
-def _hashed_spikes(q: torch.Tensor, steps: int, keys: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Time-major spikes ``hash(key + t·N + i)/2³² < q`` (row 0 zero), as :func:`hashed_uniform` ``< q`` but in int32.
-
-    ``h/2³² < q`` ⟺ ``h < ⌈q·2³²⌉`` (exact in float64); flipping the sign bit maps unsigned to signed order.
-    """
-    B, n = q.shape
-    cell = torch.arange(steps * n, dtype=torch.int32, device=q.device).view(steps, 1, n)
-    h = _hash32_int32(cell + _as_int32(keys).view(1, B, 1))
-    h ^= -(2**31)
-    bound = torch.ceil(q * 2.0**32).to(torch.int64)
-    spikes = torch.lt(h, _as_int32(bound.clamp(max=2**32 - 1) ^ 2**31), out=q.new_empty(steps, B, n, dtype=dtype))
-    if bool((bound > 2**32 - 1).any()):  # q = 1: every hash is below 2³², including 2³² − 1
-        spikes[:, bound > 2**32 - 1] = 1
-    spikes[0] = 0
-    return spikes
 
 
 def bernoulli_encode(pixels: torch.Tensor, steps: int, *, seed: int, indices: torch.Tensor, epoch: int = 0,
@@ -118,20 +75,11 @@ def bernoulli_encode(pixels: torch.Tensor, steps: int, *, seed: int, indices: to
         raise ValueError(f"steps (T) must be > 0, got {steps}")
     if not (pixel_max > 0 and rate_divisor >= 1):
         raise ValueError(f"need pixel_max > 0 and rate_divisor >= 1, got {pixel_max}, {rate_divisor}")
-    # the range check reads the pixels on the host: not on the Triton path (ops.host_reads_allowed)
-    if ops.host_reads_allowed(pixels) and pixels.numel() and (float(pixels.min()) < 0
-                                                              or float(pixels.max()) > pixel_max):
+    # the range check reads the pixels on the host: not on the Triton path (backend.host_reads_allowed)
+    if backend.host_reads_allowed(pixels) and pixels.numel() and (float(pixels.min()) < 0
+                                                                  or float(pixels.max()) > pixel_max):
         raise ValueError(f"pixels must lie in [0, {pixel_max}], got [{float(pixels.min())}, {float(pixels.max())}]")
     q = pixels.to(torch.float64) / (rate_divisor * pixel_max)
-    draw = 0 if fixed else epoch
-    family = ops.kernels_for(pixels)
-    if family != "torch":  # the same hash in C++ or Triton: same spikes, no (T, B, N) int64 temporaries
-        spikes = _rasters.get((steps, *pixels.shape), pixels.new_empty(0, dtype=dtype or torch.get_default_dtype()))
-        keys = sample_keys(seed, indices.to(pixels.device), draw)
-        if family == "cpp":
-            torch.ops.hm2bp.bernoulli_hash_(keys, q.contiguous(), spikes)
-        else:
-            ops.triton_module(pixels.device).bernoulli_spikes(keys, q.contiguous(), spikes)
-    else:
-        spikes = _hashed_spikes(q, steps, sample_keys(seed, indices, draw), dtype or torch.get_default_dtype())
+    keys = sample_keys(seed, indices.to(pixels.device), 0 if fixed else epoch)
+    spikes = ops.bernoulli_spikes(keys, q, steps, dtype or torch.get_default_dtype(), _rasters)
     return mark_spikes(spikes.transpose(0, 1))  # (B, T, N) view of time-major storage: the layers use it as it is

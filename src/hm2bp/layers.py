@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from hm2bp import ops
+from hm2bp import backend
 from hm2bp.arch import arch_from_sizes, parse_arch
 from hm2bp.conv import hm2bp_conv2d, hm2bp_pool2d
 from hm2bp.functional import HM2BPRule, LayerSetup, LayerStats, hm2bp_linear
@@ -85,7 +85,7 @@ class SpikingLinear(_SpikingLayer):
         if self.setup.is_output and labels is not None:
             if labels.shape != spikes.shape[:1]:
                 raise ValueError(f"labels must have shape ({spikes.shape[0]},), got {tuple(labels.shape)}")
-            if labels.numel() and ops.host_reads_allowed(spikes) and (int(labels.min()) < 0
+            if labels.numel() and backend.host_reads_allowed(spikes) and (int(labels.min()) < 0
                                                                      or int(labels.max()) >= self.out_features):
                 raise ValueError(f"labels must lie in [0, {self.out_features}), got range "
                                  f"[{int(labels.min())}, {int(labels.max())}]")

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
+from hm2bp.backend import host_reads_allowed
+
 # Provenance of every default below: docs/algorithm.md §1 [CODE `layers/Spiking.cu:1470-1538`].
 TAU_M = 64.0  # membrane time constant, in steps
 TAU_S = 8.0  # synaptic time constant, in steps
@@ -71,12 +73,6 @@ class LIFParams:
                 lateral_w0 / self.tau_s)
 
 
-def _host_reads(x: torch.Tensor) -> bool:
-    from hm2bp import ops  # hm2bp.ops imports this module
-
-    return ops.host_reads_allowed(x)
-
-
 # Tensors known to hold only 0/1: id → (weak reference, version counter when marked). Weak: a mark keeps no raster
 # alive; the version: any write to the tensor (or a view of it) drops the mark.
 _marks: dict[int, tuple[weakref.ref, int]] = {}
@@ -99,7 +95,7 @@ def marked(x: torch.Tensor) -> bool:
 
 def check_spikes(name: str, x: torch.Tensor, ndim: int = 3) -> None:
     """Raise a clear error unless ``x`` is a floating or bool tensor of rank ``ndim`` holding only 0/1 (the values
-    are not read on the Triton path: see :func:`hm2bp.ops.host_reads_allowed`, nor for a tensor :func:`mark_spikes`
+    are not read on the Triton path: see :func:`hm2bp.backend.host_reads_allowed`, nor for a tensor :func:`mark_spikes`
     marked and nothing wrote since)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
@@ -107,7 +103,7 @@ def check_spikes(name: str, x: torch.Tensor, ndim: int = 3) -> None:
         raise ValueError(f"{name} must have {ndim} dims (batch, time, neurons), got shape {tuple(x.shape)}")
     if not (x.dtype == torch.bool or x.is_floating_point()):
         raise TypeError(f"{name} must be bool or floating point, got {x.dtype}")
-    if x.dtype == torch.bool or not _host_reads(x) or marked(x):
+    if x.dtype == torch.bool or not host_reads_allowed(x) or marked(x):
         return
     if not bool(((x == 0) | (x == 1)).all()):
         raise ValueError(f"{name} must hold only 0/1 spikes")

@@ -7,8 +7,9 @@ from omegaconf import DictConfig
 from hm2bp.app.data import SHUFFLES
 from hm2bp.arch import ArchError, arch_from_sizes, parse_arch
 from hm2bp.augment import Augmentation
+from hm2bp.backend import STRATEGIES
 from hm2bp.data.registry import DATASETS
-from hm2bp.functional import POOL_ERROR_SCALES, STRATEGIES
+from hm2bp.functional import POOL_ERROR_SCALES
 from hm2bp.spsp import CONVENTIONS
 from hm2bp.train import LR_SCHEDULES
 
@@ -71,8 +72,8 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"dataset.augment={dict(augment)} is invalid: {err}") from err
     if model.rule.convention not in CONVENTIONS:
         raise ConfigError(f"model.rule.convention={model.rule.convention!r}; valid choices: {list(CONVENTIONS)}")
-    if model.rule.strategy not in STRATEGIES:
-        raise ConfigError(f"model.rule.strategy={model.rule.strategy!r}; valid choices: {list(STRATEGIES)}")
+    if tr.get("contraction", "auto") not in STRATEGIES:
+        raise ConfigError(f"trainer.contraction={tr.contraction!r}; valid choices: {list(STRATEGIES)}")
     t = model.targets
     if not (0 <= t.undesired < t.desired) or t.margin < 0:
         raise ConfigError(f"model.targets needs 0 <= undesired < desired and margin >= 0, got {dict(t)}")

@@ -22,13 +22,14 @@ EXCLUDED = frozenset({
     "dataset.download", "trainer.progress_bar", "trainer.num_threads", "trainer.checkpoint_every_minutes",
     "trainer.device_encoding", "trainer.num_workers", "trainer.pin_memory",  # same spikes wherever they are made
     "trainer.strategy",  # how the processes are started; trainer.devices (in the fingerprint) sets how many
+    "trainer.contraction",  # the same gradients up to rounding, like the kernels the backend picks
 })
 # Command-line overrides left out of the readable part of the run directory's name (they are in the fingerprint
 # or change nothing): the seed has its own folder, the experiment names the parent folder.
 LABEL_EXCLUDED = frozenset({"seed", "experiment", "output_root", "data_dir", "resume", "logger", "hydra",
                             "trainer.progress_bar", "trainer.num_threads", "trainer.checkpoint_every_minutes",
                             "trainer.device_encoding", "trainer.num_workers", "trainer.pin_memory",
-                            "trainer.strategy"})
+                            "trainer.strategy", "trainer.contraction"})
 FINGERPRINT_CHARS = 12
 LABEL_MAX_CHARS = 96
 

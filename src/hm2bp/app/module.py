@@ -9,7 +9,7 @@ import lightning as L
 import torch
 import torchmetrics
 
-from hm2bp import ops
+from hm2bp import backend
 from hm2bp.app.checkpoints import MID_EPOCH_KEY, CheckpointError
 from hm2bp.functional import HM2BPRule
 from hm2bp.layers import SpikingNet
@@ -117,7 +117,7 @@ class HM2BPModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y, idx = batch
-        self._deferred = not ops.host_reads_allowed(x)
+        self._deferred = not backend.host_reads_allowed(x)
         outs = self.net.forward_all(x, y)
         counts = outs[-1].sum(1)
         weights = self.boost(idx).to(counts) if self.boost is not None else None

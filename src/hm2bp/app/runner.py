@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from hm2bp import backend
 from hm2bp.app.checkpoints import ForeignCheckpoint, RunCheckpoint, check_resumable, move_aside
 from hm2bp.app.cli import quiet_library_noise
 from hm2bp.app.config import ConfigError, model_arch, validate
@@ -131,6 +132,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     tr = cfg.trainer
     if tr.num_threads:
         torch.set_num_threads(int(tr.num_threads))
+    backend.set_strategy(tr.get("contraction", "auto"))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     augment = cfg.dataset.get("augment", None)
     data = SpikeData(cfg.dataset.name, cfg.data_dir, cfg.dataset.steps, tr.batch_size, cfg.seed,

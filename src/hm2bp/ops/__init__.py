@@ -1,267 +1,106 @@
-"""Custom ops and the one backend table that decides which kernels run: C++ on CPUs, Triton on GPUs.
+"""The engine's ops; each picks its own kernel (:func:`hm2bp.backend.kernels_for`) and checks what that kernel takes.
 
-``torch.ops.hm2bp.lif_scan_(buf, fire_at, decay_m, decay_s, t_ref, lateral)`` runs the scan of
-:func:`hm2bp.neuron.scan_core` in place; :func:`scan` is the dispatching twin of :func:`hm2bp.neuron.scan_inplace`.
+=====================  ==========================  ===========================  ===========================
+op                     C++ (:mod:`.cpp_kernels`)   Triton (:mod:`.triton_path`)  PyTorch (:mod:`.torch_kernels`)
+=====================  ==========================  ===========================  ===========================
+:func:`scan`           in-place scan               scan kernel + spike counts   :func:`~hm2bp.neuron.scan_core`
+:func:`linear_forward` currents fused in the scan  split-TF32 GEMM + scan        GEMM (or indexed rows) + scan
+:func:`linear_backward` per-sample S-PSP rows      anticausal traces + GEMMs     pairs / dense / sparse
+:func:`self_spsp`      per-sample S-PSPs           anticausal traces + ``bmm``   event list + traces
+:func:`local_spsp`     (PyTorch)                   event matrix + traces         event list + gathered traces
+:func:`bernoulli_spikes` hashed thresholds         hashed thresholds             int32 hash
+=====================  ==========================  ===========================  ===========================
 
-``torch.ops.hm2bp.linear_forward_`` and ``torch.ops.hm2bp.linear_backward`` are the whole spiking fully-connected
-layer on the CPU (:func:`linear_forward`, :func:`linear_backward`): an event-driven input current fused with the scan,
-and the HM2-BP contractions from per-sample S-PSP rows that never leave the cache. They compute what the
-pure-PyTorch path of :class:`hm2bp.functional.HM2BPLinearFunction` computes; only the order of floating-point sums
-differs (the input current adds weight rows spike by spike instead of a GEMM).
-
-**The backend table** (:func:`kernels_for`), chosen by :func:`set_backend` or ``HM2BP_OPS``:
-
-=============  ===========================  ======================================================
-``HM2BP_OPS``  CPU tensors                  CUDA tensors
-=============  ===========================  ======================================================
-``auto``       C++ kernels, else PyTorch    Triton kernels (:mod:`hm2bp.ops.triton_kernels`), else PyTorch
-``compiled``   C++ kernels, or an error     Triton kernels, or an error
-``triton``     Triton through its           Triton kernels, or an error
-               interpreter (needs
-               ``TRITON_INTERPRET=1``; CI)
-``torch``      pure PyTorch                 pure PyTorch
-=============  ===========================  ======================================================
-
-Triton kernels exist for the LIF scan, the Bernoulli encoder and the sides of the HM2-BP contractions (pre traces,
-post-event matrix, its anticausal traces); the GEMMs and the rest of a layer run in PyTorch on the same device.
-C++ kernels are compiled on first use with ``torch.utils.cpp_extension`` (cached under ``$HM2BP_EXTENSIONS_DIR``,
-default ``~/.cache/hm2bp/extensions``). One log line says which path runs, and why when it falls back.
-
-Measured on the project's 2-core CPU machines (``bench/ops_scan.py``, ``bench/engine_digits.py``): the fused linear
-layer is ~3× faster than GEMM + scan + sparse contractions; the C++ scan beats the pure-PyTorch scan at every size
-(most at small B·N, where the latter's 400 × 6 op launches dominate).
+Every kernel takes float32/float64 rasters; other dtypes run the PyTorch path (one log line says so). Measured on the
+project's 2-core CPU machines (``bench/ops_scan.py``, ``bench/engine_digits.py``, BENCHMARKS.md): the fused linear
+layer beats GEMM + scan + sparse contractions, and the C++ scan beats the pure-PyTorch scan at every size.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import sys
-import threading
-from pathlib import Path
-from types import ModuleType
-
 import torch
 
+from hm2bp import backend
+from hm2bp.backend import Family
 from hm2bp.neuron import LIFParams, scan_core
-from hm2bp.spsp import PSPKernel
+from hm2bp.ops import cpp_kernels, torch_kernels
+from hm2bp.spsp import PSPKernel, indexed_matmul, remember_sums, spike_index
+from hm2bp.workspace import BufferPool
 
-log = logging.getLogger("hm2bp.ops")
-CSRC = Path(__file__).resolve().parent / "csrc"
-BACKENDS = ("auto", "torch", "compiled", "triton")
-_backend = os.environ.get("HM2BP_OPS", "auto")
-_lock = threading.Lock()
-_built: dict[str, ModuleType | None] = {}
-_announced: set[str] = set()
+FLOATS = (torch.float32, torch.float64)
 
 
-def set_backend(name: str) -> None:
-    """Choose the kernels (see the module docstring): ``"auto"``, ``"torch"``, ``"compiled"`` or ``"triton"``."""
-    global _backend
-    if name not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
-    _backend = name
-
-
-def get_backend() -> str:
-    return _backend
-
-
-DEFAULT_EXTENSIONS_DIR = Path.home() / ".cache" / "hm2bp" / "extensions"
-
-
-def _build_dir() -> Path:
-    root = Path(os.environ.get("HM2BP_EXTENSIONS_DIR", DEFAULT_EXTENSIONS_DIR))
-    tag = torch.__version__.replace("+", "_")
-    return root / tag
-
-
-def load_extension(device: str) -> ModuleType | None:
-    """The compiled C++ extension for ``"cpu"``, building it on first call; None when it cannot build (or for any
-    other device: GPU kernels are Triton, :func:`triton_module`)."""
-    if device != "cpu":
-        return None
-    with _lock:
-        if device in _built:
-            return _built[device]
-        from torch.utils import cpp_extension
-
-        build = _build_dir() / device
-        build.mkdir(parents=True, exist_ok=True)
-        sources = [str(CSRC / name) for name in ("bindings.cpp", "lif_scan.cpp", "linear.cpp", "encode.cpp")]
-        # PyTorch's vectorised add-with-alpha uses fused multiply-adds on AVX2/AVX-512 CPUs; the kernel must too
-        # (in hardware: without -mfma, std::fma is a slow library call) to give the same spikes. -fno-trapping-math
-        # changes no value; it lets GCC turn the scan's selects into vector blends (without it no loop vectorises).
-        fma = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
-        flags = ["-O3", "-fno-trapping-math", *(["-mfma", "-mavx2", "-DHM2BP_FMA=1"] if fma else ["-DHM2BP_FMA=0"])]
-        # at::parallel_for is OpenMP compiled into the caller: without -fopenmp the kernels run on one thread. The
-        # library resolves to the libgomp that torch itself loaded (same soname), so there is one OpenMP runtime.
-        openmp = ["-fopenmp"] if sys.platform.startswith("linux") and torch.backends.openmp.is_available() else []
-        flags += openmp
-        try:
-            module = cpp_extension.load(name=f"hm2bp_ops_{device}", sources=sources, extra_cflags=flags,
-                                        extra_ldflags=openmp,
-                                        extra_include_paths=[str(CSRC)],
-                                        build_directory=str(build), verbose=False)
-        except Exception as err:
-            log.warning("hm2bp: compiled kernels for %s unavailable (%s: %s); using the pure-PyTorch path",
-                        device, type(err).__name__, str(err).splitlines()[0] if str(err) else "")
-            module = None
-        _built[device] = module
-        return module
-
-
-def _announce(path: str, why: str = "") -> None:
-    if path not in _announced:
-        _announced.add(path)
-        (log.warning if why else log.info)("hm2bp: kernels run on the %s path%s", path, f" ({why})" if why else "")
-
-
-_triton: ModuleType | None = None
-
-
-def triton_module(device: torch.device) -> ModuleType | None:
-    """:mod:`hm2bp.ops.triton_kernels` for tensors on ``device``, or None (logged) when Triton is unavailable there;
-    raises instead where the backend demands Triton (``"triton"``, or ``"compiled"`` on a GPU)."""
-    global _triton
-    demanded = _backend == "triton" or (_backend == "compiled" and device.type == "cuda")
-    why = None
-    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        why = "Triton runs on CPU tensors only through its interpreter: set TRITON_INTERPRET=1 before importing hm2bp"
-    elif device.type not in ("cpu", "cuda"):
-        why = f"no Triton kernels for {device.type} tensors"
-    else:
-        try:
-            from hm2bp.ops import triton_kernels as module
-        except ImportError as err:
-            why = f"Triton is not importable ({err})"
-        else:
-            _triton = module
-            return module
-    if demanded:
-        raise RuntimeError(f"HM2BP_OPS={_backend}: {why}")
-    _announce(f"pure-PyTorch {device.type}", why)
-    return None
-
-
-def host_reads_allowed(x: torch.Tensor) -> bool:
-    """Whether engine code may read values of ``x`` back on the host (a data-dependent check or early exit): not on
-    the Triton path, whose training step must never wait for the device (and so could be captured in a CUDA graph);
-    interpreted on CPU tensors it takes the same sync-free branches, which is how the tests prove them."""
-    return kernels_for(x) != "triton"
-
-
-def kernels_for(x: torch.Tensor) -> str:
-    """The backend table: ``"cpp"``, ``"triton"`` or ``"torch"``, the kernels that run work on ``x``'s device under
-    the current backend (module docstring). Logs the choice once, and why on a fallback."""
-    if _backend == "torch":
-        _announce("pure-PyTorch")
+def _family(what: str, x: torch.Tensor, *others: torch.Tensor) -> Family:
+    """The kernels for ``what`` on ``x``: the backend's, or PyTorch (logged once) where the tensors are not all
+    float32 or all float64."""
+    family = backend.kernels_for(x)
+    if family != "torch" and not (x.dtype in FLOATS and all(t.dtype == x.dtype for t in others)):
+        backend.announce(f"pure-PyTorch {what} for {x.dtype}", f"the {family} kernels take float32/float64")
         return "torch"
-    if x.is_cuda or _backend == "triton":
-        if triton_module(x.device) is None:
-            return "torch"
-        _announce(f"Triton {x.device.type}" + (" (interpreted)" if not x.is_cuda else ""))
-        return "triton"
-    if load_extension("cpu") is None:
-        if _backend == "compiled":
-            raise RuntimeError("HM2BP_OPS=compiled but the cpu kernels could not be built (see the log)")
-        _announce("pure-PyTorch CPU", "the C++ kernels could not be built")
-        return "torch"
-    _announce("compiled CPU")
-    return "cpp"
+    return family
 
 
-@torch.library.custom_op("hm2bp::lif_scan_", mutates_args=("buf",))
-def lif_scan_(buf: torch.Tensor, fire_at: float, decay_m: float, decay_s: float, t_ref: int,
-              lateral: float) -> None:
-    """In-place LIF scan of the ``(T + 1, B, N)`` work buffer (see :func:`hm2bp.neuron.scan_inplace`)."""
-    family = kernels_for(buf)
-    if family == "triton" and buf.dtype in (torch.float32, torch.float64) and buf.is_contiguous():
-        _triton.lif_scan(buf, fire_at, decay_m, decay_s, t_ref, lateral)
-    elif family == "cpp":
-        _cpu_module().lif_scan_cpu(buf, fire_at, decay_m, decay_s, t_ref, lateral)
-    else:
-        if family == "triton":
-            _announce(f"pure-PyTorch scan for {buf.dtype}", "the Triton scan takes contiguous float32/float64")
-        scan_core(buf, fire_at, decay_m, decay_s, t_ref, lateral)
+def _triton_path():
+    from hm2bp.ops import triton_path  # imports Triton: only where its kernels run
 
-
-@lif_scan_.register_fake
-def _(buf, fire_at, decay_m, decay_s, t_ref, lateral) -> None:  # shapes do not change: nothing to compute
-    return None
+    return triton_path
 
 
 def scan(buf: torch.Tensor, params: LIFParams, lateral_w0: float = 0.0) -> torch.Tensor:
-    """Dispatching version of :func:`hm2bp.neuron.scan_inplace` (same contract: returns ``buf[:T]``)."""
+    """The LIF scan of :func:`hm2bp.neuron.scan_inplace` (same contract: ``buf (T + 1, B, N)`` holds ``I/τs`` in rows
+    ``1..T``; returns the spikes ``buf[:T]``). Where the kernel counts the spikes (Triton) they are remembered for
+    :func:`hm2bp.spsp.spike_sums`."""
     args = params.scan_args(lateral_w0)
-    if _backend == "torch":
-        return scan_core(buf, *args)
-    torch.ops.hm2bp.lif_scan_(buf, *args)
-    return buf[: buf.shape[0] - 1]
+    family = _family("scan", buf)
+    spikes = buf[: buf.shape[0] - 1]
+    if family == "triton" and buf.is_contiguous():
+        counts = backend.triton_kernels(buf.device).lif_scan(buf, *args)
+        remember_sums(spikes, counts)
+    elif family == "cpp":
+        torch.ops.hm2bp.lif_scan_(buf, *args)
+    else:
+        scan_core(buf, *args)
+    return spikes
 
 
-def _cpu_module() -> ModuleType:
-    module = load_extension("cpu")
-    if module is None:
-        raise RuntimeError("the hm2bp CPU kernels could not be built (see the log)")
-    return module
-
-
-@torch.library.custom_op("hm2bp::linear_forward_", mutates_args=("out",))
-def linear_forward_(pre: torch.Tensor, weight_t: torch.Tensor, out: torch.Tensor, fire_at: float, decay_m: float,
-                    decay_s: float, t_ref: int, lateral: float) -> None:
-    """Spikes ``out (T, B, N_out)`` of a spiking linear layer from time-major ``pre (T, B, N_in)`` and
-    ``weight_t = Wᵀ/τs``: per step ``c ← c·decay_s + Σ_{j: pre_j[t−1]≠0} pre_j[t−1]·weight_t[j]`` (adds of the rows
-    of the inputs that spiked), then :func:`scan_core`."""
-    _cpu_module().linear_forward_cpu(pre, weight_t, out, fire_at, decay_m, decay_s, t_ref, lateral)
-
-
-@linear_forward_.register_fake
-def _(pre, weight_t, out, fire_at, decay_m, decay_s, t_ref, lateral) -> None:
-    return None
-
-
-@torch.library.custom_op("hm2bp::linear_backward", mutates_args=())
-def linear_backward_op(pre: torch.Tensor, post: torch.Tensor, weight: torch.Tensor, g: torch.Tensor,
-                       lam: torch.Tensor, rho: torch.Tensor, nu: float, need_below: bool, decay_m: float,
-                       decay_s: float, coef_m: float, coef_s: float, delay: int, t_ref: int, window: int,
-                       zero_first: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(coef, Σ_b coef ⊗ e, Σ_i g w e, o, o_pre)`` of :func:`linear_backward` (empty ``lam``/``rho``: factor off)."""
-    return tuple(_cpu_module().linear_backward_cpu(pre, post, weight, g, lam, rho, nu, need_below, decay_m, decay_s,
-                                                   coef_m, coef_s, delay, t_ref, window, zero_first))
-
-
-@linear_backward_op.register_fake
-def _(pre, post, weight, g, lam, rho, nu, need_below, decay_m, decay_s, coef_m, coef_s, delay, t_ref, window,
-      zero_first):
-    below = pre.new_empty(pre.shape[1], pre.shape[2]) if need_below else pre.new_empty(0)
-    return (g.new_empty(g.shape), weight.new_empty(weight.shape), below, g.new_empty(g.shape),
-            pre.new_empty(pre.shape[1], pre.shape[2]))
-
-
-def linear_forward(pre: torch.Tensor, weight: torch.Tensor, params: LIFParams, lateral_w0: float = 0.0,
-                   out: torch.Tensor | None = None) -> torch.Tensor:
-    """Time-major spikes ``(T, B, N_out)`` of a spiking linear layer (fused C++; same as GEMM + :func:`scan`).
+def linear_forward(pre: torch.Tensor, weight: torch.Tensor, params: LIFParams, lateral_w0: float, pool: BufferPool,
+                   training: bool = False, keep_currents: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Time-major spikes ``(T, B, N_out)`` of a spiking linear layer, ``I[t] = W pre[t]`` then the scan, and the
+    currents ``x Wᵀ/τs (T, B, N_out)`` where ``keep_currents`` and the backward reads them (Triton path), else None.
 
     Args:
-        pre: time-major ``(T, B, N_in)`` 0/1 input trains; weight: ``(N_out, N_in)``.
-        params: the layer's LIF parameters; lateral_w0: output-layer lateral inhibition (≥ 0).
-        out: optional ``(T, B, N_out)`` buffer to write the spikes into (reused across steps).
+        pre: contiguous time-major ``(T, B, N_in)`` 0/1 trains; weight: ``(N_out, N_in)``.
+        params, lateral_w0: the layer's LIF parameters and output-layer lateral inhibition (≥ 0).
+        pool: the layer's buffers (reused across steps).
+        training: a backward will follow (the PyTorch path may then take the currents from the raster's index).
     """
-    args = params.scan_args(lateral_w0)
-    T, B, _ = pre.shape
-    if out is None:
-        out = pre.new_empty(T, B, weight.shape[0])
-    weight_t = (weight.t() / params.tau_s).contiguous()  # the GEMM path scales W the same way
-    torch.ops.hm2bp.linear_forward_(pre.contiguous(), weight_t, out, *args)
-    return out
+    T, B, n_in = pre.shape
+    n_out = weight.shape[0]
+    family = _family("linear layer", pre, weight)
+    if family == "cpp":
+        out = pool.get((T, B, n_out), pre)
+        return cpp_kernels.linear_forward(pre, weight, params, lateral_w0, out=out), None
+    buf = pool.get((T + 1, B, n_out), pre)  # row t + 1 ← I[t]/τs, then the spikes
+    currents = buf[1:].view(T * B, n_out)
+    w = weight.t() / params.tau_s
+    kept = None
+    if family == "triton":
+        _triton_path().spike_mm(pre.view(T * B, n_in), w, out=currents)
+        kept = currents.view(T, B, n_out).clone() if keep_currents else None  # the scan overwrites them
+    elif training and torch_kernels.indexes_pre(backend.get_strategy(), T, n_in, n_out):
+        # The backward indexes the wide pre raster anyway: the currents from its spikes, not a GEMM over it.
+        currents.copy_(indexed_matmul(spike_index(pre), w))
+    else:
+        torch.mm(pre.view(T * B, n_in), w, out=currents)
+    return scan(buf, params, lateral_w0), kept
 
 
 def linear_backward(pre: torch.Tensor, post: torch.Tensor, weight: torch.Tensor, g: torch.Tensor,
                     lam: torch.Tensor | None, rho: torch.Tensor | None, nu: float, need_below: bool,
-                    kernel: PSPKernel) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor,
-                                                torch.Tensor]:
-    """HM2-BP contractions of one linear layer (fused C++), from time-major ``pre``/``post`` trains.
+                    kernel: PSPKernel, pool: BufferPool | None = None, currents: torch.Tensor | None = None,
+                    tau_s: float = 1.0
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """HM2-BP contractions of one linear layer from time-major ``pre``/``post`` trains.
 
     With ``e`` the S-PSPs of :func:`hm2bp.spsp.spsp` (no fallbacks) and ``o`` the post counts, returns
 
@@ -269,44 +108,60 @@ def linear_backward(pre: torch.Tensor, post: torch.Tensor, weight: torch.Tensor,
       ``rho_i/ν`` for a silent one (``rho = None``: no side effect; ``lam = None``: ``Λ = 1``);
     * ``Σ_b coef[b, i] e[b, i, j]``, the weight gradient before the silent-neuron terms;
     * ``Σ_i g[b, i] w_ij e[b, i, j]`` when ``need_below``, else None;
-    * the spike counts ``o (B, N_out)`` and ``o_pre (B, N_in)`` (so the caller need not sum the trains again).
+    * the spike counts ``o (B, N_out)`` and ``o_pre (B, N_in)``.
+
+    ``currents`` (Triton path): the forward's ``x Wᵀ/τs``, which give the side effect's ``Σ_j w e`` without a GEMM.
     """
-    empty = g.new_empty(0)
-    coef, grad_w, gwe, o, o_pre = torch.ops.hm2bp.linear_backward(
-        pre.contiguous(), post.contiguous(), weight.contiguous(), g.contiguous(),
-        empty if lam is None else lam.contiguous(), empty if rho is None else rho.contiguous(), float(nu),
-        need_below, *kernel.decays, *kernel.coeffs, kernel.delay, kernel.t_ref,
-        kernel.window if kernel.split else -1, kernel.convention == "original")
-    return coef, grad_w, (gwe if need_below else None), o, o_pre
+    family = _family("HM2-BP contraction", pre, post, weight, g)
+    if family == "cpp":
+        coef, grad_w, gwe, o, o_pre = cpp_kernels.linear_backward(pre, post, weight, g, lam, rho, nu, need_below,
+                                                                  kernel)
+        remember_sums(post, o)  # the firing statistics need not read the rasters again
+        remember_sums(pre, o_pre)
+        return coef, grad_w, gwe, o, o_pre
+    if family == "triton":
+        return _triton_path().linear_backward(pre, post, weight, g, lam, rho, nu, need_below, kernel, currents,
+                                              tau_s)
+    return torch_kernels.linear_backward(pre, post, weight, g, lam, rho, nu, need_below, kernel, pool,
+                                         backend.get_strategy())
 
 
-@torch.library.custom_op("hm2bp::spsp", mutates_args=())
-def spsp_op(pre: torch.Tensor, post: torch.Tensor, decay_m: float, decay_s: float, coef_m: float, coef_s: float,
-            delay: int, t_ref: int, window: int, zero_first: bool) -> torch.Tensor:
-    """The S-PSPs ``e (B, N_out, N_in)`` of :func:`spsp` (``window < 0``: none)."""
-    return _cpu_module().spsp_cpu(pre, post, decay_m, decay_s, coef_m, coef_s, delay, t_ref, window, zero_first)
+def self_spsp(post: torch.Tensor, kernel: PSPKernel, events: torch.Tensor | None = None) -> torch.Tensor:
+    """S-PSPs ``e (B, N, N)`` of time-major ``post (T, B, N)`` onto itself, ``e[b, l, i]`` of neuron ``l``'s events
+    on neuron ``i``'s train: the lateral factor's. ``events``: the same trains with a silent label neuron patched,
+    which the Triton path reads for ``l`` (its event side is then made once for the contraction too; every pair of a
+    silent neuron is masked by the caller)."""
+    family = _family("S-PSP", post)
+    if family == "cpp":
+        return cpp_kernels.spsp(post, post, kernel)
+    if family == "triton":
+        return _triton_path().self_spsp(post, kernel, post if events is None else events)
+    return torch_kernels.self_spsp(post, kernel)
 
 
-@spsp_op.register_fake
-def _(pre, post, decay_m, decay_s, coef_m, coef_s, delay, t_ref, window, zero_first):
-    return pre.new_empty(pre.shape[1], post.shape[2], pre.shape[2])
+def local_spsp(post: torch.Tensor, pre: torch.Tensor, kernel: PSPKernel, index: torch.Tensor,
+               pool: BufferPool | None = None, chunk_bytes: int = torch_kernels.LOCAL_TRACE_BYTES,
+               chunk_elems: int = torch_kernels.LOCAL_CHUNK_ELEMS) -> torch.Tensor:
+    """S-PSPs of each post neuron with its own inputs only, ``out[b, p, m] = e_{p, index[p, m]}``, from time-major
+    ``post (T, B, N_out)`` and ``pre (T, B, N_in)``; ``index (N_out, M)`` lists each post neuron's inputs (a receptive
+    field or pooling window). Memory ``O(B·N_out·M)`` plus one chunk (``chunk_bytes`` of traces, ``chunk_elems``
+    gathered values)."""
+    if _family("local S-PSP", post, pre) == "triton":
+        return _triton_path().local_spsp(post, pre, kernel, index, chunk_bytes)
+    return torch_kernels.local_spsp(post, pre, kernel, index, pool, chunk_bytes, chunk_elems)
 
 
-def spsp(pre: torch.Tensor, post: torch.Tensor, kernel: PSPKernel) -> torch.Tensor:
-    """Per-sample S-PSPs ``e[b, i, j]`` of post neuron ``i`` onto pre neuron ``j`` from time-major ``pre (T, B, N_in)``
-    and ``post (T, B, N_out)`` (fused C++): ``hm2bp.spsp.contract(post_events(post), pre_traces(pre))``, the events of
-    each post neuron read against the pre traces in cache; 0 for a silent neuron."""
-    return torch.ops.hm2bp.spsp(pre.contiguous(), post.contiguous(), *kernel.decays, *kernel.coeffs, kernel.delay,
-                                kernel.t_ref, kernel.window if kernel.split else -1, kernel.convention == "original")
-
-
-@torch.library.custom_op("hm2bp::bernoulli_hash_", mutates_args=("out",))
-def bernoulli_hash_(keys: torch.Tensor, q: torch.Tensor, out: torch.Tensor) -> None:
-    """``out[t, b, i] = 1`` iff ``t ≥ 1`` and ``lowbias32(keys[b] + t·N + i)/2³² < q[b, i]`` (the pure-PyTorch
-    :func:`hm2bp.encoding.hashed_uniform` draws the same uniforms)."""
-    _cpu_module().bernoulli_hash_cpu(keys, q, out)
-
-
-@bernoulli_hash_.register_fake
-def _(keys, q, out) -> None:
-    return None
+def bernoulli_spikes(keys: torch.Tensor, q: torch.Tensor, steps: int, dtype: torch.dtype,
+                     pool: BufferPool) -> torch.Tensor:
+    """Time-major ``(steps, B, N)`` spikes ``hash(key_b + t·N + i)/2³² < q[b, i]`` (none at ``t = 0``) for per-sample
+    hash keys ``keys (B,)`` and float64 probabilities ``q (B, N)``; the C++ and Triton kernels write into ``pool``'s
+    rasters."""
+    family = backend.kernels_for(q)
+    if family == "torch":
+        return torch_kernels.hashed_spikes(q, steps, keys, dtype)
+    spikes = pool.get((steps, *q.shape), q.new_empty(0, dtype=dtype))
+    if family == "cpp":
+        torch.ops.hm2bp.bernoulli_hash_(keys, q.contiguous(), spikes)
+    else:
+        backend.triton_kernels(q.device).bernoulli_spikes(keys, q.contiguous(), spikes)
+    return spikes

@@ -1,0 +1,151 @@
+"""The Triton path's layer-level ops: the kernels of :mod:`hm2bp.ops.triton_kernels` composed with GEMMs on the same
+device, with no host synchronisation (so a training step never waits for the device).
+
+Linear layers contract in the anticausal form: per chunk of samples the event matrix ``A`` and its anticausal traces
+``Y (T, b, N_out)`` from Triton kernels, then ``e[b] = Y[b]ᵀ·pre[b]`` as GEMMs over (time·batch) with the 0/1 pre
+raster itself (``Σ_t A·X = Σ_s Y·x``, :func:`hm2bp.ops.triton_kernels.anticausal_traces`): half the rows of the causal
+form and no pre-wide trace tensor.
+
+**Split TF32** (:func:`spike_mm`, :func:`mm_spikes`): the large GEMMs multiply a 0/1 raster, which TF32 holds
+exactly, by a float operand. That operand is split into two TF32 numbers ``hi + lo`` (``hi`` its leading 11
+significant bits, ``lo`` the next 11 of the rest), so two TF32 GEMMs (8× the fp32 rate each on an H100/H200) give
+each product to ``2⁻²¹`` relative instead of ``2⁻²⁴``, with fp32 accumulation. Only float32 CUDA GEMMs are split
+(elsewhere TF32 does not exist); :data:`SPLIT_TF32` turns it off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from hm2bp.ops import triton_kernels as tk
+from hm2bp.ops.torch_kernels import CoefFor, coef_rule
+from hm2bp.spsp import PSPKernel, spike_sums
+from hm2bp.workspace import derived
+
+# The GPU form holds, per chunk of samples, the event matrix (2T rows), its anticausal traces and two GEMM results
+# (T rows each), all post-neuron wide, plus the chunk's pre raster: at most this many bytes.
+GPU_CHUNK_BYTES = 2 << 30
+SPLIT_TF32 = True
+_TF32_MASK = -(1 << 13)  # clears the 13 low mantissa bits float32 has beyond TF32's 10
+
+
+def tf32_parts(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(hi, lo)``, both exact TF32 values, with ``|x − hi − lo| ≤ 2⁻²¹·|x|``: ``hi`` is ``x`` truncated to TF32,
+    ``lo`` the rest (exact in float32) truncated to TF32."""
+    hi = (x.view(torch.int32) & _TF32_MASK).view(torch.float32)
+    lo = x - hi
+    return hi, (lo.view(torch.int32) & _TF32_MASK).view(torch.float32)
+
+
+@contextlib.contextmanager
+def _tf32() -> Iterator[None]:
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def _split(x: torch.Tensor) -> bool:
+    return SPLIT_TF32 and x.is_cuda and x.dtype == torch.float32
+
+
+def spike_mm(spikes: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``spikes @ w`` for a 0/1 ``spikes`` (split TF32 on CUDA float32, module docstring)."""
+    if not _split(w):
+        return torch.mm(spikes, w, out=out)
+    hi, lo = tf32_parts(w.contiguous())
+    with _tf32():
+        result = torch.mm(spikes, hi, out=out)
+        return result.addmm_(spikes, lo)
+
+
+def mm_spikes_into(acc: torch.Tensor, x: torch.Tensor, spikes: torch.Tensor) -> torch.Tensor:
+    """``acc += x @ spikes`` for a 0/1 ``spikes`` (split TF32 on CUDA float32, module docstring)."""
+    if not _split(x):
+        return acc.addmm_(x, spikes)
+    hi, lo = tf32_parts(x.contiguous())
+    with _tf32():
+        return acc.addmm_(hi, spikes).addmm_(lo, spikes)
+
+
+@dataclass(frozen=True)
+class _PostSide:
+    """The anticausal traces ``Y`` of a raster, kept (in :data:`hm2bp.workspace.derived`) for the other reader."""
+
+    y: torch.Tensor
+
+
+def post_side(post: torch.Tensor, kernel: PSPKernel, keep: bool = False) -> torch.Tensor:
+    """``Y (T, B, N)`` of time-major ``post``: the anticausal traces of its event matrix, made once per raster when
+    ``keep`` (the output layer's lateral factor keeps them for its contraction)."""
+    known = derived.get(post)
+    if isinstance(known, _PostSide):
+        return known.y
+    y = tk.anticausal_traces(tk.post_event_matrix(post.contiguous(), kernel), kernel)
+    if keep:
+        derived.put(post, _PostSide(y))
+    return y
+
+
+def self_spsp(post: torch.Tensor, kernel: PSPKernel, events: torch.Tensor) -> torch.Tensor:
+    """``e[b, l, i] = Σ_s Y_l(s) post_i(s)`` with ``Y`` from ``events`` (``post`` with a silent label neuron's train
+    patched, or ``post`` itself: the lateral factor masks every pair with a silent neuron, so the patched column
+    never counts)."""
+    y = post_side(events, kernel, keep=True)
+    return torch.bmm(y.permute(1, 2, 0), post.permute(1, 0, 2))
+
+
+def linear_backward(pre: torch.Tensor, post: torch.Tensor, weight: torch.Tensor, g: torch.Tensor,
+                    lam: torch.Tensor | None, rho: torch.Tensor | None, nu: float, need_below: bool,
+                    kernel: PSPKernel, currents: torch.Tensor | None = None, tau_s: float = 1.0
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """:func:`hm2bp.ops.linear_backward` in the anticausal form: ``Σ_j w e = Σ_s Y ⊙ (x Wᵀ)`` (from the forward's
+    ``currents = x Wᵀ/τs`` when given), ``Σ_b coef e = (coef·Y)ᵀ x`` and ``Σ_i g w e = Σ_s x ⊙ ((g·Y) W)``, summed
+    over steps s, a chunk of samples (:data:`GPU_CHUNK_BYTES`) at a time."""
+    T, B, n_in = pre.shape
+    o, o_pre = spike_sums(post), spike_sums(pre)
+    coef_for: CoefFor = coef_rule(g, o, rho, nu, lam)
+    per_sample = T * (5 * post.shape[2] + n_in) * pre.element_size()
+    step = max(1, GPU_CHUNK_BYTES // max(1, per_sample))
+    known = derived.get(post)  # kept by the lateral factor
+    whole = known.y if isinstance(known, _PostSide) else post_side(post, kernel) if step >= B else None
+    grad_w = weight.new_zeros(weight.shape)
+    coefs, lower = [], []
+    for b0 in range(0, max(1, B), step):  # one (empty) chunk for an empty batch
+        rows = slice(b0, min(B, b0 + step))
+        x = pre[:, rows]
+        y = whole[:, rows] if whole is not None else post_side(post[:, rows], kernel)
+        flat = x.reshape(-1, n_in)  # a view when one chunk holds the batch
+        side = None
+        if rho is not None:
+            drive = (currents[:, rows] * tau_s if currents is not None
+                     else spike_mm(flat, weight.t()).view(*y.shape[:2], -1))
+            side = (y * drive).sum(0)
+        coef = coef_for(side, rows)
+        mm_spikes_into(grad_w, (y * coef).flatten(0, 1).t(), flat)
+        if need_below:
+            lower.append((((y * g[rows]).flatten(0, 1) @ weight).view_as(x) * x).sum(0))
+        coefs.append(coef)
+    return torch.cat(coefs), grad_w, (torch.cat(lower) if need_below else None), o, o_pre
+
+
+def local_spsp(post: torch.Tensor, pre: torch.Tensor, kernel: PSPKernel, index: torch.Tensor,
+               chunk_bytes: int) -> torch.Tensor:
+    """:func:`hm2bp.ops.local_spsp` as ``Σ_r A[r, b, p] X[r, b, index[p, m]]`` over the ``2T`` rows of the dense
+    event matrix and the traces (both from Triton kernels), a few rows at a time (``chunk_bytes`` of gathered
+    traces); no event list, so no host synchronisation."""
+    a = tk.post_event_matrix(post.contiguous(), kernel)  # (2T, B, N_out)
+    x = tk.pre_traces(pre.contiguous(), kernel)  # (2T, B, N_in)
+    rows, B, n_out = a.shape
+    out = a.new_zeros(B, n_out, index.shape[1])
+    step = max(1, chunk_bytes // max(1, out.numel() * out.element_size()))
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        out += torch.einsum("rbp,rbpm->bpm", a[r0:r1], x[r0:r1][:, :, index])
+    return out
