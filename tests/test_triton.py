@@ -13,9 +13,10 @@ import torch
 
 triton = pytest.importorskip("triton", reason="Triton is a dev dependency on Linux")  # conftest: TRITON_INTERPRET
 
-from hm2bp.encoding import _hashed_spikes, sample_keys  # noqa: E402
+from hm2bp.encoding import sample_keys  # noqa: E402
 from hm2bp.neuron import LIFParams, scan_core  # noqa: E402
 from hm2bp.ops import triton_kernels as tk  # noqa: E402
+from hm2bp.ops.torch_kernels import hashed_spikes  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -44,6 +45,23 @@ def test_scan_equals_scan_core_spike_for_spike(t_ref, lateral_w0, batch, neurons
     assert torch.equal(got[:steps].cpu(), expected)
     assert torch.equal(counts.cpu(), expected.sum(0))
     assert expected.sum() > 0 and (expected.sum(0) < steps - 1).all()  # spikes and refractory gaps both occur
+
+
+@pytest.mark.parametrize("lateral_w0", [0.0, 1.0])
+@pytest.mark.parametrize("t_ref", [0, 2])
+def test_scan_from_a_separate_drive_equals_the_in_place_scan(t_ref, lateral_w0):
+    """Spikes into their own ``(T, B, N)`` tensor from currents ``(T, B, N)`` that stay as they are: the spikes and
+    counts of ``scan_core`` on the ``(T + 1, B, N)`` work buffer holding the same currents one row later."""
+    rng = torch.Generator().manual_seed(3 + t_ref)
+    steps, batch, neurons = 20, 2, 7 if lateral_w0 else 130
+    args = LIFParams(threshold=0.6, t_ref=t_ref).scan_args(lateral_w0)
+    buf = _drive(rng, steps, batch, neurons, scale=0.5)
+    expected = scan_core(buf.clone(), *args)
+    drive = buf[1:].clone().to(DEVICE)
+    spikes = torch.full((steps, batch, neurons), float("nan"), device=DEVICE)
+    counts = tk.lif_scan(spikes, *args, drive=drive)
+    assert torch.equal(spikes.cpu(), expected) and torch.equal(counts.cpu(), expected.sum(0))
+    assert torch.equal(drive.cpu(), buf[1:]) and expected.sum() > 0
 
 
 def test_scan_threshold_ties_do_not_fire_and_one_above_does():
@@ -78,7 +96,7 @@ def test_bernoulli_equals_the_cpu_encoder_bit_for_bit(epoch):
     q[0, :5] = torch.tensor([0.0, 1.0, 0.5, 1e-12, 1 - 1e-12], dtype=torch.float64)
     q[1, :] = 1.0  # every step fires (after t = 0)
     keys = sample_keys(7, torch.tensor([0, 11, 2**31 + 5]), epoch)
-    expected = _hashed_spikes(q, steps, keys, torch.float32)
+    expected = hashed_spikes(q, steps, keys, torch.float32)
     got = torch.empty(steps, batch, n, dtype=torch.float32, device=DEVICE)
     tk.bernoulli_spikes(keys.to(DEVICE), q.to(DEVICE), got)
     assert torch.equal(got.cpu(), expected)
@@ -99,12 +117,13 @@ def test_every_kernel_compiles_for_sm90_and_sm80():
     assert proc.stdout.split("\n")[:-1] == [f"{n} {c} ok" for n in sorted(tk.KERNELS) for c in (90, 80)]
 
 
-def _step(backend: str, make_net, x_pixels: torch.Tensor, labels: torch.Tensor, steps: int):
-    """Encode, forward and HM2-BP backward of one batch under ``backend``: (spikes per layer, gradients)."""
-    from hm2bp import SpikeCountLoss, ops
+def _step(kernels: str, make_net, x_pixels: torch.Tensor, labels: torch.Tensor, steps: int):
+    """Encode, forward and HM2-BP backward of one batch under the backend ``kernels``: (spikes per layer,
+    gradients)."""
+    from hm2bp import SpikeCountLoss, backend
     from hm2bp.encoding import bernoulli_encode
 
-    ops.set_backend(backend)
+    backend.set_backend(kernels)
     try:
         torch.manual_seed(0)
         net = make_net().to(DEVICE)
@@ -116,7 +135,7 @@ def _step(backend: str, make_net, x_pixels: torch.Tensor, labels: torch.Tensor, 
         SpikeCountLoss(6, 1, 1)(outs[-1].sum(1), y).backward()
         return [x.cpu()] + [o.detach().cpu() for o in outs], [p.grad.cpu() for p in net.parameters()]
     finally:
-        ops.set_backend("auto")
+        backend.set_backend("auto")
 
 
 @pytest.mark.parametrize("arch, shape", [("16-4", (10,)), ("3C3-P2-4", (1, 6, 6))], ids=["mlp", "cnn"])
@@ -142,7 +161,10 @@ def test_training_step_through_triton_equals_pure_pytorch(arch, shape, monkeypat
         real = getattr(tk, name)
         monkeypatch.setattr(tk, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
     spikes_x, grads_x = _step("triton", make_net, pixels, labels, steps=40)
-    assert set(kernels) <= set(calls)
+    # the fully-connected layers contract in the anticausal form (no pre traces); conv layers read pre traces
+    assert set(kernels) - ({"pre_traces"} if arch == "16-4" else set()) <= set(calls)
+    if arch == "16-4":  # one event matrix per layer: the output layer's serves both Λ and the contraction
+        assert calls.count("post_event_matrix") == 2
     assert all(torch.equal(a, b) for a, b in zip(spikes_t, spikes_x, strict=True))
     assert all(s.sum() > 0 for s in spikes_t)
     for a, b in zip(grads_t, grads_x, strict=True):
@@ -222,11 +244,92 @@ def test_anticausal_traces_equal_their_definition_and_give_the_same_contraction(
         tk.anticausal_traces(a[1:].to(DEVICE).contiguous().to(dtype), kernel)
 
 
+def _filling_torch(fill: float):
+    """``torch`` as :mod:`hm2bp.ops.triton_kernels` sees it, except that ``torch.empty`` fills with ``fill``."""
+    import types
+
+    proxy = types.ModuleType("torch")
+    proxy.__getattr__ = lambda name: getattr(torch, name)  # PEP 562: everything else is torch's own
+    proxy.empty = lambda *args, **kwargs: torch.empty(*args, **kwargs).fill_(fill)
+    return proxy
+
+
+@pytest.mark.parametrize("k", range(8))
+def test_kernels_write_every_element_they_return(k, monkeypatch):
+    """The event matrix, its anticausal traces and the scan's counts come from ``torch.empty``: they have the same
+    bits over memory that held zeros as over memory that held NaN (an element a kernel leaves unwritten shows as
+    NaN), for every kind of kernel, the window with t_ref = 0 and the shortest window (span 1), and T below the delay
+    (Y all 0); the event matrix also equals its definition there."""
+    from conftest import refractory_trains
+    from hm2bp.spsp import PSPKernel, post_events
+
+    kernels = [*_kernels(), PSPKernel(convention="original", window=4, t_ref=0),
+               PSPKernel(convention="original", window=3, t_ref=2)]
+    kernel = kernels[k]
+    rng = np.random.default_rng(k)
+    for T in (17, 2):
+        post = refractory_trains(rng, 2, T, 3, 0.3, t_ref=kernel.t_ref).transpose(0, 1).contiguous().float()
+        drive = torch.rand(T + 1, 2, 3, generator=torch.Generator().manual_seed(k))
+        outputs = []
+        for fill in (0.0, float("nan")):
+            monkeypatch.setattr(tk, "torch", _filling_torch(fill))
+            a = tk.post_event_matrix(post.to(DEVICE), kernel)
+            y = tk.anticausal_traces(a, kernel)
+            counts = tk.lif_scan(drive.clone().to(DEVICE), 0.6, 0.9, 0.8, kernel.t_ref, 0.0)
+            outputs.append([a.cpu(), y.cpu(), counts.cpu()])
+            monkeypatch.undo()
+        for zeroed, garbage in zip(*outputs, strict=True):
+            assert torch.equal(zeroed, garbage)  # NaN ≠ NaN: every element written
+        expected = post_events(post, kernel).dense(kernel.coeffs)
+        eps = torch.finfo(torch.float32).eps
+        torch.testing.assert_close(outputs[0][0], expected, rtol=4 * eps, atol=8 * eps * float(expected.abs().max()))
+        assert T < 17 or post.sum() > 0
+
+
+def _pointer_offset_widths(ir: str) -> list[tuple[str, str]]:
+    """``(parameter, offset type)`` of each ``tt.addptr`` in a kernel's Triton IR, the pointer traced back through
+    splats and earlier ``tt.addptr`` to the kernel parameter it comes from."""
+    import re
+
+    first_operand = dict(re.findall(r"^\s*(%[\w-]+)(?::\d+)? = (?:tt\.splat|tt\.addptr|tt\.broadcast) (%[\w-]+)",
+                                    ir, re.M))
+    found = []
+    for base, width in re.findall(r"= tt\.addptr (%[\w-]+), %[\w-]+ : [^,]+, (?:tensor<[\dx]+)?(i\d+)", ir):
+        while base in first_operand:
+            base = first_operand[base]
+        found.append((base.lstrip("%"), width))
+    return found
+
+
+def test_kernel_offsets_into_batch_sized_tensors_are_64_bit():
+    """A ``(2T, B, N)`` tensor passes 2³¹ elements at T = 400 from B·N ≈ 2.7·10⁶ (a paper-size CNN layer at batch
+    ≈ 311): in every kernel's Triton IR as built for sm_90 (in a fresh process without the interpreter), each offset
+    added to a pointer is int64, except into the small tables and scalar parameters."""
+    import json
+    import re
+
+    code = ("import json\nfrom hm2bp.ops import triton_kernels as tk\n"
+            "print(json.dumps({n: tk.compile_for(n, 90).asm['ttir'] for n in sorted(tk.KERNELS)}))\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    small = {"params_ptr", "keys_ptr", "decay_ptr", "coef_ptr", "pow_m_ptr", "pow_s_ptr"}  # ≤ T + window + 1 long
+    irs = json.loads(proc.stdout)
+    assert sorted(irs) == sorted(tk.KERNELS)
+    for name, ir in irs.items():
+        offsets = _pointer_offset_widths(ir)
+        params = set(re.findall(r"%(\w+): !tt\.ptr", ir))
+        assert {p for p, _ in offsets} <= params, (name, offsets)  # every pointer traced to a parameter
+        narrow = [(p, w) for p, w in offsets if w != "i64" and p not in small]
+        assert narrow == [] and any(w == "i64" for _, w in offsets), (name, offsets)
+
+
 @pytest.mark.parametrize("budget_samples", [1, 2])
 def test_triton_contraction_in_sample_chunks_equals_one_chunk(budget_samples, monkeypatch):
     """The Triton path's contraction split into chunks of 1 or 2 samples of a batch of 3 (GPU_CHUNK_BYTES lowered to
     that) gives the gradients of one chunk: spikes equal, float32 sums reordered across chunks only."""
-    from hm2bp import SpikingNet, functional
+    from hm2bp import SpikingNet
+    from hm2bp.ops import triton_path
 
     def make_net():
         return SpikingNet("16-4", (10,), [0.8, 0.8], target_count=6)
@@ -234,127 +337,16 @@ def test_triton_contraction_in_sample_chunks_equals_one_chunk(budget_samples, mo
     pixels = torch.randint(0, 256, (3, 10), generator=torch.Generator().manual_seed(5)).float()
     labels = torch.tensor([0, 3, 1])
     spikes_one, grads_one = _step("triton", make_net, pixels, labels, steps=40)
-    per_sample = 40 * (5 * 16 + 10) * 4  # the largest layer's bytes per sample (functional._Anticausal)
-    monkeypatch.setattr(functional, "GPU_CHUNK_BYTES", budget_samples * per_sample)
+    per_sample = 40 * (5 * 16 + 10) * 4  # the hidden layer's bytes per sample (triton_path.linear_backward)
+    monkeypatch.setattr(triton_path, "GPU_CHUNK_BYTES", budget_samples * per_sample)
+    calls: list[int] = []
+    real = tk.post_event_matrix
+    monkeypatch.setattr(tk, "post_event_matrix", lambda post, kernel: calls.append(post.shape[1]) or real(post, kernel))
     spikes_chunked, grads_chunked = _step("triton", make_net, pixels, labels, steps=40)
+    # hidden layer: one event matrix per chunk of budget_samples samples; output layer: one for the whole batch (its
+    # lateral factor keeps it, and the contraction reads it chunk by chunk)
+    assert sorted(calls) == {1: [1, 1, 1, 3], 2: [1, 2, 3]}[budget_samples]
     assert all(torch.equal(a, b) for a, b in zip(spikes_one, spikes_chunked, strict=True))
     for a, b in zip(grads_one, grads_chunked, strict=True):
         assert a.abs().sum() > 0
         torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7 * float(a.abs().max()))
-
-
-# ATen ops that wait for the device (their result decides host control flow or a shape).
-SYNCING = {"_local_scalar_dense", "nonzero", "is_nonzero", "equal", "_unique2", "unique_consecutive", "unique_dim",
-           "bincount", "masked_select", "_assert_async"}
-
-
-@pytest.mark.parametrize("arch, shape", [("16-4", (10,)), ("3C3-P2-4", (1, 6, 6))], ids=["mlp", "cnn"])
-def test_engine_step_on_the_triton_path_never_waits_for_the_device(arch, shape):
-    """Encode, forward (lateral inhibition, silent-target patch) and HM2-BP backward (Λ, fallbacks) of a small MLP
-    and CNN under HM2BP_OPS=triton call no ATen op that synchronises host and device, and once warm make no tensor
-    from host data."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    from hm2bp import SpikeCountLoss, SpikingNet, ops
-    from hm2bp.encoding import bernoulli_encode
-
-    seen: list[str] = []
-
-    class Record(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            seen.append(func.overloadpacket.__name__)
-            return func(*args, **(kwargs or {}))
-
-    n = 1
-    for d in shape:
-        n *= d
-    torch.manual_seed(0)
-    net = SpikingNet(arch, shape, [0.8] * len(arch.split("-")), target_count=6).to(DEVICE)
-    pixels = torch.randint(0, 256, (3, n), generator=torch.Generator().manual_seed(5)).float().to(DEVICE)
-    labels = torch.tensor([0, 3, 1], device=DEVICE)
-    def step() -> None:
-        x = bernoulli_encode(pixels, 40, seed=3, indices=torch.arange(3, device=DEVICE), rate_divisor=1.5,
-                             dtype=torch.float32)
-        outs = net.forward_all(x, labels)
-        SpikeCountLoss(6, 1, 1)(outs[-1].sum(1), labels).backward()
-
-    ops.set_backend("triton")
-    try:
-        with Record():
-            step()
-        first, seen[:] = list(seen), []
-        with Record():  # warm: what CUDA-graph capture needs besides no syncs
-            step()
-    finally:
-        ops.set_backend("auto")
-    assert len(first) > 50 and all(p.grad is not None for p in net.parameters())
-    assert sorted(set(first) & SYNCING) == []
-    assert "lift_fresh" not in seen  # no tensor made from host data (a host-to-device copy on a GPU)
-
-
-def _tiny_module():
-    from hm2bp.app.module import HM2BPModule
-
-    torch.manual_seed(0)
-    return HM2BPModule("12-4", (10,), [0.8, 0.8], n_train=6, lr=1e-2, desired=6, undesired=1, margin=1)
-
-
-def test_lightning_training_step_on_the_triton_path_never_waits_for_the_device():
-    """The LightningModule's step (boosting weights and record, accuracy, statistics, finiteness checks) adds no
-    syncing ATen op to the engine's: sums stay on the device, checks are read every FINITE_CHECK_EVERY steps."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    from hm2bp import ops
-    from hm2bp.encoding import bernoulli_encode
-
-    module = _tiny_module().to(DEVICE)
-    module.boost.to(DEVICE)
-    pixels = torch.randint(0, 256, (3, 10), generator=torch.Generator().manual_seed(5)).float().to(DEVICE)
-    idx = torch.tensor([0, 4, 5], device=DEVICE)
-    y = torch.tensor([0, 3, 1], device=DEVICE)
-    seen: list[str] = []
-
-    class Record(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            seen.append(func.overloadpacket.__name__)
-            return func(*args, **(kwargs or {}))
-
-    ops.set_backend("triton")
-    try:
-        x = bernoulli_encode(pixels, 40, seed=3, indices=idx, rate_divisor=1.5, dtype=torch.float32)
-        for step in range(2):  # the second step is warm: no tensor made from host data either
-            with Record(), pytest.warns(UserWarning, match="self.log"):  # no trainer attached: logging is skipped
-                total = module.training_step((x, y, idx), step)
-                total.backward()
-                module.on_after_backward()
-            assert sorted(set(seen) & SYNCING) == []
-            if step == 0:
-                seen.clear()
-    finally:
-        ops.set_backend("auto")
-    assert "lift_fresh" not in seen
-    assert len(module._pending) == 2 * (1 + 2 * len(module.net.layers))  # loss, weights, gradients: deferred
-    module._read_checks()  # all finite: nothing raised, and the queue is empty again
-    assert module._pending == []
-
-
-def test_deferred_finiteness_checks_still_name_the_first_bad_step(monkeypatch):
-    import lightning as L
-
-    from hm2bp import ops
-    from hm2bp.app.module import NonFiniteError
-
-    module = _tiny_module()
-    with torch.no_grad():
-        module.net.layers[1].weight[0, 0] = float("nan")
-    g = torch.Generator().manual_seed(1)
-    x = (torch.rand(6, 30, 10, generator=g) < 0.3).float()
-    data = torch.utils.data.DataLoader(list(zip(x, torch.arange(6) % 4, torch.arange(6), strict=True)), batch_size=3)
-    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="gpu" if DEVICE == "cuda" else "cpu", devices=1)
-    ops.set_backend("triton")
-    try:
-        with pytest.raises(NonFiniteError, match=r"^non-finite weight in layer 1 at epoch 0, step 0$"):
-            trainer.fit(module, train_dataloaders=data)
-    finally:
-        ops.set_backend("auto")

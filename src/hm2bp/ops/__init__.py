@@ -80,19 +80,22 @@ def linear_forward(pre: torch.Tensor, weight: torch.Tensor, params: LIFParams, l
     if family == "cpp":
         out = pool.get((T, B, n_out), pre)
         return cpp_kernels.linear_forward(pre, weight, params, lateral_w0, out=out), None
+    w = weight.t() / params.tau_s
+    if family == "triton":  # currents and spikes in separate tensors: the backward may read the currents
+        currents = pool.get((T, B, n_out), pre)
+        _triton_path().spike_mm(pre.view(T * B, n_in), w, out=currents.view(T * B, n_out))
+        spikes = pool.get((T, B, n_out), pre)
+        remember_sums(spikes, backend.triton_kernels(pre.device).lif_scan(spikes, *params.scan_args(lateral_w0),
+                                                                          drive=currents))
+        return spikes, (currents if keep_currents else None)
     buf = pool.get((T + 1, B, n_out), pre)  # row t + 1 ← I[t]/τs, then the spikes
     currents = buf[1:].view(T * B, n_out)
-    w = weight.t() / params.tau_s
-    kept = None
-    if family == "triton":
-        _triton_path().spike_mm(pre.view(T * B, n_in), w, out=currents)
-        kept = currents.view(T, B, n_out).clone() if keep_currents else None  # the scan overwrites them
-    elif training and torch_kernels.indexes_pre(backend.get_strategy(), T, n_in, n_out):
+    if training and torch_kernels.indexes_pre(backend.get_strategy(), T, n_in, n_out):
         # The backward indexes the wide pre raster anyway: the currents from its spikes, not a GEMM over it.
         currents.copy_(indexed_matmul(spike_index(pre), w))
     else:
         torch.mm(pre.view(T * B, n_in), w, out=currents)
-    return scan(buf, params, lateral_w0), kept
+    return scan(buf, params, lateral_w0), None
 
 
 def linear_backward(pre: torch.Tensor, post: torch.Tensor, weight: torch.Tensor, g: torch.Tensor,

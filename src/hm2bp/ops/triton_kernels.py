@@ -8,7 +8,10 @@ test suite proves them (``tests/test_triton.py``), and :func:`compile_for` build
 without a GPU, so a compile error shows there too.
 
 Loop bounds are compile-time constants (``tl.constexpr``): one compiled variant per T, which also keeps Triton 3.6's
-interpreter working beside NumPy ≥ 2.4.
+interpreter working beside NumPy ≥ 2.4. Element offsets are int64 (a ``(2T, B, N)`` tensor passes 2³¹ elements at
+T = 400 from B·N ≈ 2.7·10⁶, e.g. a paper-size CNN layer at batch ≈ 311). Each launch gets as many warps as its block
+fills (:func:`_warps`). Time loops issue each step's loads together, from addresses and masks known before the step,
+and then its stores: one memory round trip per step.
 """
 
 from __future__ import annotations
@@ -28,6 +31,12 @@ SCAN_BLOCK = 128  # neurons per program of the scan (all of them when lateral in
 ENCODE_BLOCK = 256  # inputs per program of the encoder
 
 
+def _warps(block: int) -> int:
+    """Warps for a program of ``block`` lanes: one thread per lane up to 4 warps (a 32-lane warp on a 16-lane block
+    still holds each lane twice; more than 4 warps would not shorten these latency-bound time loops)."""
+    return max(1, min(4, block // 32))
+
+
 @triton.jit
 def _fma(a, b, c):
     """``a·b + c`` with one rounding (see ``_INTERPRETED``)."""
@@ -39,15 +48,18 @@ def _fma(a, b, c):
 @triton.jit
 def _column_block(B, N, BLOCK: tl.constexpr):
     """This program's neurons ``[pid_n·BLOCK, …)`` of sample ``pid_b``: their mask, their offsets ``b·N + n`` in a
-    ``(…, B, N)`` time-major tensor, and its per-step stride ``B·N``."""
+    ``(…, B, N)`` time-major tensor, and its per-step stride ``B·N``, both int64 so that ``t·B·N`` cannot wrap."""
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    return offs < N, tl.program_id(0) * N + offs, B * N
+    return offs < N, tl.program_id(0).to(tl.int64) * N + offs, B.to(tl.int64) * N
 
 
 @triton.jit
-def _lif_scan_kernel(buf_ptr, counts_ptr, params_ptr, B, N,
-                     T: tl.constexpr, T_REF: tl.constexpr, LATERAL: tl.constexpr, BLOCK: tl.constexpr):
-    """One program: neurons ``[pid_n·BLOCK, …)`` of sample ``pid_b``, all T steps of the ``(T + 1, B, N)`` buffer.
+def _lif_scan_kernel(buf_ptr, drive_ptr, counts_ptr, params_ptr, B, N, T: tl.constexpr, SHIFT: tl.constexpr,
+                     T_REF: tl.constexpr, LATERAL: tl.constexpr, BLOCK: tl.constexpr):
+    """One program: neurons ``[pid_n·BLOCK, …)`` of sample ``pid_b``, all T steps: spikes into rows ``0..T−1`` of
+    ``buf``, step t driven by row ``t − SHIFT`` of ``drive`` (``buf`` itself with ``SHIFT = 0``, the ``(T + 1, B, N)``
+    work buffer of ``scan_core``; a separate ``(T, B, N)`` tensor of ``I[t]/τs`` with ``SHIFT = 1``, whose loads then
+    wait on no store).
 
     ``params_ptr`` holds ``(fire_at, decay_m, decay_s, lateral)`` in the buffer's dtype (Python floats would reach
     the kernel as float32). Per step, as ``scan_core``: ``c ← I + decay_s·c`` (− ``lateral``·(other neurons fired
@@ -55,6 +67,7 @@ def _lif_scan_kernel(buf_ptr, counts_ptr, params_ptr, B, N,
     """
     mask, col, step = _column_block(B, N, BLOCK)
     ptrs = buf_ptr + col
+    drives = drive_ptr + col
     fire_at = tl.load(params_ptr)
     decay_m = tl.load(params_ptr + 1)
     decay_s = tl.load(params_ptr + 2)
@@ -67,7 +80,7 @@ def _lif_scan_kernel(buf_ptr, counts_ptr, params_ptr, B, N,
     count = tl.zeros([BLOCK], dtype=dtype)
     tl.store(ptrs, prev, mask=mask)  # no spike at t = 0
     for t in range(1, T):
-        drive = tl.load(ptrs + t * step, mask=mask, other=0.0)
+        drive = tl.load(drives + (t - SHIFT) * step, mask=mask, other=0.0)
         c = _fma(c, decay_s, drive)
         if LATERAL:
             others = tl.sum(prev, axis=0) - prev  # exact: sums of 0/1
@@ -109,11 +122,12 @@ def _bernoulli_kernel(keys_ptr, bound_ptr, out_ptr, B, N, BLOCK: tl.constexpr):
     offs = pid_n * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
     key = tl.load(keys_ptr + pid_b).to(tl.uint32)
-    cell = (pid_t * N + offs).to(tl.uint32)
+    cell = (pid_t * N + offs).to(tl.uint32)  # t·N + i modulo 2³², as the CPU encoder's int32 cells
     h = _hash32(key + cell).to(tl.int64)
-    bound = tl.load(bound_ptr + pid_b * N + offs, mask=mask, other=0)
+    bound = tl.load(bound_ptr + (pid_b.to(tl.int64) * N + offs), mask=mask, other=0)
     spike = (h < bound) & (pid_t > 0)
-    tl.store(out_ptr + (pid_t * B + pid_b) * N + offs, spike.to(out_ptr.dtype.element_ty), mask=mask)
+    row = pid_t.to(tl.int64) * B + pid_b  # int64: T·B·N may pass 2³¹
+    tl.store(out_ptr + (row * N + offs), spike.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def _check(name: str, tensor: torch.Tensor, dtypes: tuple[torch.dtype, ...]) -> None:
@@ -147,24 +161,32 @@ def _power_tables(like: torch.Tensor, decays: tuple[float, float], length: int) 
 
 
 def lif_scan(buf: torch.Tensor, fire_at: float, decay_m: float, decay_s: float, t_ref: int,
-             lateral: float) -> torch.Tensor:
-    """:func:`hm2bp.neuron.scan_core` in place on a float32/float64 ``(T + 1, B, N)`` buffer; returns the spike
-    counts ``(B, N)`` in the buffer's dtype. With lateral inhibition one program holds all N neurons of a sample."""
-    if buf.dim() != 3 or buf.shape[0] < 1:
+             lateral: float, drive: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`hm2bp.neuron.scan_core` in place on a float32/float64 ``(T + 1, B, N)`` buffer, or, given ``drive``
+    ``(T, B, N)`` (``I[t]/τs``, left as it is), the spikes into ``buf (T, B, N)``; returns the spike counts
+    ``(B, N)`` in the buffer's dtype. With lateral inhibition one program holds all N neurons of a sample."""
+    if drive is None and (buf.dim() != 3 or buf.shape[0] < 1):
         raise ValueError(f"buf must be (T + 1, batch, neurons), got shape {tuple(buf.shape)}")
     _check("buf", buf, SCAN_DTYPES)
+    if drive is not None:
+        _check("drive", drive, (buf.dtype,))
+        if drive.shape != buf.shape or buf.dim() != 3:
+            raise ValueError(f"drive and buf must both be (T, batch, neurons), got {tuple(drive.shape)}, "
+                             f"{tuple(buf.shape)}")
     rows, B, N = buf.shape
-    counts = torch.zeros(B, N, dtype=buf.dtype, device=buf.device)
-    if rows <= 1 or B == 0 or N == 0:
-        buf[:1].zero_()
-        return counts
+    steps = rows if drive is not None else rows - 1
+    if steps <= 0 or B == 0 or N == 0:
+        buf[: min(rows, 1 if drive is None else rows)].zero_()
+        return torch.zeros(B, N, dtype=buf.dtype, device=buf.device)
+    counts = torch.empty(B, N, dtype=buf.dtype, device=buf.device)  # every program writes all its counts
     block = triton.next_power_of_2(N) if lateral else min(SCAN_BLOCK, triton.next_power_of_2(N))
     if lateral and block > 4096:
         raise ValueError(f"lateral inhibition couples all {N} neurons of a sample; the Triton scan holds at most 4096")
     params = _scan_params(buf, (float(fire_at), float(decay_m), float(decay_s), float(lateral)))
     grid = (B, triton.cdiv(N, block))
-    _lif_scan_kernel[grid](buf, counts, params, B, N, T=rows - 1, T_REF=int(t_ref), LATERAL=bool(lateral),
-                           BLOCK=block)
+    _lif_scan_kernel[grid](buf, buf if drive is None else drive, counts, params, B, N, T=steps,
+                           SHIFT=int(drive is not None), T_REF=int(t_ref), LATERAL=bool(lateral), BLOCK=block,
+                           num_warps=_warps(block))
     return counts
 
 
@@ -182,7 +204,7 @@ def bernoulli_spikes(keys: torch.Tensor, q: torch.Tensor, out: torch.Tensor) -> 
         return out
     bound = torch.ceil(q * 2.0**32).to(torch.int64)  # q = 1 gives 2³², above every hash
     grid = (triton.cdiv(N, ENCODE_BLOCK), B, steps)
-    _bernoulli_kernel[grid](keys, bound, out, B, N, BLOCK=ENCODE_BLOCK)
+    _bernoulli_kernel[grid](keys, bound, out, B, N, BLOCK=ENCODE_BLOCK, num_warps=_warps(ENCODE_BLOCK))
     return out
 
 
@@ -214,70 +236,100 @@ def _traces_kernel(pre_ptr, out_ptr, decay_ptr, B, N, T: tl.constexpr, DELAY: tl
 
 
 @triton.jit
-def _add(ptr, value, mask):
-    """``*ptr += value`` where ``mask`` (addresses owned by this program: no other program touches them)."""
-    tl.store(ptr, tl.load(ptr, mask=mask, other=0.0) + value, mask=mask)
-
-
-@triton.jit
 def _post_events_kernel(post_ptr, a_ptr, pow_m_ptr, pow_s_ptr, coef_ptr, B, N, T: tl.constexpr,
                         T_REF: tl.constexpr, SPLIT: tl.constexpr, WINDOW: tl.constexpr, BLOCK: tl.constexpr):
     """One program: post neurons ``[pid_n·BLOCK, …)`` of sample ``pid_b``: the dense event matrix ``A (2T, B, N)``
-    of :meth:`hm2bp.spsp.Events.dense` straight from the raster. Per spike ``k`` at ``t``: ``(c_m, c_s)`` at ``t``;
-    ``−d_m^σ·(c_m, c_s)`` at the previous reset ``r = t_{k−1} + T_REF`` (``σ = t − r``; with the window only for
-    ``σ ≤ WINDOW − T_REF − 1``); with the window, ``(kept_τ − d_τ^{span})·c_τ`` on trace τ at ``t − WINDOW + T_REF``.
-    Powers come from tables ``pow_τ[k] = d_τ^k`` (the pure-PyTorch path's own ``torch.pow`` values)."""
+    of :meth:`hm2bp.spsp.Events.dense` straight from the raster, every element written. Per spike ``k`` at ``t``:
+    ``(c_m, c_s)`` at ``t``; ``−d_m^σ·(c_m, c_s)`` at the previous reset ``r = t_{k−1} + T_REF`` (``σ = t − r > 0``;
+    with the window only for ``σ ≤ WINDOW − T_REF − 1``); with the window, ``(kept_τ − d_τ^{span})·c_τ`` on trace τ
+    at ``u = t − WINDOW + T_REF ≥ 0`` (``span = WINDOW − T_REF``, ``kept_τ = d_m^σ·d_τ^{span − σ}`` where the reset
+    counts, else 0). Terms on one element are summed in time order of their spikes, starting from 0. Powers come
+    from tables ``pow_τ[k] = d_τ^k`` (the pure-PyTorch path's own ``torch.pow`` values).
+
+    Step ``t`` stores row ``t`` whole (nothing lands on it earlier: ``r`` and ``u`` lie before the spike that adds
+    there). Row ``r`` then holds only its own step's value when its reset lands, 0 for ``T_REF > 0`` (``r`` lies
+    strictly between two consecutive spikes), ``c`` for ``T_REF = 0`` (``r`` is the previous spike), so the reset is
+    a plain store of that sum; its window term comes later (``σ ≤ span − 1`` puts the reset before step ``r + span``).
+    Row ``u`` may hold a reset, so its window term adds onto a load: issued at the step's start, as the spike
+    (loaded a step ahead) already gives every address and mask, and no store of this step touches row ``u`` (a
+    counted reset's ``r ≥ u + 1``)."""
     mask, col, step = _column_block(B, N, BLOCK)
+    dtype = a_ptr.dtype.element_ty
     cm = tl.load(coef_ptr)
     cs = tl.load(coef_ptr + 1)
-    last = tl.full([BLOCK], -1, dtype=tl.int32)
+    zero = tl.zeros([BLOCK], dtype=dtype)
+    spike_m = zero + cm  # a spike's own terms, as added onto the initial 0
+    spike_s = zero + cs
+    reset_m = spike_m if T_REF == 0 else zero  # what row r holds when its reset lands (see above)
+    reset_s = spike_s if T_REF == 0 else zero
+    if SPLIT:
+        span = WINDOW - T_REF
+        old_m = tl.load(pow_m_ptr + span)  # d_τ^{span}: the window's oldest term, loop-invariant
+        old_s = tl.load(pow_s_ptr + span)
+    last = tl.full([BLOCK], -1, dtype=tl.int32)  # the latest spike before t
+    spk = mask & (tl.load(post_ptr + col, mask=mask, other=0.0) > 0)  # spike at t, loaded a step ahead
     for t in range(T):
-        spk = mask & (tl.load(post_ptr + t * step + col, mask=mask, other=0.0) > 0)
-        _add(a_ptr + 2 * t * step + col, cm, spk)
-        _add(a_ptr + (2 * t + 1) * step + col, cs, spk)
+        # Loads: every address and mask from registers, so they are in flight together.
+        nxt = tl.load(post_ptr + (t + 1) * step + col, mask=mask & (t + 1 < T), other=0.0)
         r = last + T_REF
         sigma = t - r
         has_prev = spk & (last >= 0) & (sigma > 0)  # σ ≥ 1 in any refractory raster; keeps writes in bounds
         dms = tl.load(pow_m_ptr + sigma, mask=has_prev, other=0.0)
         reset = has_prev & (sigma <= WINDOW - T_REF - 1) if SPLIT else has_prev
-        _add(a_ptr + 2 * r * step + col, -dms * cm, reset)
-        _add(a_ptr + (2 * r + 1) * step + col, -dms * cs, reset)
         if SPLIT:
             u = t - WINDOW + T_REF
             far = spk & (u >= 0)
-            span = WINDOW - T_REF
             rest = tl.where(reset, span - sigma, 0)
-            kept_m = tl.where(reset, dms * tl.load(pow_m_ptr + rest, mask=far, other=0.0), 0.0)
-            kept_s = tl.where(reset, dms * tl.load(pow_s_ptr + rest, mask=far, other=0.0), 0.0)
-            _add(a_ptr + 2 * u * step + col, (kept_m - tl.load(pow_m_ptr + span)) * cm, far)
-            _add(a_ptr + (2 * u + 1) * step + col, (kept_s - tl.load(pow_s_ptr + span)) * cs, far)
+            pow_m_rest = tl.load(pow_m_ptr + rest, mask=far, other=0.0)
+            pow_s_rest = tl.load(pow_s_ptr + rest, mask=far, other=0.0)
+            row_um = tl.load(a_ptr + 2 * u * step + col, mask=far, other=0.0)
+            row_us = tl.load(a_ptr + (2 * u + 1) * step + col, mask=far, other=0.0)
+        # Stores: rows t, r and u are distinct wherever they are written.
+        tl.store(a_ptr + 2 * t * step + col, tl.where(spk, spike_m, zero), mask=mask)
+        tl.store(a_ptr + (2 * t + 1) * step + col, tl.where(spk, spike_s, zero), mask=mask)
+        tl.store(a_ptr + 2 * r * step + col, reset_m + -dms * cm, mask=reset)
+        tl.store(a_ptr + (2 * r + 1) * step + col, reset_s + -dms * cs, mask=reset)
+        if SPLIT:
+            kept_m = tl.where(reset, dms * pow_m_rest, 0.0)
+            kept_s = tl.where(reset, dms * pow_s_rest, 0.0)
+            tl.store(a_ptr + 2 * u * step + col, row_um + (kept_m - old_m) * cm, mask=far)
+            tl.store(a_ptr + (2 * u + 1) * step + col, row_us + (kept_s - old_s) * cs, mask=far)
         last = tl.where(spk, t, last)
+        spk = mask & (nxt > 0)
 
 
 @triton.jit
 def _anticausal_kernel(a_ptr, y_ptr, decay_ptr, B, N, T: tl.constexpr, DELAY: tl.constexpr,
                        ZERO_FIRST: tl.constexpr, BLOCK: tl.constexpr):
     """One program: post neurons ``[pid_n·BLOCK, …)`` of sample ``pid_b``: the anticausal traces of ``A (2T, B, N)``,
-    ``R_k(u) = A(2u + k) + decay_k·R_k(u + 1)``, summed over k and read ``DELAY`` steps later:
-    ``Y(s) = R_0(s + DELAY) + R_1(s + DELAY)`` into the zeroed ``(T, B, N)`` output (``Y(0)`` left 0 with
-    ``ZERO_FIRST``), so that ``Σ_t A(t)·X(t) = Σ_s Y(s)·x(s)`` for the traces ``X`` of :func:`pre_traces`."""
+    ``R_k(u) = A(2u + k) + decay_k·R_k(u + 1)`` (``R_k(T) = 0``), summed over k and read ``DELAY`` steps later:
+    ``Y(s) = R_0(s + DELAY) + R_1(s + DELAY)`` into every row of the ``(T, B, N)`` output (0 for
+    ``s ≥ T − DELAY``, and ``Y(0) = 0`` with ``ZERO_FIRST``), so that ``Σ_t A(t)·X(t) = Σ_s Y(s)·x(s)`` for the
+    traces ``X`` of :func:`pre_traces`."""
     mask, col, step = _column_block(B, N, BLOCK)
     dm, ds = _decays(decay_ptr)
     dtype = y_ptr.dtype.element_ty
-    m = tl.zeros([BLOCK], dtype=dtype)
-    s = tl.zeros([BLOCK], dtype=dtype)
-    for i in range(T):
+    zero = tl.zeros([BLOCK], dtype=dtype)
+    for i in range(DELAY):  # rows whose R lies past the end
+        tl.store(y_ptr + (T - 1 - i) * step + col, zero, mask=mask & (T - 1 - i >= 0))
+    FIRST: tl.constexpr = 1 if ZERO_FIRST else 0  # the first row the recurrence fills
+    if ZERO_FIRST:
+        tl.store(y_ptr + col, zero, mask=mask)
+    m = zero
+    s = zero
+    for i in range(T - DELAY - FIRST):  # u = T − 1 … DELAY + FIRST: R(u) below is never read
         u = T - 1 - i
-        m = _fma(m, dm, tl.load(a_ptr + 2 * u * step + col, mask=mask, other=0.0))
-        s = _fma(s, ds, tl.load(a_ptr + (2 * u + 1) * step + col, mask=mask, other=0.0))
-        src = u - DELAY
-        ok = mask & (src > 0) if ZERO_FIRST else mask & (src >= 0)
-        tl.store(y_ptr + src * step + col, m + s, mask=ok)
+        a_m = tl.load(a_ptr + 2 * u * step + col, mask=mask, other=0.0)  # both loads in flight together
+        a_s = tl.load(a_ptr + (2 * u + 1) * step + col, mask=mask, other=0.0)
+        m = _fma(m, dm, a_m)
+        s = _fma(s, ds, a_s)
+        tl.store(y_ptr + (u - DELAY) * step + col, m + s, mask=mask)
 
 
-def _grid(B: int, N: int) -> tuple[int, int, int]:
+def _grid(B: int, N: int) -> tuple[tuple[int, int], int]:
+    """The (sample, neuron-block) grid of a trace kernel and its block."""
     block = min(SCAN_BLOCK, triton.next_power_of_2(max(1, N)))
-    return B, triton.cdiv(N, block), block
+    return (B, triton.cdiv(N, block)), block
 
 
 def pre_traces(pre: torch.Tensor, kernel) -> torch.Tensor:
@@ -288,9 +340,9 @@ def pre_traces(pre: torch.Tensor, kernel) -> torch.Tensor:
     if out.numel() == 0:
         return out
     decays = _scan_params(pre, tuple(float(d) for d in kernel.decays))
-    B_, programs, block = _grid(B, N)
-    _traces_kernel[(B_, programs)](pre, out, decays, B, N, T=T, DELAY=int(kernel.delay),
-                                   ZERO_FIRST=kernel.convention == "original", BLOCK=block)
+    grid, block = _grid(B, N)
+    _traces_kernel[grid](pre, out, decays, B, N, T=T, DELAY=int(kernel.delay),
+                         ZERO_FIRST=kernel.convention == "original", BLOCK=block, num_warps=_warps(block))
     return out
 
 
@@ -299,15 +351,15 @@ def post_event_matrix(post: torch.Tensor, kernel) -> torch.Tensor:
     listing the events (no host synchronisation)."""
     _check("post", post, SCAN_DTYPES)
     T, B, N = post.shape
-    a = torch.zeros(2 * T, B, N, dtype=post.dtype, device=post.device)
+    a = torch.empty(2 * T, B, N, dtype=post.dtype, device=post.device)  # the kernel writes every element
     if a.numel() == 0:
         return a
     window = int(kernel.window) if kernel.split else 0
     tables = _power_tables(post, kernel.decays, T + window + 1)
     coeffs = _scan_params(post, tuple(float(c) for c in kernel.coeffs))
-    B_, programs, block = _grid(B, N)
-    _post_events_kernel[(B_, programs)](post, a, tables[0], tables[1], coeffs, B, N, T=T, T_REF=int(kernel.t_ref),
-                                        SPLIT=bool(kernel.split), WINDOW=window, BLOCK=block)
+    grid, block = _grid(B, N)
+    _post_events_kernel[grid](post, a, tables[0], tables[1], coeffs, B, N, T=T, T_REF=int(kernel.t_ref),
+                              SPLIT=bool(kernel.split), WINDOW=window, BLOCK=block, num_warps=_warps(block))
     return a
 
 
@@ -319,13 +371,13 @@ def anticausal_traces(a: torch.Tensor, kernel) -> torch.Tensor:
     if a.dim() != 3 or a.shape[0] % 2:
         raise ValueError(f"a must be (2T, batch, neurons), got shape {tuple(a.shape)}")
     T2, B, N = a.shape
-    y = torch.zeros(T2 // 2, B, N, dtype=a.dtype, device=a.device)
+    y = torch.empty(T2 // 2, B, N, dtype=a.dtype, device=a.device)  # the kernel writes every element
     if y.numel() == 0:
         return y
     decays = _scan_params(a, tuple(float(d) for d in kernel.decays))
-    B_, programs, block = _grid(B, N)
-    _anticausal_kernel[(B_, programs)](a, y, decays, B, N, T=T2 // 2, DELAY=int(kernel.delay),
-                                       ZERO_FIRST=kernel.convention == "original", BLOCK=block)
+    grid, block = _grid(B, N)
+    _anticausal_kernel[grid](a, y, decays, B, N, T=T2 // 2, DELAY=int(kernel.delay),
+                             ZERO_FIRST=kernel.convention == "original", BLOCK=block, num_warps=_warps(block))
     return y
 
 
@@ -341,9 +393,10 @@ def compile_for(name: str, capability: int) -> object:
 
     fn = KERNELS[name]
     if name == "lif_scan":
-        signature = {"buf_ptr": "*fp32", "counts_ptr": "*fp32", "params_ptr": "*fp32", "B": "i32", "N": "i32",
-                     "T": "constexpr", "T_REF": "constexpr", "LATERAL": "constexpr", "BLOCK": "constexpr"}
-        constexprs = {"T": 400, "T_REF": 2, "LATERAL": True, "BLOCK": 16}
+        signature = {"buf_ptr": "*fp32", "drive_ptr": "*fp32", "counts_ptr": "*fp32", "params_ptr": "*fp32",
+                     "B": "i32", "N": "i32", "T": "constexpr", "SHIFT": "constexpr", "T_REF": "constexpr",
+                     "LATERAL": "constexpr", "BLOCK": "constexpr"}
+        constexprs = {"T": 400, "SHIFT": 1, "T_REF": 2, "LATERAL": True, "BLOCK": 16}
     elif name == "bernoulli":
         signature = {"keys_ptr": "*i64", "bound_ptr": "*i64", "out_ptr": "*fp32", "B": "i32", "N": "i32",
                      "BLOCK": "constexpr"}
@@ -361,5 +414,5 @@ def compile_for(name: str, capability: int) -> object:
                      "coef_ptr": "*fp32", "B": "i32", "N": "i32", "T": "constexpr", "T_REF": "constexpr",
                      "SPLIT": "constexpr", "WINDOW": "constexpr", "BLOCK": "constexpr"}
         constexprs = {"T": 400, "T_REF": 2, "SPLIT": True, "WINDOW": 256, "BLOCK": SCAN_BLOCK}
-    return triton.compile(ASTSource(fn, signature, constexprs=constexprs),
-                          target=GPUTarget("cuda", capability, 32))
+    return triton.compile(ASTSource(fn, signature, constexprs=constexprs), target=GPUTarget("cuda", capability, 32),
+                          options={"num_warps": _warps(constexprs["BLOCK"])})

@@ -51,13 +51,14 @@ def _tf32() -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32 = before
 
 
-def _split(x: torch.Tensor) -> bool:
-    return SPLIT_TF32 and x.is_cuda and x.dtype == torch.float32
+def _split(x: torch.Tensor, split: bool | None) -> bool:
+    return (SPLIT_TF32 and x.is_cuda if split is None else split) and x.dtype == torch.float32
 
 
-def spike_mm(spikes: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """``spikes @ w`` for a 0/1 ``spikes`` (split TF32 on CUDA float32, module docstring)."""
-    if not _split(w):
+def spike_mm(spikes: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = None,
+             split: bool | None = None) -> torch.Tensor:
+    """``spikes @ w`` for a 0/1 ``spikes``, split TF32 (module docstring) on CUDA float32 or where ``split``."""
+    if not _split(w, split):
         return torch.mm(spikes, w, out=out)
     hi, lo = tf32_parts(w.contiguous())
     with _tf32():
@@ -65,9 +66,11 @@ def spike_mm(spikes: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = N
         return result.addmm_(spikes, lo)
 
 
-def mm_spikes_into(acc: torch.Tensor, x: torch.Tensor, spikes: torch.Tensor) -> torch.Tensor:
-    """``acc += x @ spikes`` for a 0/1 ``spikes`` (split TF32 on CUDA float32, module docstring)."""
-    if not _split(x):
+def mm_spikes_into(acc: torch.Tensor, x: torch.Tensor, spikes: torch.Tensor,
+                   split: bool | None = None) -> torch.Tensor:
+    """``acc += x @ spikes`` for a 0/1 ``spikes``, split TF32 (module docstring) on CUDA float32 or where
+    ``split``."""
+    if not _split(x, split):
         return acc.addmm_(x, spikes)
     hi, lo = tf32_parts(x.contiguous())
     with _tf32():
