@@ -9,8 +9,8 @@ form and no pre-wide trace tensor.
 **Split TF32** (:func:`spike_mm`, :func:`mm_spikes`): the large GEMMs multiply a 0/1 raster, which TF32 holds
 exactly, by a float operand. That operand is split into two TF32 numbers ``hi + lo`` (``hi`` its leading 11
 significant bits, ``lo`` the next 11 of the rest), so two TF32 GEMMs (8× the fp32 rate each on an H100/H200) give
-each product to ``2⁻²¹`` relative instead of ``2⁻²⁴``, with fp32 accumulation. Only float32 CUDA GEMMs are split
-(elsewhere TF32 does not exist); :data:`SPLIT_TF32` turns it off.
+each product to ``2⁻²¹`` relative instead of ``2⁻²⁴``, with fp32 accumulation. Float32 GEMMs are split where
+:data:`SPLIT_TF32` says: by default on CUDA tensors only (elsewhere TF32 does not exist).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from hm2bp.workspace import derived
 # The GPU form holds, per chunk of samples, the event matrix (2T rows), its anticausal traces and two GEMM results
 # (T rows each), all post-neuron wide, plus the chunk's pre raster: at most this many bytes.
 GPU_CHUNK_BYTES = 2 << 30
-SPLIT_TF32 = True
+SPLIT_TF32: bool | None = None  # None: on CUDA tensors; True: everywhere (the GPU cost model's trace); False: never
 _TF32_MASK = -(1 << 13)  # clears the 13 low mantissa bits float32 has beyond TF32's 10
 
 
@@ -52,7 +52,9 @@ def _tf32() -> Iterator[None]:
 
 
 def _split(x: torch.Tensor, split: bool | None) -> bool:
-    return (SPLIT_TF32 and x.is_cuda if split is None else split) and x.dtype == torch.float32
+    if split is None:
+        split = x.is_cuda if SPLIT_TF32 is None else SPLIT_TF32
+    return split and x.dtype == torch.float32
 
 
 def spike_mm(spikes: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = None,
