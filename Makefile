@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-.PHONY: install run test test-slow lint
+.PHONY: install run test test-slow lint gpu-wheels
 install: $(STAMP)
 
 run: $(STAMP)
@@ -30,3 +30,8 @@ test-slow: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
+
+# The wheels bench/gpu_check.sh installs on the GPU machine (carry bench/wheels there): pytest for Python 3.12.
+gpu-wheels: $(STAMP)
+	$(BIN)/pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 -d bench/wheels -r bench/wheels.txt
+	du -sh bench/wheels

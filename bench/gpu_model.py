@@ -45,7 +45,8 @@ is 1, and a load that needs a loaded value is 2. Helpers are followed; constexpr
 **Model** (:data:`MODEL`, fixed so estimates stay comparable across sessions): GEMMs at 50 TFLOP/s (fp32, fp64) or
 400 (tf32), elementwise at 3.3 TB/s, 5 µs per launch (ATen and Triton) outside a captured CUDA graph and 0 inside,
 0.6 µs per dependent load per loop iteration of a Triton launch (its programs run in parallel). Terms add up (no
-overlap); Triton kernels are charged their loop latency only, not their DRAM traffic.
+overlap); Triton kernels are charged their loop latency and, at the elementwise rate, their DRAM traffic (each tensor
+argument read or written once: *Triton GB*).
 """
 
 from __future__ import annotations
@@ -163,6 +164,7 @@ class TritonLaunch:
     kernel: str
     grid: tuple[int, ...]
     loops: list[dict]  # {"line", "trips", "dependent_loads"}
+    bytes: int = 0  # its tensor arguments, each read or written once
 
     @property
     def loop_us(self) -> float:
@@ -195,6 +197,7 @@ class Trace:
                 "h2d_copies": self.h2d_copies, "gemm_flops": dict(self.gemm_flops),
                 "elementwise_bytes": self.elementwise_bytes,
                 "triton_loop_us": sum(t.loop_us for t in self.triton),
+                "triton_bytes": sum(t.bytes for t in self.triton),
                 "launches_by_phase": dict(self.phases), "aten_by_op": dict(self.aten.most_common()),
                 "triton_kernels": kernels}
 
@@ -519,7 +522,9 @@ def analyse_launch(kernel: object, grid: object, args: tuple, kwargs: dict) -> T
     key = (fn, tuple(sorted((k, repr(getattr(v, "value", v))) for k, v in env.items())))
     if key not in _ANALYSES:
         _ANALYSES[key] = LoopAnalysis(fn, env).loops()
-    return TritonLaunch(fn.__name__, grid, _ANALYSES[key])
+    tensors = {v.data_ptr(): v for v in bound.values() if isinstance(v, torch.Tensor)}  # an alias counts once
+    return TritonLaunch(fn.__name__, grid, _ANALYSES[key], sum(t.numel() * t.element_size()
+                                                               for t in tensors.values()))
 
 
 @contextlib.contextmanager
@@ -638,7 +643,8 @@ def worker(rows: list[str], batches: list[int]) -> dict:
 
 # ------------------------------------------------------------------------------------------------ extrapolation, model
 
-SCALED = ("aten_launches", "triton_launches", "host_reads", "h2d_copies", "elementwise_bytes", "triton_loop_us")
+SCALED = ("aten_launches", "triton_launches", "host_reads", "h2d_copies", "elementwise_bytes", "triton_loop_us",
+          "triton_bytes")
 
 
 def extrapolate(traced: dict[str, dict], batch: int) -> dict:
@@ -667,6 +673,7 @@ def estimate(counts: dict, row_name: str) -> dict:
     launches = counts["aten_launches"] + counts["triton_launches"]
     parts = {"gemm_s": sum(f / rates.get(p, rates["fp32"]) for p, f in counts["gemm_flops"].items()),
              "elementwise_s": counts["elementwise_bytes"] / MODEL["elementwise_bytes_per_s"],
+             "triton_bytes_s": counts.get("triton_bytes", 0) / MODEL["elementwise_bytes_per_s"],
              "triton_loop_s": counts["triton_loop_us"] * 1e-6}
     work = sum(parts.values())
     step = {"no_graph": work + launches * MODEL["launch_s"], "graph": work + launches * MODEL["launch_s_in_graph"]}
@@ -706,15 +713,16 @@ def _fmt_row(name: str, tag: str, r: dict) -> str:
     step, epoch = r["est_h200_ms_per_step"], r["est_h200_seconds_per_epoch"]
     flag = "*" if c["batch_dependent_launches"] else ""
     return (f"| {name} | {tag} | {c['aten_launches']:.0f}+{c['triton_launches']:.0f}{flag} | {c['host_reads']:.0f} | "
-            f"{gflop} | {c['elementwise_bytes'] / 1e9:.2f} | {c['triton_loop_us']:.0f} | "
+            f"{gflop} | {c['elementwise_bytes'] / 1e9:.2f} | {c.get('triton_bytes', 0) / 1e9:.2f} | "
+            f"{c['triton_loop_us']:.0f} | "
             f"{step['no_graph']:.2f} / {step['graph']:.2f} | {epoch['no_graph']:.1f} / {epoch['graph']:.1f} | "
             f"{r['est_h200_gpu_hours_5_seeds_paper_protocol']['no_graph']:.2f} |")
 
 
 def table(results: dict[str, dict], rows: list[str]) -> str:
     lines = ["| row | tree | launches (ATen+Triton) | host reads | GEMM GFLOP by precision | elementwise GB | "
-             "Triton loop µs | est. ms/step (no graph / graph) | est. s/epoch (no graph / graph) | "
-             "est. GPU-h, 5 seeds × paper epochs (no graph) |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "Triton GB | Triton loop µs | est. ms/step (no graph / graph) | est. s/epoch (no graph / graph) | "
+             "est. GPU-h, 5 seeds × paper epochs (no graph) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in rows:
         for tag, res in results.items():
             lines.append(_fmt_row(name, tag, res["rows"][name]))

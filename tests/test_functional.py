@@ -51,15 +51,25 @@ def _reference(pre, weight, post, delta, setup, labels):
     return dw, np.stack(below)
 
 
-@pytest.mark.parametrize("path", ["pairs", "dense", "sparse", "auto", "fused", "triton"])
+# the Triton path's wide-layer form (forced on these small layers) with and without the side effect and Λ
+WIDE_FLAGS = ("authors", "no_side_effect_no_lateral", "no_effect_ratio")
+
+
+@pytest.mark.parametrize("path, flags", [(p, f) for p in ("pairs", "dense", "sparse", "auto", "fused", "triton")
+                                         for f in FLAG_SETS] + [("triton_wide", f) for f in WIDE_FLAGS])
 @pytest.mark.parametrize("convention", ["original", "exact"])
 @pytest.mark.parametrize("output", [True, False])
-@pytest.mark.parametrize("flags", list(FLAG_SETS))
-def test_batched_rule_equals_per_sample_reference(path, convention, output, flags, rng, ops_backend, contraction):
+def test_batched_rule_equals_per_sample_reference(path, convention, output, flags, rng, ops_backend, contraction,
+                                                   monkeypatch):
     """Every contraction strategy of the pure-PyTorch path, the fused C++ layer, and the Triton path (its kernels
-    interpreted on CPU tensors: scan, traces, event matrix) against the literal reference."""
-    ops_backend({"fused": "compiled", "triton": "triton"}.get(path, "torch"))
-    contraction("auto" if path in ("fused", "triton") else path)
+    interpreted on CPU tensors: scan, traces, event matrix; narrow layers through explicit S-PSPs, and with
+    ``triton_wide`` through the wide layers' form) against the literal reference."""
+    ops_backend({"fused": "compiled", "triton": "triton", "triton_wide": "triton"}.get(path, "torch"))
+    if path == "triton_wide":
+        from hm2bp.ops import triton_path
+
+        monkeypatch.setattr(triton_path, "EXPLICIT_MAX_POST", 0)
+    contraction("auto" if path in ("fused", "triton", "triton_wide") else path)
     rule = HM2BPRule(convention=convention, **FLAG_SETS[flags])
     steps = 300 if flags == "authors" else 100  # T > 256 exercises the original convention's window
     pre, weight, post, delta, setup, labels = _run_layer(rng, rule, output, steps=steps)

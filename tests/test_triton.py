@@ -339,6 +339,7 @@ def test_triton_contraction_in_sample_chunks_equals_one_chunk(budget_samples, mo
     spikes_one, grads_one = _step("triton", make_net, pixels, labels, steps=40)
     per_sample = 40 * (5 * 16 + 10) * 4  # the hidden layer's bytes per sample (triton_path.linear_backward)
     monkeypatch.setattr(triton_path, "GPU_CHUNK_BYTES", budget_samples * per_sample)
+    monkeypatch.setattr(triton_path, "EXPLICIT_MAX_POST", 8)  # the 16 hidden neurons take the chunked wide form
     calls: list[int] = []
     real = tk.post_event_matrix
     monkeypatch.setattr(tk, "post_event_matrix", lambda post, kernel: calls.append(post.shape[1]) or real(post, kernel))

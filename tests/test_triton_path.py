@@ -6,12 +6,14 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 pytest.importorskip("triton", reason="Triton is a dev dependency on Linux")  # conftest: TRITON_INTERPRET
 
-from hm2bp.ops.triton_path import mm_spikes_into, spike_mm, tf32_parts
+from hm2bp.ops import triton_kernels as tk
+from hm2bp.ops.triton_path import spike_mm, tf32_parts, weight_grad_into
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TF32_DROPPED_BITS = 13  # float32 has 23 explicit mantissa bits, TF32 10
@@ -53,13 +55,45 @@ def test_split_tf32_spike_gemm_keeps_float32_accuracy():
     assert not (((spikes @ hi).double() - exact).abs() <= _bound(spikes, w)).all()
 
 
-def test_split_tf32_weight_gradient_gemm_keeps_float32_accuracy():
-    spikes, x = _operands(300, 400, 20)  # acc += xᵀ (20 × 400) @ spikes (400 × 300)
-    xt = x.t().contiguous()
-    acc = torch.full((20, 300), 0.5, device=DEVICE)
-    got = mm_spikes_into(acc.clone(), xt, spikes.t().contiguous(), split=True)
-    exact = 0.5 + xt.double() @ spikes.t().double()
-    assert ((got.double() - exact).abs() <= _bound(spikes, x).t() + 2.0**-24).all()
+def test_scaled_tf32_parts_kernel_equals_the_definition_bit_for_bit():
+    g = torch.Generator().manual_seed(2)
+    y = torch.randn(5, 3, 70, generator=g) * 40  # 1,050 elements: two programs, a masked tail
+    coef = torch.randn(3, 70, generator=g)
+    coef[0, :3] = torch.tensor([0.0, -0.0, 1e-30])
+    hi, lo = tk.scaled_tf32_parts(y.to(DEVICE), coef.to(DEVICE))
+    want_hi, want_lo = tf32_parts(y * coef)
+    assert torch.equal(hi.cpu(), want_hi) and torch.equal(lo.cpu(), want_lo)
+
+
+def test_split_tf32_weight_gradient_keeps_float32_accuracy():
+    """``acc += (coef·Y)ᵀ x`` in split TF32 against float64, within 2⁻²¹ per product plus float32 summation."""
+    g = torch.Generator().manual_seed(3)
+    steps, batch, n_out, n_in = 30, 4, 20, 50
+    y = (torch.randn(steps, batch, n_out, generator=g) * 3).to(DEVICE)
+    coef = torch.randn(batch, n_out, generator=g).to(DEVICE)
+    spikes = (torch.rand(steps * batch, n_in, generator=g) < 0.3).float().to(DEVICE)
+    acc = torch.full((n_out, n_in), 0.5, device=DEVICE)
+    got = weight_grad_into(acc.clone(), y, coef, spikes, split=True)
+    scaled = (y.double() * coef.double()).flatten(0, 1).t()
+    exact = 0.5 + scaled @ spikes.double()
+    bound = (scaled.abs() @ spikes.double()) * (2.0**-21 + steps * batch * 2.0**-24) + 2.0**-24
+    assert ((got.double() - exact).abs() <= bound).all()
+    assert not ((weight_grad_into(acc.clone(), y, coef, spikes, split=False).double() - exact).abs() > bound).any()
+
+
+@pytest.mark.parametrize("convention", ["original", "exact"])
+def test_anticausal_side_is_the_sum_of_y_times_the_drive(convention):
+    from conftest import refractory_trains
+    from hm2bp.spsp import PSPKernel
+
+    kernel = PSPKernel(convention=convention, window=12 if convention == "original" else None)
+    post = refractory_trains(np.random.default_rng(4), 3, 30, 9, 0.2).transpose(0, 1).contiguous()
+    drive = torch.randn(30, 3, 9, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    a = tk.post_event_matrix(post.to(DEVICE), kernel)
+    y, side = tk.anticausal_side(a, kernel, drive.to(DEVICE))
+    assert torch.equal(y, tk.anticausal_traces(a, kernel))
+    torch.testing.assert_close(side.cpu(), (y.cpu() * drive).sum(0), rtol=1e-12, atol=1e-12)
+    assert side.abs().sum() > 0
 
 
 def test_neuron_imports_no_kernels_and_there_is_no_import_circle():

@@ -108,12 +108,15 @@ class SpikeData(L.LightningDataModule):
     and :meth:`on_after_batch_transfer` encodes them on the device with the same hash, so the spikes equal the CPU
     path's. ``num_workers`` and ``pin_memory`` go to the data loaders. ``shuffle`` orders the training samples:
     ``"permutation"`` (:class:`EpochPermutation`) or the authors' ``"swaps"`` (:class:`SwapShuffle`).
+    ``splits``, when given, replaces the registered loader's files: what that loader returns (``(x_train,
+    y_train, x_test, y_test)`` pixel tensors of a static dataset, ``(train, test)`` :class:`EventSplit` s of an event
+    dataset), held in memory (the GPU benchmark's synthetic data).
     """
 
     def __init__(self, name: str, data_dir: str | Path, steps: int, batch_size: int, seed: int,
                  fixed_trains: bool = True, download: bool = False, options: dict | None = None,
                  augment: dict | None = None, device_encoding: bool = False, num_workers: int = 0,
-                 pin_memory: bool = False, shuffle: str = "permutation") -> None:
+                 pin_memory: bool = False, shuffle: str = "permutation", splits: tuple | None = None) -> None:
         super().__init__()
         if shuffle not in SHUFFLES:
             raise ValueError(f"shuffle must be one of {SHUFFLES}, got {shuffle!r}")
@@ -126,6 +129,7 @@ class SpikeData(L.LightningDataModule):
         self.fixed_trains, self.download, self.options = fixed_trains, download, dict(options or {})
         self.device_encoding, self.num_workers, self.pin_memory = device_encoding, num_workers, pin_memory
         self._whole: dict[int, bool] = {}
+        self._splits = splits
         self.train: StaticSplit | EventSplit | None = None
         self.test: StaticSplit | EventSplit | None = None
         self._resume_samples = 0
@@ -138,9 +142,10 @@ class SpikeData(L.LightningDataModule):
         if self.train is not None:
             return
         if self.info.kind == "events":
-            self.train, self.test = self.info.load(self.data_dir, self.download, steps=self.steps, **self.options)
+            self.train, self.test = self._splits or self.info.load(self.data_dir, self.download, steps=self.steps,
+                                                                   **self.options)
             return
-        x_tr, y_tr, x_te, y_te = self.info.load(self.data_dir, self.download)
+        x_tr, y_tr, x_te, y_te = self._splits or self.info.load(self.data_dir, self.download)
         # fixed_trains is about training trains: test trains are always drawn once, so every epoch's test accuracy
         # is measured on the same inputs.
         train_encoder = Encoder(self.steps, seed=self.seed, fixed=self.fixed_trains)

@@ -299,13 +299,15 @@ def _post_events_kernel(post_ptr, a_ptr, pow_m_ptr, pow_s_ptr, coef_ptr, B, N, T
 
 
 @triton.jit
-def _anticausal_kernel(a_ptr, y_ptr, decay_ptr, B, N, T: tl.constexpr, DELAY: tl.constexpr,
-                       ZERO_FIRST: tl.constexpr, BLOCK: tl.constexpr):
+def _anticausal_kernel(a_ptr, y_ptr, decay_ptr, drive_ptr, side_ptr, B, N, T: tl.constexpr, DELAY: tl.constexpr,
+                       ZERO_FIRST: tl.constexpr, HAS_DRIVE: tl.constexpr, BLOCK: tl.constexpr):
     """One program: post neurons ``[pid_n·BLOCK, …)`` of sample ``pid_b``: the anticausal traces of ``A (2T, B, N)``,
     ``R_k(u) = A(2u + k) + decay_k·R_k(u + 1)`` (``R_k(T) = 0``), summed over k and read ``DELAY`` steps later:
     ``Y(s) = R_0(s + DELAY) + R_1(s + DELAY)`` into every row of the ``(T, B, N)`` output (0 for
     ``s ≥ T − DELAY``, and ``Y(0) = 0`` with ``ZERO_FIRST``), so that ``Σ_t A(t)·X(t) = Σ_s Y(s)·x(s)`` for the
-    traces ``X`` of :func:`pre_traces`."""
+    traces ``X`` of :func:`pre_traces`. With ``HAS_DRIVE`` also ``side = Σ_s Y(s)·drive(s)`` into ``(B, N)``, from a
+    ``(T, B, N)`` drive (the side effect's ``Σ_j w e`` when the drive is the layer's ``x Wᵀ``), summed from the last
+    row down."""
     mask, col, step = _column_block(B, N, BLOCK)
     dm, ds = _decays(decay_ptr)
     dtype = y_ptr.dtype.element_ty
@@ -317,13 +319,34 @@ def _anticausal_kernel(a_ptr, y_ptr, decay_ptr, B, N, T: tl.constexpr, DELAY: tl
         tl.store(y_ptr + col, zero, mask=mask)
     m = zero
     s = zero
+    side = zero
     for i in range(T - DELAY - FIRST):  # u = T − 1 … DELAY + FIRST: R(u) below is never read
         u = T - 1 - i
-        a_m = tl.load(a_ptr + 2 * u * step + col, mask=mask, other=0.0)  # both loads in flight together
+        a_m = tl.load(a_ptr + 2 * u * step + col, mask=mask, other=0.0)  # the loads in flight together
         a_s = tl.load(a_ptr + (2 * u + 1) * step + col, mask=mask, other=0.0)
+        if HAS_DRIVE:
+            d = tl.load(drive_ptr + (u - DELAY) * step + col, mask=mask, other=0.0)
         m = _fma(m, dm, a_m)
         s = _fma(s, ds, a_s)
         tl.store(y_ptr + (u - DELAY) * step + col, m + s, mask=mask)
+        if HAS_DRIVE:
+            side = _fma(m + s, d, side)
+    if HAS_DRIVE:
+        tl.store(side_ptr + col, side, mask=mask)
+
+
+@triton.jit
+def _scaled_tf32_parts_kernel(y_ptr, coef_ptr, hi_ptr, lo_ptr, total, plane, BLOCK: tl.constexpr):
+    """One program: elements ``[pid·BLOCK, …)`` of float32 ``y (T, B, N)``: ``v = y·coef[b, n]`` (``coef (B, N)``,
+    ``plane = B·N``), ``hi = v`` with its 13 low mantissa bits cleared, ``lo = v − hi`` likewise: both exact TF32
+    values (:func:`hm2bp.ops.triton_path.tf32_parts` of ``y·coef``, in one pass)."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < total
+    v = tl.load(y_ptr + offs, mask=mask, other=0.0) * tl.load(coef_ptr + offs % plane, mask=mask, other=0.0)
+    hi = (v.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)
+    lo = ((v - hi).to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)
+    tl.store(hi_ptr + offs, hi, mask=mask)
+    tl.store(lo_ptr + offs, lo, mask=mask)
 
 
 def _grid(B: int, N: int) -> tuple[tuple[int, int], int]:
@@ -367,22 +390,56 @@ def anticausal_traces(a: torch.Tensor, kernel) -> torch.Tensor:
     """The post side ``Y (T, B, N)`` of the anticausal form ``e[b] = Y[b]ᵀ·pre[b]`` from the event matrix
     ``a (2T, B, N)`` of :func:`post_event_matrix` (see ``_anticausal_kernel``): one time row per step instead of the
     two trace rows of :func:`pre_traces`, and post-neuron wide."""
+    return _anticausal(a, kernel, None)[0]
+
+
+def anticausal_side(a: torch.Tensor, kernel, drive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`anticausal_traces` and, in the same pass, ``Σ_s Y(s)·drive(s) (B, N)`` for a ``(T, B, N)`` drive of
+    ``a``'s dtype."""
+    _check("drive", drive, (a.dtype,))
+    if drive.shape != (a.shape[0] // 2, *a.shape[1:]):
+        raise ValueError(f"drive must be (T, batch, neurons) = {(a.shape[0] // 2, *a.shape[1:])}, got "
+                         f"{tuple(drive.shape)}")
+    return _anticausal(a, kernel, drive)
+
+
+def _anticausal(a: torch.Tensor, kernel, drive: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     _check("a", a, SCAN_DTYPES)
     if a.dim() != 3 or a.shape[0] % 2:
         raise ValueError(f"a must be (2T, batch, neurons), got shape {tuple(a.shape)}")
     T2, B, N = a.shape
     y = torch.empty(T2 // 2, B, N, dtype=a.dtype, device=a.device)  # the kernel writes every element
+    side = None if drive is None else torch.empty(B, N, dtype=a.dtype, device=a.device)
     if y.numel() == 0:
-        return y
+        return y, None if side is None else side.zero_()
     decays = _scan_params(a, tuple(float(d) for d in kernel.decays))
     grid, block = _grid(B, N)
-    _anticausal_kernel[grid](a, y, decays, B, N, T=T2 // 2, DELAY=int(kernel.delay),
-                             ZERO_FIRST=kernel.convention == "original", BLOCK=block, num_warps=_warps(block))
-    return y
+    _anticausal_kernel[grid](a, y, decays, y if drive is None else drive, y if side is None else side, B, N,
+                             T=T2 // 2, DELAY=int(kernel.delay), ZERO_FIRST=kernel.convention == "original",
+                             HAS_DRIVE=drive is not None, BLOCK=block, num_warps=_warps(block))
+    return y, side
+
+
+ELEMENTWISE_BLOCK = 1024  # elements per program of the elementwise kernels
+
+
+def scaled_tf32_parts(y: torch.Tensor, coef: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(hi, lo)`` with ``hi + lo ≈ y·coef`` (``coef (B, N)`` broadcast over the T rows of float32 ``y (T, B, N)``),
+    both exact TF32 values, in one pass (see ``_scaled_tf32_parts_kernel``)."""
+    _check("y", y, (torch.float32,))
+    _check("coef", coef, (torch.float32,))
+    if y.dim() != 3 or coef.shape != y.shape[1:]:
+        raise ValueError(f"need y (T, B, N) and coef (B, N), got {tuple(y.shape)}, {tuple(coef.shape)}")
+    hi, lo = torch.empty_like(y), torch.empty_like(y)
+    if y.numel():
+        _scaled_tf32_parts_kernel[(triton.cdiv(y.numel(), ELEMENTWISE_BLOCK),)](
+            y, coef, hi, lo, y.numel(), coef.numel(), BLOCK=ELEMENTWISE_BLOCK)
+    return hi, lo
 
 
 KERNELS = {"lif_scan": _lif_scan_kernel, "bernoulli": _bernoulli_kernel, "traces": _traces_kernel,
-           "post_events": _post_events_kernel, "anticausal": _anticausal_kernel}
+           "post_events": _post_events_kernel, "anticausal": _anticausal_kernel,
+           "scaled_tf32_parts": _scaled_tf32_parts_kernel}
 
 
 def compile_for(name: str, capability: int) -> object:
@@ -402,9 +459,14 @@ def compile_for(name: str, capability: int) -> object:
                      "BLOCK": "constexpr"}
         constexprs = {"BLOCK": ENCODE_BLOCK}
     elif name == "anticausal":
-        signature = {"a_ptr": "*fp32", "y_ptr": "*fp32", "decay_ptr": "*fp32", "B": "i32", "N": "i32",
-                     "T": "constexpr", "DELAY": "constexpr", "ZERO_FIRST": "constexpr", "BLOCK": "constexpr"}
-        constexprs = {"T": 400, "DELAY": 3, "ZERO_FIRST": True, "BLOCK": SCAN_BLOCK}
+        signature = {"a_ptr": "*fp32", "y_ptr": "*fp32", "decay_ptr": "*fp32", "drive_ptr": "*fp32",
+                     "side_ptr": "*fp32", "B": "i32", "N": "i32", "T": "constexpr", "DELAY": "constexpr",
+                     "ZERO_FIRST": "constexpr", "HAS_DRIVE": "constexpr", "BLOCK": "constexpr"}
+        constexprs = {"T": 400, "DELAY": 3, "ZERO_FIRST": True, "HAS_DRIVE": True, "BLOCK": SCAN_BLOCK}
+    elif name == "scaled_tf32_parts":
+        signature = {"y_ptr": "*fp32", "coef_ptr": "*fp32", "hi_ptr": "*fp32", "lo_ptr": "*fp32", "total": "i64",
+                     "plane": "i64", "BLOCK": "constexpr"}
+        constexprs = {"BLOCK": ELEMENTWISE_BLOCK}
     elif name == "traces":
         signature = {"pre_ptr": "*fp32", "out_ptr": "*fp32", "decay_ptr": "*fp32", "B": "i32", "N": "i32",
                      "T": "constexpr", "DELAY": "constexpr", "ZERO_FIRST": "constexpr", "BLOCK": "constexpr"}

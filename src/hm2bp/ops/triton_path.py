@@ -68,15 +68,16 @@ def spike_mm(spikes: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = N
         return result.addmm_(spikes, lo)
 
 
-def mm_spikes_into(acc: torch.Tensor, x: torch.Tensor, spikes: torch.Tensor,
-                   split: bool | None = None) -> torch.Tensor:
-    """``acc += x @ spikes`` for a 0/1 ``spikes``, split TF32 (module docstring) on CUDA float32 or where
-    ``split``."""
-    if not _split(x, split):
-        return acc.addmm_(x, spikes)
-    hi, lo = tf32_parts(x.contiguous())
+def weight_grad_into(acc: torch.Tensor, y: torch.Tensor, coef: torch.Tensor, spikes: torch.Tensor,
+                     split: bool | None = None) -> torch.Tensor:
+    """``acc += Σ_{s,b} coef[b, i] y[s, b, i] spikes[(s, b), j]`` for ``y (T, B, N_out)``, ``coef (B, N_out)`` and 0/1
+    ``spikes (T·B, N_in)``: split TF32 (module docstring) on CUDA float32 or where ``split``, the scaled operand's two
+    parts made in one pass."""
+    if not _split(y, split):
+        return acc.addmm_((y * coef).flatten(0, 1).t(), spikes)
+    hi, lo = tk.scaled_tf32_parts(y.contiguous(), coef.contiguous())
     with _tf32():
-        return acc.addmm_(hi, spikes).addmm_(lo, spikes)
+        return acc.addmm_(hi.flatten(0, 1).t(), spikes).addmm_(lo.flatten(0, 1).t(), spikes)
 
 
 @dataclass(frozen=True)
@@ -106,34 +107,52 @@ def self_spsp(post: torch.Tensor, kernel: PSPKernel, events: torch.Tensor) -> to
     return torch.bmm(y.permute(1, 2, 0), post.permute(1, 0, 2))
 
 
+# Layers with at most this many post neurons form each sample's S-PSPs ``e[b] = Y[b]ᵀ x[b]`` in one batched GEMM and
+# take every sum from them: by the cost model's constants its 2·T·B·N_out·N_in fp32 FLOPs cost less than the ~3
+# passes over T·B·N_in floats that the error below otherwise takes while N_out ≲ 90.
+EXPLICIT_MAX_POST = 64
+
+
 def linear_backward(pre: torch.Tensor, post: torch.Tensor, weight: torch.Tensor, g: torch.Tensor,
                     lam: torch.Tensor | None, rho: torch.Tensor | None, nu: float, need_below: bool,
                     kernel: PSPKernel, currents: torch.Tensor | None = None, tau_s: float = 1.0
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
-    """:func:`hm2bp.ops.linear_backward` in the anticausal form: ``Σ_j w e = Σ_s Y ⊙ (x Wᵀ)`` (from the forward's
-    ``currents = x Wᵀ/τs`` when given), ``Σ_b coef e = (coef·Y)ᵀ x`` and ``Σ_i g w e = Σ_s x ⊙ ((g·Y) W)``, summed
-    over steps s, a chunk of samples (:data:`GPU_CHUNK_BYTES`) at a time."""
+    """:func:`hm2bp.ops.linear_backward` in the anticausal form.
+
+    Narrow layers (:data:`EXPLICIT_MAX_POST`): ``e[b] = Y[b]ᵀ x[b]`` by one batched GEMM, then ``Σ_j w e``,
+    ``Σ_b coef e`` and ``Σ_i g w e`` from ``e``. Wide layers, a chunk of samples (:data:`GPU_CHUNK_BYTES`) at a time:
+    ``Σ_j w e = Σ_s Y ⊙ (x Wᵀ)`` (summed in the kernel that makes ``Y``, from the forward's ``currents = x Wᵀ/τs``
+    when given), ``Σ_b coef e = (coef·Y)ᵀ x`` and ``Σ_i g w e = Σ_s x ⊙ ((g·Y) W)``, summed over steps s."""
     T, B, n_in = pre.shape
+    n_out = post.shape[2]
     o, o_pre = spike_sums(post), spike_sums(pre)
     coef_for: CoefFor = coef_rule(g, o, rho, nu, lam)
-    per_sample = T * (5 * post.shape[2] + n_in) * pre.element_size()
-    step = max(1, GPU_CHUNK_BYTES // max(1, per_sample))
     known = derived.get(post)  # kept by the lateral factor
-    whole = known.y if isinstance(known, _PostSide) else post_side(post, kernel) if step >= B else None
+    if n_out <= EXPLICIT_MAX_POST:
+        y = known.y if isinstance(known, _PostSide) else post_side(post, kernel)
+        e = torch.bmm(y.permute(1, 2, 0), pre.permute(1, 0, 2))  # (B, N_out, N_in)
+        coef = coef_for((e * weight).sum(2) if rho is not None else None, slice(None))
+        gwe = torch.einsum("bi,ij,bij->bj", g, weight, e) if need_below else None
+        return coef, torch.einsum("bi,bij->ij", coef, e), gwe, o, o_pre
+    per_sample = T * (5 * n_out + n_in) * pre.element_size()
+    step = max(1, GPU_CHUNK_BYTES // max(1, per_sample))
     grad_w = weight.new_zeros(weight.shape)
     coefs, lower = [], []
     for b0 in range(0, max(1, B), step):  # one (empty) chunk for an empty batch
         rows = slice(b0, min(B, b0 + step))
         x = pre[:, rows]
-        y = whole[:, rows] if whole is not None else post_side(post[:, rows], kernel)
         flat = x.reshape(-1, n_in)  # a view when one chunk holds the batch
+        a = tk.post_event_matrix(post[:, rows].contiguous(), kernel)
         side = None
-        if rho is not None:
-            drive = (currents[:, rows] * tau_s if currents is not None
-                     else spike_mm(flat, weight.t()).view(*y.shape[:2], -1))
-            side = (y * drive).sum(0)
+        if rho is None:
+            y = tk.anticausal_traces(a, kernel)
+        elif currents is not None:
+            y, side = tk.anticausal_side(a, kernel, currents[:, rows].contiguous())
+            side = side * tau_s
+        else:
+            y, side = tk.anticausal_side(a, kernel, spike_mm(flat, weight.t()).view(T, -1, n_out))
         coef = coef_for(side, rows)
-        mm_spikes_into(grad_w, (y * coef).flatten(0, 1).t(), flat)
+        weight_grad_into(grad_w, y, coef, flat)
         if need_below:
             lower.append((((y * g[rows]).flatten(0, 1) @ weight).view_as(x) * x).sum(0))
         coefs.append(coef)
