@@ -13,7 +13,7 @@ import torch
 
 triton = pytest.importorskip("triton", reason="Triton is a dev dependency on Linux")  # conftest: TRITON_INTERPRET
 
-from hm2bp.encoding import sample_keys  # noqa: E402
+from hm2bp.encoding import key_salt, sample_keys  # noqa: E402
 from hm2bp.neuron import LIFParams, scan_core  # noqa: E402
 from hm2bp.ops import triton_kernels as tk  # noqa: E402
 from hm2bp.ops.torch_kernels import hashed_spikes  # noqa: E402
@@ -95,10 +95,10 @@ def test_bernoulli_equals_the_cpu_encoder_bit_for_bit(epoch):
     q = torch.rand(batch, n, generator=rng, dtype=torch.float64) * 0.9
     q[0, :5] = torch.tensor([0.0, 1.0, 0.5, 1e-12, 1 - 1e-12], dtype=torch.float64)
     q[1, :] = 1.0  # every step fires (after t = 0)
-    keys = sample_keys(7, torch.tensor([0, 11, 2**31 + 5]), epoch)
-    expected = hashed_spikes(q, steps, keys, torch.float32)
+    indices = torch.tensor([0, 11, 2**32 + 2**31 + 5])  # the key takes an index modulo 2³²
+    expected = hashed_spikes(q, steps, sample_keys(7, indices, epoch), torch.float32)
     got = torch.empty(steps, batch, n, dtype=torch.float32, device=DEVICE)
-    tk.bernoulli_spikes(keys.to(DEVICE), q.to(DEVICE), got)
+    tk.bernoulli_spikes(indices.to(DEVICE), key_salt(7, epoch), q.to(DEVICE), got)
     assert torch.equal(got.cpu(), expected)
     assert (expected[1:, 1] == 1).all() and (expected[:, 0, 0] == 0).all() and (expected[0] == 0).all()
 

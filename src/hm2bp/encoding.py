@@ -13,6 +13,7 @@ import torch
 
 from hm2bp import backend, ops
 from hm2bp.neuron import mark_spikes
+from hm2bp.ops import torch_kernels
 from hm2bp.ops.torch_kernels import MASK32, hash32
 from hm2bp.workspace import BufferPool
 
@@ -34,12 +35,16 @@ def _hash32_int(x: int) -> int:
     return x ^ (x >> 16)
 
 
+def key_salt(seed: int, epoch: int) -> int:
+    """``hash((seed·0x9E3779B1 + epoch·0x85EBCA77) mod 2³²)``: the (seed, epoch) part of every sample's key, hashed
+    on the host as a Python int, so no host tensor is copied to the device per batch."""
+    return _hash32_int((seed * 0x9E3779B1 + epoch * 0x85EBCA77) & MASK32)
+
+
 def sample_keys(seed: int, indices: torch.Tensor, epoch: int) -> torch.Tensor:
     """Per-sample hash keys ``(B,)`` (int64 in [0, 2³²)): the uniform of (t, input) is ``hash(key + t·N + input)``,
-    ``key = hash(hash(index ⊕ hash((seed·0x9E3779B1 + epoch·0x85EBCA77) mod 2³²)))``. The (seed, epoch) part is
-    hashed on the host as a Python int, so no host tensor is copied to the device per batch."""
-    salt = _hash32_int((seed * 0x9E3779B1 + epoch * 0x85EBCA77) & MASK32)
-    return hash32(hash32((indices.to(torch.int64) & MASK32) ^ salt))
+    ``key = hash(hash(index ⊕ key_salt(seed, epoch)))``."""
+    return torch_kernels.sample_keys(indices, key_salt(seed, epoch))
 
 
 def hashed_uniform(seed: int, indices: torch.Tensor, epoch: int, steps: int, n_inputs: int) -> torch.Tensor:
@@ -80,6 +85,7 @@ def bernoulli_encode(pixels: torch.Tensor, steps: int, *, seed: int, indices: to
                                                                   or float(pixels.max()) > pixel_max):
         raise ValueError(f"pixels must lie in [0, {pixel_max}], got [{float(pixels.min())}, {float(pixels.max())}]")
     q = pixels.to(torch.float64) / (rate_divisor * pixel_max)
-    keys = sample_keys(seed, indices.to(pixels.device), 0 if fixed else epoch)
-    spikes = ops.bernoulli_spikes(keys, q, steps, dtype or torch.get_default_dtype(), _rasters)
+    salt = key_salt(seed, 0 if fixed else epoch)
+    spikes = ops.bernoulli_spikes(indices.to(pixels.device), salt, q, steps, dtype or torch.get_default_dtype(),
+                                  _rasters)
     return mark_spikes(spikes.transpose(0, 1))  # (B, T, N) view of time-major storage: the layers use it as it is

@@ -154,17 +154,19 @@ def local_spsp(post: torch.Tensor, pre: torch.Tensor, kernel: PSPKernel, index: 
     return torch_kernels.local_spsp(post, pre, kernel, index, pool, chunk_bytes, chunk_elems)
 
 
-def bernoulli_spikes(keys: torch.Tensor, q: torch.Tensor, steps: int, dtype: torch.dtype,
+def bernoulli_spikes(indices: torch.Tensor, salt: int, q: torch.Tensor, steps: int, dtype: torch.dtype,
                      pool: BufferPool) -> torch.Tensor:
-    """Time-major ``(steps, B, N)`` spikes ``hash(key_b + t·N + i)/2³² < q[b, i]`` (none at ``t = 0``) for per-sample
-    hash keys ``keys (B,)`` and float64 probabilities ``q (B, N)``; the C++ and Triton kernels write into ``pool``'s
-    rasters."""
+    """Time-major ``(steps, B, N)`` spikes ``hash(key_b + t·N + i)/2³² < q[b, i]`` (none at ``t = 0``) for float64
+    probabilities ``q (B, N)``, with per-sample keys ``hash(hash(index_b ⊕ salt))``
+    (:func:`hm2bp.ops.torch_kernels.sample_keys`; the Triton kernel hashes them itself); the C++ and Triton kernels
+    write into ``pool``'s rasters."""
     family = backend.kernels_for(q)
     if family == "torch":
-        return torch_kernels.hashed_spikes(q, steps, keys, dtype)
+        return torch_kernels.hashed_spikes(q, steps, torch_kernels.sample_keys(indices, salt), dtype)
     spikes = pool.get((steps, *q.shape), q.new_empty(0, dtype=dtype))
     if family == "cpp":
-        torch.ops.hm2bp.bernoulli_hash_(keys, q.contiguous(), spikes)
+        torch.ops.hm2bp.bernoulli_hash_(torch_kernels.sample_keys(indices, salt), q.contiguous(), spikes)
     else:
-        backend.triton_kernels(q.device).bernoulli_spikes(keys, q.contiguous(), spikes)
+        backend.triton_kernels(q.device).bernoulli_spikes(indices.to(torch.int64).contiguous(), salt, q.contiguous(),
+                                                          spikes)
     return spikes

@@ -282,6 +282,11 @@ def hash32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
+def sample_keys(indices: torch.Tensor, salt: int) -> torch.Tensor:
+    """Per-sample hash keys ``hash(hash(index mod 2³² ⊕ salt))`` ``(B,)`` (int64 in [0, 2³²))."""
+    return hash32(hash32((indices.to(torch.int64) & MASK32) ^ salt))
+
+
 def _as_int32(x: torch.Tensor) -> torch.Tensor:
     """int64 values in [0, 2³²) → int32 tensors with the same bit patterns."""
     return torch.where(x >= 2**31, x - 2**32, x).to(torch.int32)

@@ -113,18 +113,20 @@ def _hash32(x):
 
 
 @triton.jit
-def _bernoulli_kernel(keys_ptr, bound_ptr, out_ptr, B, N, BLOCK: tl.constexpr):
+def _bernoulli_kernel(index_ptr, salt, q_ptr, out_ptr, B, N, BLOCK: tl.constexpr):
     """One program: inputs ``[pid_n·BLOCK, …)`` of sample ``pid_b`` at step ``pid_t`` of the ``(T, B, N)`` output:
-    spike where ``hash(key_b + t·N + i) < bound_bi = ⌈q_bi·2³²⌉`` (never at t = 0)."""
+    spike where ``hash(key_b + t·N + i) < ⌈q_bi·2³²⌉`` (never at t = 0), with the sample's key
+    ``key_b = hash(hash(index_b mod 2³² ⊕ salt))`` (:func:`hm2bp.ops.torch_kernels.sample_keys`) made here."""
     pid_n = tl.program_id(0)
     pid_b = tl.program_id(1)
     pid_t = tl.program_id(2)
     offs = pid_n * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
-    key = tl.load(keys_ptr + pid_b).to(tl.uint32)
+    key = _hash32(_hash32(tl.load(index_ptr + pid_b).to(tl.uint32) ^ salt.to(tl.uint32)))
     cell = (pid_t * N + offs).to(tl.uint32)  # t·N + i modulo 2³², as the CPU encoder's int32 cells
     h = _hash32(key + cell).to(tl.int64)
-    bound = tl.load(bound_ptr + (pid_b.to(tl.int64) * N + offs), mask=mask, other=0)
+    q = tl.load(q_ptr + (pid_b.to(tl.int64) * N + offs), mask=mask, other=0.0)
+    bound = tl.ceil(q * 4294967296.0).to(tl.int64)  # exact in float64; q = 1 gives 2³², above every hash
     spike = (h < bound) & (pid_t > 0)
     row = pid_t.to(tl.int64) * B + pid_b  # int64: T·B·N may pass 2³¹
     tl.store(out_ptr + (row * N + offs), spike.to(out_ptr.dtype.element_ty), mask=mask)
@@ -190,21 +192,23 @@ def lif_scan(buf: torch.Tensor, fire_at: float, decay_m: float, decay_s: float, 
     return counts
 
 
-def bernoulli_spikes(keys: torch.Tensor, q: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+def bernoulli_spikes(indices: torch.Tensor, salt: int, q: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """Fill the time-major ``out (T, B, N)`` with the Bernoulli spikes of :func:`hm2bp.encoding.bernoulli_encode`
-    for per-sample hash keys ``keys (B,)`` (int64 in [0, 2³²)) and probabilities ``q (B, N)`` (float64)."""
-    _check("keys", keys, (torch.int64,))
+    for the samples' dataset ``indices (B,)`` (int64), the (seed, epoch) ``salt`` in ``[0, 2³²)`` of
+    :func:`hm2bp.encoding.key_salt` and probabilities ``q (B, N)`` (float64); the keys are hashed in the kernel."""
+    _check("indices", indices, (torch.int64,))
     _check("q", q, (torch.float64,))
     _check("out", out, (torch.float32, torch.float64, torch.bool, torch.uint8))
     steps, B, N = out.shape
-    if q.shape != (B, N) or keys.shape != (B,):
-        raise ValueError(f"need keys (B,) and q (B, N) for out {tuple(out.shape)}, got {tuple(keys.shape)}, "
+    if q.shape != (B, N) or indices.shape != (B,):
+        raise ValueError(f"need indices (B,) and q (B, N) for out {tuple(out.shape)}, got {tuple(indices.shape)}, "
                          f"{tuple(q.shape)}")
+    if not 0 <= salt < 2**32:
+        raise ValueError(f"salt must lie in [0, 2**32), got {salt}")
     if out.numel() == 0:
         return out
-    bound = torch.ceil(q * 2.0**32).to(torch.int64)  # q = 1 gives 2³², above every hash
     grid = (triton.cdiv(N, ENCODE_BLOCK), B, steps)
-    _bernoulli_kernel[grid](keys, bound, out, B, N, BLOCK=ENCODE_BLOCK, num_warps=_warps(ENCODE_BLOCK))
+    _bernoulli_kernel[grid](indices, salt, q, out, B, N, BLOCK=ENCODE_BLOCK, num_warps=_warps(ENCODE_BLOCK))
     return out
 
 
@@ -455,7 +459,7 @@ def compile_for(name: str, capability: int) -> object:
                      "LATERAL": "constexpr", "BLOCK": "constexpr"}
         constexprs = {"T": 400, "SHIFT": 1, "T_REF": 2, "LATERAL": True, "BLOCK": 16}
     elif name == "bernoulli":
-        signature = {"keys_ptr": "*i64", "bound_ptr": "*i64", "out_ptr": "*fp32", "B": "i32", "N": "i32",
+        signature = {"index_ptr": "*i64", "salt": "i64", "q_ptr": "*fp64", "out_ptr": "*fp32", "B": "i32", "N": "i32",
                      "BLOCK": "constexpr"}
         constexprs = {"BLOCK": ENCODE_BLOCK}
     elif name == "anticausal":
