@@ -8,7 +8,7 @@ H200 time from fixed constants.
 ``--baseline`` the same script code traces that revision's exported tree too) builds each row's network on CPU
 tensors and runs one warm-up step, then records a second one: Bernoulli encoding on the device
 (:func:`hm2bp.encoding.bernoulli_encode`), ``net.forward_all(x, labels)``, :class:`hm2bp.SpikeCountLoss` on the output
-counts, backward, and ``torch.optim.Adam(foreach=True)`` (what Adam picks by default for CUDA parameters). A
+counts, backward, and ``torch.optim.Adam(fused=True)`` (what ``HM2BPModule.configure_optimizers`` picks on GPUs). A
 ``TorchDispatchMode`` sees every ATen op (custom ``hm2bp::`` ops are entered, so the ops inside them are seen); every
 ``@triton.jit`` launch (``kernel[grid](...)``) is recorded with its grid and arguments and **not run** (its cost
 comes from the model; the Triton path reads no value on the host, so the unwritten outputs change no op sequence).
@@ -88,6 +88,7 @@ class Row:
     steps: int  # T
     batch: int
     targets: tuple[float, float, float] = (35.0, 5.0, 5.0)  # y⁺, y⁻, margin (conf/model/base_mlp.yaml)
+    protocol: str = ""  # the hm2bp.paper.PROTOCOL row whose epochs × samples it prices (default: its own name)
 
 
 # conf/model/<row>.yaml (arch, thresholds) and conf/dataset/{mnist,nmnist}.yaml (T); the batches are the GPU runs'.
@@ -95,6 +96,8 @@ ROWS = {
     "mnist_mlp": Row("800-10", (784,), (20.0, 8.0), 400, 128),
     "nmnist_mlp": Row("800-10", (2312,), (15.0, 15.0), 540, 128),
     "mnist_cnn": Row("15C5-P2-40C5-P2-300-10", (1, 28, 28), (5.0, 2.0, 12.0, 4.0, 10.0, 10.0), 400, 32),
+    # the authors' protocol, one sample per step (trainer=paper): latency-bound
+    "mnist_mlp_batch1": Row("800-10", (784,), (20.0, 8.0), 400, 1, protocol="mnist_mlp"),
 }
 
 # ATen ops that launch no kernel: views and metadata, allocations (uninitialised memory), and scalar reads (a copy,
@@ -588,7 +591,7 @@ def training_step(row: Row, batch: int) -> tuple[Callable[[Recorder | None], Non
 
     torch.manual_seed(0)
     net = SpikingNet(row.arch, row.input_shape, list(row.thresholds), target_count=int(row.targets[0]))
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3, foreach=True)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)  # as the app's on GPUs
     loss_fn = SpikeCountLoss(*row.targets)
     pixels = torch.rand(batch, math.prod(row.input_shape)) * 255.0
     labels = torch.arange(batch) % 10
@@ -677,7 +680,7 @@ def estimate(counts: dict, row_name: str) -> dict:
              "triton_loop_s": counts["triton_loop_us"] * 1e-6}
     work = sum(parts.values())
     step = {"no_graph": work + launches * MODEL["launch_s"], "graph": work + launches * MODEL["launch_s_in_graph"]}
-    protocol = PROTOCOL[row_name]
+    protocol = PROTOCOL[row.protocol or row_name]
     steps = math.ceil(protocol.n_train / row.batch)
     epoch = {k: v * steps for k, v in step.items()}
     hours = {k: v * protocol.epochs * MODEL["seeds"] / 3600 for k, v in epoch.items()}

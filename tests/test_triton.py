@@ -156,15 +156,16 @@ def test_training_step_through_triton_equals_pure_pytorch(arch, shape, monkeypat
     labels = torch.tensor([0, 3, 1])
     spikes_t, grads_t = _step("torch", make_net, pixels, labels, steps=40)
     calls: list[str] = []
-    kernels = ("lif_scan", "bernoulli_spikes", "pre_traces", "post_event_matrix", "anticausal_traces")
+    kernels = ("lif_scan", "bernoulli_spikes", "pre_traces", "post_event_matrix", "post_side")
     for name in kernels:
         real = getattr(tk, name)
         monkeypatch.setattr(tk, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
     spikes_x, grads_x = _step("triton", make_net, pixels, labels, steps=40)
-    # the fully-connected layers contract in the anticausal form (no pre traces); conv layers read pre traces
-    assert set(kernels) - ({"pre_traces"} if arch == "16-4" else set()) <= set(calls)
-    if arch == "16-4":  # one event matrix per layer: the output layer's serves both Λ and the contraction
-        assert calls.count("post_event_matrix") == 2
+    # the fully-connected layers contract in the anticausal form (the fused post side: no pre traces, no event
+    # matrix); conv layers read pre traces and the event matrix
+    assert set(kernels) - ({"pre_traces", "post_event_matrix"} if arch == "16-4" else set()) <= set(calls)
+    if arch == "16-4":  # one post side per layer: the output layer's serves both Λ and the contraction
+        assert calls.count("post_side") == 2 and "post_event_matrix" not in calls
     assert all(torch.equal(a, b) for a, b in zip(spikes_t, spikes_x, strict=True))
     assert all(s.sum() > 0 for s in spikes_t)
     for a, b in zip(grads_t, grads_x, strict=True):
@@ -341,10 +342,10 @@ def test_triton_contraction_in_sample_chunks_equals_one_chunk(budget_samples, mo
     monkeypatch.setattr(triton_path, "GPU_CHUNK_BYTES", budget_samples * per_sample)
     monkeypatch.setattr(triton_path, "EXPLICIT_MAX_POST", 8)  # the 16 hidden neurons take the chunked wide form
     calls: list[int] = []
-    real = tk.post_event_matrix
-    monkeypatch.setattr(tk, "post_event_matrix", lambda post, kernel: calls.append(post.shape[1]) or real(post, kernel))
+    real = tk.post_side
+    monkeypatch.setattr(tk, "post_side", lambda post, *a: calls.append(post.shape[1]) or real(post, *a))
     spikes_chunked, grads_chunked = _step("triton", make_net, pixels, labels, steps=40)
-    # hidden layer: one event matrix per chunk of budget_samples samples; output layer: one for the whole batch (its
+    # hidden layer: one post side per chunk of budget_samples samples; output layer: one for the whole batch (its
     # lateral factor keeps it, and the contraction reads it chunk by chunk)
     assert sorted(calls) == {1: [1, 1, 1, 3], 2: [1, 2, 3]}[budget_samples]
     assert all(torch.equal(a, b) for a, b in zip(spikes_one, spikes_chunked, strict=True))

@@ -119,17 +119,38 @@ def patch_silent_target(post: torch.Tensor, labels: torch.Tensor, target_count: 
     ``post`` is time-major ``(T, B, N)``; returns a patched copy, or ``post`` itself when no target is silent.
     """
     T, B, _ = post.shape
-    rows = torch.arange(B, device=post.device)
-    target = post[:, rows, labels]  # (T, B): each sample's label train
+    index = labels.view(1, B, 1).expand(T, B, 1)
+    target = post.gather(2, index)  # (T, B, 1): each sample's label train
     silent = target.sum(0) == 0
     if backend.host_reads_allowed(post) and not bool(silent.any()):  # (Triton path: no look at values, same ops)
         return post
-    period = T // target_count
-    regular = torch.zeros(T, dtype=post.dtype, device=post.device)
-    regular[period::period].fill_(1)  # fill_ takes a scalar: no tensor made from host data
-    patched = post.clone()
-    patched[:, rows, labels] = torch.where(silent, regular[:, None], target)
-    return patched
+    return post.clone().scatter_(2, index, torch.where(silent, _regular_train(T, target_count, post), target))
+
+
+_REGULAR: dict[tuple, torch.Tensor] = {}
+
+
+def _regular_train(steps: int, target_count: int, like: torch.Tensor) -> torch.Tensor:
+    """``(T, 1, 1)`` spikes at ``k·⌊T/y⁺⌋``, ``k ≥ 1``, made once per (T, y⁺, dtype, device): no per-step launches,
+    and no tensor from host data in a warm step."""
+    key = (steps, target_count, like.dtype, like.device)
+    if key not in _REGULAR:
+        period = steps // target_count
+        regular = torch.zeros(steps, 1, 1, dtype=like.dtype, device=like.device)
+        regular[period::period] = 1
+        _REGULAR[key] = regular
+    return _REGULAR[key]
+
+
+_ONES: dict[tuple, torch.Tensor] = {}
+
+
+def _one(like: torch.Tensor) -> torch.Tensor:
+    """A 0-d 1 on ``like``'s device, made once (a Python 1 would be a tensor from host data in every step)."""
+    key = (like.dtype, like.device)
+    if key not in _ONES:
+        _ONES[key] = torch.ones((), dtype=like.dtype, device=like.device)
+    return _ONES[key]
 
 
 def lateral_factor(post: torch.Tensor, labels: torch.Tensor | None, setup: LayerSetup,
@@ -145,15 +166,14 @@ def lateral_factor(post: torch.Tensor, labels: torch.Tensor | None, setup: Layer
     """
     o = spike_sums(post)
     e = ops.self_spsp(post, setup.kernel, patched)  # [b, l (post), i (pre)]
-    both = (o[:, :, None] > 0) & (o[:, None, :] > 0)
-    r = torch.where(both, e / o[:, None, :].clamp(min=1), torch.ones_like(e))
-    active = o > 0
-    if labels is not None:
-        active = active.clone().scatter_(1, labels.view(-1, 1), True)
-    d = active.to(post.dtype) / setup.lif.threshold
-    pair = d[:, :, None] * d[:, None, :] * r * r.transpose(1, 2)
-    pair.diagonal(dim1=1, dim2=2).zero_()
-    denom = 1.0 - setup.lateral_w0**2 * pair.sum(1)
+    fired = o > 0
+    r = torch.where(fired[:, :, None] & fired[:, None, :], e / o[:, None, :].clamp(min=1), 1.0)
+    active = fired if labels is None else fired.scatter(1, labels.view(-1, 1), True)
+    d = active.to(post.dtype)  # d·ν ∈ {0, 1}; the 1/ν² goes into the constant below
+    pair = r * r.transpose(1, 2)  # r_{l←i} r_{i←l}
+    pair.diagonal(dim1=1, dim2=2).zero_()  # l ≠ i
+    reach = torch.bmm(d.unsqueeze(1), pair).squeeze(1)  # Σ_l d_l r_{l←i} r_{i←l}
+    denom = torch.addcmul(_one(post), d, reach, value=-(setup.lateral_w0 / setup.lif.threshold) ** 2)
     floor = setup.rule.lateral_min_denominator
     if floor is not None:
         clamped = (denom < floor).sum()  # a device tensor on the Triton path: read at the epoch's end
@@ -199,14 +219,14 @@ class HM2BPLinearFunction(torch.autograd.Function):
         coef, grad_w, gwe, o, o_pre = ops.linear_backward(pre, patched, weight, g, lam, rho_silent, nu, need_below,
                                                           kernel, setup.buffers, currents, setup.lif.tau_s)
         fired = o > 0
-        if rule.silent_post_psp:
-            grad_w += rule.silent_post_psp * ((coef * (~fired)).t() @ (o_pre > 0).to(coef.dtype))
+        if rule.silent_post_psp:  # ê = silent_post_psp where o_i = 0 < o_j (counts are whole numbers: min(o, 1))
+            grad_w.addmm_(coef.masked_fill(fired, 0).t(), o_pre.clamp(max=1), alpha=rule.silent_post_psp)
 
         grad_pre = None
         if ctx.needs_input_grad[0]:
             if gwe is not None:  # Σ_i g_i w_ij e_ij
                 pre_fired = o_pre > 0
-                delta = torch.where(pre_fired, gwe / o_pre.clamp(min=1), torch.zeros_like(gwe))
+                delta = torch.where(pre_fired, gwe / o_pre.clamp(min=1), 0.0)
                 if rule.silent_effect_ratio:
                     # pairs with a silent neuron use r = silent_effect_ratio
                     silent_pairs = g @ weight - pre_fired * ((g * fired) @ weight)

@@ -236,7 +236,11 @@ class HM2BPModule(L.LightningModule):
 
     # -- optimizer and checkpoint state -----------------------------------------------------------------------
     def configure_optimizers(self):
-        return torch.optim.Adam(self.net.parameters(), lr=self.hparams.lr, betas=(0.9, 0.999), eps=1e-8)
+        params = list(self.net.parameters())
+        # On GPUs the fused Adam: one kernel for all parameters instead of ~11 launches per step, and its step
+        # counters live on the device (no host work in the step). Same update, float rounding aside.
+        fused = bool(params) and all(p.is_cuda for p in params)
+        return torch.optim.Adam(params, lr=self.hparams.lr, betas=(0.9, 0.999), eps=1e-8, fused=fused or None)
 
     @property
     def samples_this_epoch(self) -> int:

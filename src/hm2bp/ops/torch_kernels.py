@@ -207,7 +207,8 @@ def coef_rule(g: torch.Tensor, o: torch.Tensor, rho: torch.Tensor | None, nu: fl
     def coef_for(side_sum: torch.Tensor | None, rows: slice) -> torch.Tensor:
         coef = g[rows]
         if side_sum is not None:
-            coef = coef * (1.0 + torch.where(fired[rows], side_sum / o[rows].clamp(min=1), rho) / nu)
+            side = torch.where(fired[rows], side_sum / o[rows].clamp(min=1), rho)
+            coef = torch.addcmul(coef, coef, side, value=1 / nu)  # g (1 + S)
         return coef if lam is None else coef * lam[rows]
 
     return coef_for

@@ -122,7 +122,7 @@ def _bernoulli_kernel(index_ptr, salt, q_ptr, out_ptr, B, N, BLOCK: tl.constexpr
     pid_t = tl.program_id(2)
     offs = pid_n * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
-    key = _hash32(_hash32(tl.load(index_ptr + pid_b).to(tl.uint32) ^ salt.to(tl.uint32)))
+    key = _hash32(_hash32(tl.load(index_ptr + pid_b.to(tl.int64)).to(tl.uint32) ^ salt.to(tl.uint32)))
     cell = (pid_t * N + offs).to(tl.uint32)  # t·N + i modulo 2³², as the CPU encoder's int32 cells
     h = _hash32(key + cell).to(tl.int64)
     q = tl.load(q_ptr + (pid_b.to(tl.int64) * N + offs), mask=mask, other=0.0)
@@ -340,6 +340,124 @@ def _anticausal_kernel(a_ptr, y_ptr, decay_ptr, drive_ptr, side_ptr, B, N, T: tl
 
 
 @triton.jit
+def _max_combine(a, b):
+    return tl.maximum(a, b)
+
+
+@triton.jit
+def _min_combine(a, b):
+    return tl.minimum(a, b)
+
+
+@triton.jit
+def _decay_combine(a_m, x_m, a_s, x_s, b_m, y_m, b_s, y_s):
+    """Compose two segments of the linear recurrences ``R ← x + a·R`` (membrane, synaptic): the first argument
+    spans the rows before the second in scan order, so the second applies after it. Associative, not commutative:
+    used only in a forward scan (see ``_post_side_kernel``)."""
+    return a_m * b_m, b_m * x_m + y_m, a_s * b_s, b_s * x_s + y_s
+
+
+@triton.jit
+def _spikes_at(post_ptr, times, live, cols, step, T: tl.constexpr):
+    """Whether the raster spikes at ``times`` (a ``[T_PAD, 1]`` tile of steps; False outside ``[0, T)`` and where
+    ``live`` is False), for the columns ``cols`` (``[1, BLOCK]`` int64 offsets ``b·N + n``)."""
+    ok = live & (times >= 0) & (times < T)
+    return tl.load(post_ptr + times.to(tl.int64) * step + cols, mask=ok, other=0.0) > 0
+
+
+@triton.jit
+def _post_side_kernel(post_ptr, y_ptr, pow_m_ptr, pow_s_ptr, coef_ptr, decay_ptr, drive_ptr, side_ptr, B, N,
+                      T: tl.constexpr, T_PAD: tl.constexpr, T_REF: tl.constexpr, DELAY: tl.constexpr,
+                      ZERO_FIRST: tl.constexpr, SPLIT: tl.constexpr, WINDOW: tl.constexpr, HAS_DRIVE: tl.constexpr,
+                      BLOCK: tl.constexpr):
+    """One program: post neurons ``[pid_n·BLOCK, …)`` of sample ``pid_b``, all T steps at once (no loop over time):
+    ``Y (T, B, N)`` of ``_anticausal_kernel`` applied to the event matrix ``A`` of ``_post_events_kernel``, without
+    ``A`` ever leaving registers, and with ``HAS_DRIVE`` also ``side = Σ_s Y(s)·drive(s)``.
+
+    The program holds a ``[T_PAD, BLOCK]`` tile whose row ``j`` is step ``v = T − 1 − j`` (rows with ``v < 0`` pad
+    to the power of two and stay out of every store): running backward in time makes the anticausal recurrence a
+    *forward* scan, the one direction in which Triton's scans compose a non-commutative operator in a documented
+    order (reverse scans here only take max, which is commutative). Row ``v`` of ``A`` is, by trace τ,
+
+    ``A_τ(v) = c_τ·p(v) − [reset at v]·c_τ·d_m^{σ_r} + [SPLIT, p(v + span)]·c_τ·(kept_τ − d_τ^{span})``
+
+    **Requires a refractory raster** (inter-spike intervals > ``T_REF``, as the LIF scan makes them and as the
+    engine's patched label trains keep them): then the reset of the spike after ``t_{k−1}`` lands at
+    ``r = t_{k−1} + T_REF`` with no spike in ``(t_{k−1}, r]``, so each event kind is found without carried state:
+
+    * spike: ``p(v)``, a load;
+    * reset at ``v``: ``p(v − T_REF)`` (a shifted load) and a next spike ``t = nxt(v) = min{t > v: p(t)} < T``,
+      ``σ_r = t − v ≥ 1``; ``nxt`` is a forward prefix-min scan of ``(p ? step : T)`` (inclusive: for ``T_REF > 0``
+      no spike lies at ``v``; for ``T_REF = 0`` of ``p(v + 1)``, exclusive). With ``SPLIT`` only for
+      ``σ_r ≤ span − 1``;
+    * window (``SPLIT``, ``span = WINDOW − T_REF``): the spike at ``t = v + span`` (a shifted load) and its previous
+      spike ``prv = max{t' < t: p(t')}``: a reverse prefix-max scan of ``(p(v + span − 1) ? v + span − 1 : −1)``
+      (times down to ``span − 1`` at least, the earlier ones by a max-reduction of the tile); its reset counts where
+      ``prv ≥ 0`` and ``σ = t − prv − T_REF ≤ span − 1``, then ``kept_τ = d_m^σ·d_τ^{span − σ}``, else 0.
+
+    Powers are gathered from the tables ``pow_τ[k] = d_τ^k`` as in ``_post_events_kernel``. Then
+    ``R_τ(v) = A_τ(v) + d_τ·R_τ(v + 1)`` for both traces in one forward scan of ``(d_τ, A_τ)`` pairs
+    (``_decay_combine``), ``Y(s) = R_m(s + DELAY) + R_s(s + DELAY)`` stored from row ``v = s + DELAY`` for
+    ``s ∈ [FIRST, T − DELAY)`` and 0 stored on the other rows ``s`` (``FIRST = 1`` with ``ZERO_FIRST``), so every
+    element is written once; ``side`` is a sum over the tile of ``Y·drive`` (drive loaded ``DELAY`` steps back).
+    The sums run in another order than the sequential kernels': equal to float rounding, not bit for bit."""
+    mask, col, step = _column_block(B, N, BLOCK)
+    dtype = y_ptr.dtype.element_ty
+    cols = col[None, :]
+    live = mask[None, :]
+    v = T - 1 - tl.arange(0, T_PAD)[:, None]  # [T_PAD, 1] steps, backward in time
+    live = live & (v >= 0)
+    cm = tl.load(coef_ptr)
+    cs = tl.load(coef_ptr + 1)
+    dm, ds = _decays(decay_ptr)
+    # Every load from the raster depends only on the row, so all are issued together.
+    spike = _spikes_at(post_ptr, v, live, cols, step, T)
+    if T_REF > 0:
+        after_spike = _spikes_at(post_ptr, v - T_REF, live, cols, step, T)  # a reset lands at v
+        nxt_key = tl.where(spike, v, T)  # no spike at a reset row: the inclusive min is the next spike after it
+    else:
+        after_spike = spike  # the reset lands on the previous spike itself
+        nxt_key = tl.where(_spikes_at(post_ptr, v + 1, live, cols, step, T), v + 1, T)
+    if SPLIT:
+        span: tl.constexpr = WINDOW - T_REF
+        far = _spikes_at(post_ptr, v + span, live, cols, step, T)  # the spike whose window event lands at v
+        prv_key = tl.where(_spikes_at(post_ptr, v + span - 1, live, cols, step, T), v + span - 1, -1)
+    nxt = tl.associative_scan(nxt_key, 0, _min_combine)  # rows before j = later steps: min{t ≥ v (+1)}
+    sigma_r = nxt - v
+    reset = after_spike & (nxt < T)
+    if SPLIT:
+        reset = reset & (sigma_r <= span - 1)
+        # Spikes the shifted scan cannot see (steps < span − 1 when the tile's last row is later): their max.
+        early = tl.max(tl.where(spike & (v < span - 1), v, -1), axis=0)
+        prv = tl.maximum(tl.associative_scan(prv_key, 0, _max_combine, reverse=True), early[None, :])
+        sigma_w = v + span - prv - T_REF  # σ of the spike at v + span
+        counted = far & (prv >= 0) & (sigma_w <= span - 1)
+        rest = span - sigma_w  # in [1, span − 1] where counted
+        dms_w = tl.load(pow_m_ptr + sigma_w, mask=counted, other=0.0)
+        kept_m = dms_w * tl.load(pow_m_ptr + rest, mask=counted, other=0.0)
+        kept_s = dms_w * tl.load(pow_s_ptr + rest, mask=counted, other=0.0)
+        old_m = tl.load(pow_m_ptr + span)
+        old_s = tl.load(pow_s_ptr + span)
+    dms = tl.load(pow_m_ptr + sigma_r, mask=reset, other=0.0)
+    zero = tl.zeros([T_PAD, BLOCK], dtype=dtype)
+    a_m = tl.where(spike, cm, zero) + tl.where(reset, -dms * cm, zero)
+    a_s = tl.where(spike, cs, zero) + tl.where(reset, -dms * cs, zero)
+    if SPLIT:
+        a_m += tl.where(far, (kept_m - old_m) * cm, zero)
+        a_s += tl.where(far, (kept_s - old_s) * cs, zero)
+    _, r_m, _, r_s = tl.associative_scan((zero + dm, a_m, zero + ds, a_s), 0, _decay_combine)
+    FIRST: tl.constexpr = 1 if ZERO_FIRST else 0
+    y = r_m + r_s  # Y(v − DELAY)
+    out = live & (v >= DELAY + FIRST)
+    rows = (v - DELAY).to(tl.int64) * step + cols
+    tl.store(y_ptr + rows, y, mask=out)
+    tl.store(y_ptr + v.to(tl.int64) * step + cols, zero, mask=live & ((v < FIRST) | (v >= T - DELAY)))
+    if HAS_DRIVE:
+        d = tl.load(drive_ptr + rows, mask=out, other=0.0)
+        tl.store(side_ptr + col, tl.sum(tl.where(out, y * d, zero), axis=0), mask=mask)
+
+
+@triton.jit
 def _scaled_tf32_parts_kernel(y_ptr, coef_ptr, hi_ptr, lo_ptr, total, plane, BLOCK: tl.constexpr):
     """One program: elements ``[pid·BLOCK, …)`` of float32 ``y (T, B, N)``: ``v = y·coef[b, n]`` (``coef (B, N)``,
     ``plane = B·N``), ``hi = v`` with its 13 low mantissa bits cleared, ``lo = v − hi`` likewise: both exact TF32
@@ -423,6 +541,52 @@ def _anticausal(a: torch.Tensor, kernel, drive: torch.Tensor | None) -> tuple[to
                              HAS_DRIVE=drive is not None, BLOCK=block, num_warps=_warps(block))
     return y, side
 
+POST_SIDE_TILE = 2048  # elements of the [T_PAD, BLOCK] tile per program of ``_post_side_kernel`` (see post_side)
+POST_SIDE_MAX_BLOCK = 32  # neurons per program at most (short T)
+
+
+def _post_side_block(t_pad: int, N: int) -> tuple[int, int]:
+    """``(BLOCK, num_warps)`` of ``_post_side_kernel`` for ``t_pad`` rows and N neurons: at most
+    :data:`POST_SIDE_TILE` elements per program, so that at ``t_pad = 1024`` the tile's live tensors stay in
+    registers (8 elements per thread a tensor at 8 warps), one warp per 256 elements, at least one."""
+    block = max(1, min(POST_SIDE_MAX_BLOCK, triton.next_power_of_2(max(1, N)), POST_SIDE_TILE // t_pad))
+    return block, max(1, min(8, t_pad * block // 256))
+
+
+def post_side(post: torch.Tensor, kernel, drive: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``Y = anticausal_traces(post_event_matrix(post, kernel), kernel)`` ``(T, B, N)`` of time-major float ``post``
+    and, given a ``(T, B, N)`` ``drive`` of ``post``'s dtype, ``side = Σ_s Y(s)·drive(s)`` ``(B, N)``
+    (:func:`anticausal_side`), in one launch, time-parallel, with no ``(2T, B, N)`` event matrix in memory (see
+    ``_post_side_kernel``). ``post`` must respect the refractory period (inter-spike intervals > ``kernel.t_ref``),
+    as every raster of the engine does: the event positions are found from that. Equal to the two-kernel form to
+    float rounding (sums in another order)."""
+    _check("post", post, SCAN_DTYPES)
+    if post.dim() != 3:
+        raise ValueError(f"post must be (T, batch, neurons), got shape {tuple(post.shape)}")
+    if drive is not None:
+        _check("drive", drive, (post.dtype,))
+        if drive.shape != post.shape:
+            raise ValueError(f"drive must be (T, batch, neurons) = {tuple(post.shape)}, got {tuple(drive.shape)}")
+    T, B, N = post.shape
+    y = torch.empty(T, B, N, dtype=post.dtype, device=post.device)  # the kernel writes every element
+    side = None if drive is None else torch.empty(B, N, dtype=post.dtype, device=post.device)
+    if y.numel() == 0:
+        return y, None if side is None else side.zero_()
+    window = int(kernel.window) if kernel.split else 0
+    tables = _power_tables(post, kernel.decays, T + window + 1)
+    coeffs = _scan_params(post, tuple(float(c) for c in kernel.coeffs))
+    decays = _scan_params(post, tuple(float(d) for d in kernel.decays))
+    t_pad = triton.next_power_of_2(T)
+    block, warps = _post_side_block(t_pad, N)
+    _post_side_kernel[(B, triton.cdiv(N, block))](
+        post, y, tables[0], tables[1], coeffs, decays, y if drive is None else drive, y if side is None else side,
+        B, N, T=T, T_PAD=t_pad, T_REF=int(kernel.t_ref), DELAY=int(kernel.delay),
+        ZERO_FIRST=kernel.convention == "original", SPLIT=bool(kernel.split), WINDOW=window,
+        HAS_DRIVE=drive is not None, BLOCK=block, num_warps=warps)
+    return y, side
+
+
 
 ELEMENTWISE_BLOCK = 1024  # elements per program of the elementwise kernels
 
@@ -443,7 +607,7 @@ def scaled_tf32_parts(y: torch.Tensor, coef: torch.Tensor) -> tuple[torch.Tensor
 
 KERNELS = {"lif_scan": _lif_scan_kernel, "bernoulli": _bernoulli_kernel, "traces": _traces_kernel,
            "post_events": _post_events_kernel, "anticausal": _anticausal_kernel,
-           "scaled_tf32_parts": _scaled_tf32_parts_kernel}
+           "scaled_tf32_parts": _scaled_tf32_parts_kernel, "post_side": _post_side_kernel}
 
 
 def compile_for(name: str, capability: int) -> object:
@@ -453,7 +617,17 @@ def compile_for(name: str, capability: int) -> object:
     from triton.compiler import ASTSource
 
     fn = KERNELS[name]
-    if name == "lif_scan":
+    warps = None
+    if name == "post_side":  # the largest tile: T = 1000 padded to 1024 rows, float32, the window, a drive
+        signature = {"post_ptr": "*fp32", "y_ptr": "*fp32", "pow_m_ptr": "*fp32", "pow_s_ptr": "*fp32",
+                     "coef_ptr": "*fp32", "decay_ptr": "*fp32", "drive_ptr": "*fp32", "side_ptr": "*fp32",
+                     "B": "i32", "N": "i32", "T": "constexpr", "T_PAD": "constexpr", "T_REF": "constexpr",
+                     "DELAY": "constexpr", "ZERO_FIRST": "constexpr", "SPLIT": "constexpr", "WINDOW": "constexpr",
+                     "HAS_DRIVE": "constexpr", "BLOCK": "constexpr"}
+        block, warps = _post_side_block(1024, 800)
+        constexprs = {"T": 1000, "T_PAD": 1024, "T_REF": 2, "DELAY": 3, "ZERO_FIRST": True, "SPLIT": True,
+                      "WINDOW": 256, "HAS_DRIVE": True, "BLOCK": block}
+    elif name == "lif_scan":
         signature = {"buf_ptr": "*fp32", "drive_ptr": "*fp32", "counts_ptr": "*fp32", "params_ptr": "*fp32",
                      "B": "i32", "N": "i32", "T": "constexpr", "SHIFT": "constexpr", "T_REF": "constexpr",
                      "LATERAL": "constexpr", "BLOCK": "constexpr"}
@@ -481,4 +655,4 @@ def compile_for(name: str, capability: int) -> object:
                      "SPLIT": "constexpr", "WINDOW": "constexpr", "BLOCK": "constexpr"}
         constexprs = {"T": 400, "T_REF": 2, "SPLIT": True, "WINDOW": 256, "BLOCK": SCAN_BLOCK}
     return triton.compile(ASTSource(fn, signature, constexprs=constexprs), target=GPUTarget("cuda", capability, 32),
-                          options={"num_warps": _warps(constexprs["BLOCK"])})
+                          options={"num_warps": warps or _warps(constexprs["BLOCK"])})

@@ -30,6 +30,9 @@ from hm2bp.workspace import derived
 # (T rows each), all post-neuron wide, plus the chunk's pre raster: at most this many bytes.
 GPU_CHUNK_BYTES = 2 << 30
 SPLIT_TF32: bool | None = None  # None: on CUDA tensors; True: everywhere (the GPU cost model's trace); False: never
+# Smaller GEMMs stay in one fp32 pass: the split's extra launches (~3 × 5 µs) cost more than TF32's rate saves below
+# ~1 GFLOP (at 50 vs 400 TFLOP/s, the constants of bench/gpu_model.py).
+SPLIT_MIN_FLOPS = 1e9
 _TF32_MASK = -(1 << 13)  # clears the 13 low mantissa bits float32 has beyond TF32's 10
 
 
@@ -51,16 +54,17 @@ def _tf32() -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32 = before
 
 
-def _split(x: torch.Tensor, split: bool | None) -> bool:
+def _split(x: torch.Tensor, split: bool | None, flops: float) -> bool:
     if split is None:
-        split = x.is_cuda if SPLIT_TF32 is None else SPLIT_TF32
+        split = (x.is_cuda if SPLIT_TF32 is None else SPLIT_TF32) and flops >= SPLIT_MIN_FLOPS
     return split and x.dtype == torch.float32
 
 
 def spike_mm(spikes: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = None,
              split: bool | None = None) -> torch.Tensor:
-    """``spikes @ w`` for a 0/1 ``spikes``, split TF32 (module docstring) on CUDA float32 or where ``split``."""
-    if not _split(w, split):
+    """``spikes @ w`` for a 0/1 ``spikes``, split TF32 (module docstring) on CUDA float32 (GEMMs of at least
+    :data:`SPLIT_MIN_FLOPS`) or where ``split``."""
+    if not _split(w, split, 2.0 * spikes.shape[0] * spikes.shape[1] * w.shape[1]):
         return torch.mm(spikes, w, out=out)
     hi, lo = tf32_parts(w.contiguous())
     with _tf32():
@@ -71,9 +75,9 @@ def spike_mm(spikes: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = N
 def weight_grad_into(acc: torch.Tensor, y: torch.Tensor, coef: torch.Tensor, spikes: torch.Tensor,
                      split: bool | None = None) -> torch.Tensor:
     """``acc += Σ_{s,b} coef[b, i] y[s, b, i] spikes[(s, b), j]`` for ``y (T, B, N_out)``, ``coef (B, N_out)`` and 0/1
-    ``spikes (T·B, N_in)``: split TF32 (module docstring) on CUDA float32 or where ``split``, the scaled operand's two
-    parts made in one pass."""
-    if not _split(y, split):
+    ``spikes (T·B, N_in)``: split TF32 (module docstring) on CUDA float32 (GEMMs of at least :data:`SPLIT_MIN_FLOPS`)
+    or where ``split``, the scaled operand's two parts made in one pass."""
+    if not _split(y, split, 2.0 * spikes.shape[0] * spikes.shape[1] * acc.shape[0]):
         return acc.addmm_((y * coef).flatten(0, 1).t(), spikes)
     hi, lo = tk.scaled_tf32_parts(y.contiguous(), coef.contiguous())
     with _tf32():
@@ -93,7 +97,7 @@ def post_side(post: torch.Tensor, kernel: PSPKernel, keep: bool = False) -> torc
     known = derived.get(post)
     if isinstance(known, _PostSide):
         return known.y
-    y = tk.anticausal_traces(tk.post_event_matrix(post.contiguous(), kernel), kernel)
+    y, _ = tk.post_side(post.contiguous(), kernel)  # A and its anticausal traces in one time-parallel launch
     if keep:
         derived.put(post, _PostSide(y))
     return y
@@ -142,15 +146,14 @@ def linear_backward(pre: torch.Tensor, post: torch.Tensor, weight: torch.Tensor,
         rows = slice(b0, min(B, b0 + step))
         x = pre[:, rows]
         flat = x.reshape(-1, n_in)  # a view when one chunk holds the batch
-        a = tk.post_event_matrix(post[:, rows].contiguous(), kernel)
-        side = None
+        chunk = post[:, rows].contiguous()
         if rho is None:
-            y = tk.anticausal_traces(a, kernel)
+            y, side = tk.post_side(chunk, kernel)
         elif currents is not None:
-            y, side = tk.anticausal_side(a, kernel, currents[:, rows].contiguous())
+            y, side = tk.post_side(chunk, kernel, currents[:, rows].contiguous())
             side = side * tau_s
         else:
-            y, side = tk.anticausal_side(a, kernel, spike_mm(flat, weight.t()).view(T, -1, n_out))
+            y, side = tk.post_side(chunk, kernel, spike_mm(flat, weight.t()).view(T, -1, n_out))
         coef = coef_for(side, rows)
         weight_grad_into(grad_w, y, coef, flat)
         if need_below:
