@@ -89,7 +89,7 @@ class _Timer(L.Callback):
     """Times each training epoch; past ``max_seconds`` it stops the epoch after the current batch."""
 
     def __init__(self, sync, max_seconds: float | None = None) -> None:
-        self.sync, self.max_seconds, self.seconds, self.samples, self.capped = sync, max_seconds, [], [], False
+        self.sync, self.max_seconds, self.seconds, self.samples = sync, max_seconds, [], []
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self.sync()
@@ -97,7 +97,7 @@ class _Timer(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.max_seconds is not None and time.perf_counter() - self._start > self.max_seconds:
-            trainer.should_stop = self.capped = True
+            trainer.should_stop = True
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self.sync()
@@ -131,7 +131,8 @@ def time_row(name: str, device: torch.device, scale: float, steps: int | None = 
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None
     return {"dataset": dataset, "arch": arch, "steps": steps, "batch": batch, "samples": trained,
             "epoch_seconds": seconds, "seconds_per_sample": seconds / trained,
-            "samples_per_second": trained / seconds, "peak_gpu_gib": peak, "capped": timer.capped}
+            "samples_per_second": trained / seconds, "peak_gpu_gib": peak,
+            "capped": trained < data.n_train}  # the cap cut the epoch short (not: its last batch ended late)
 
 
 def estimate(rows: dict[str, dict], seeds: int = 5) -> dict[str, dict]:

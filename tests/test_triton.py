@@ -338,7 +338,7 @@ def test_triton_contraction_in_sample_chunks_equals_one_chunk(budget_samples, mo
     pixels = torch.randint(0, 256, (3, 10), generator=torch.Generator().manual_seed(5)).float()
     labels = torch.tensor([0, 3, 1])
     spikes_one, grads_one = _step("triton", make_net, pixels, labels, steps=40)
-    per_sample = 40 * (5 * 16 + 10) * 4  # the hidden layer's bytes per sample (triton_path.linear_backward)
+    per_sample = 40 * (4 * 16 + 10) * 4  # the hidden layer's bytes per sample (triton_path.linear_backward)
     monkeypatch.setattr(triton_path, "GPU_CHUNK_BYTES", budget_samples * per_sample)
     monkeypatch.setattr(triton_path, "EXPLICIT_MAX_POST", 8)  # the 16 hidden neurons take the chunked wide form
     calls: list[int] = []

@@ -48,15 +48,14 @@ CSRC = Path(__file__).resolve().parent / "ops" / "csrc"
 DEFAULT_EXTENSIONS_DIR = Path.home() / ".cache" / "hm2bp" / "extensions"
 
 
-def _from_env(name: str, default: str, choices: tuple[str, ...]) -> str:
-    value = os.environ.get(name, default)
+def _valid(what: str, value: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+        raise ValueError(f"{what} must be one of {choices}, got {value!r}")
     return value
 
 
-_backend = _from_env("HM2BP_OPS", "auto", BACKENDS)
-_strategy = _from_env("HM2BP_STRATEGY", "auto", STRATEGIES)
+_backend = _valid("HM2BP_OPS", os.environ.get("HM2BP_OPS", "auto"), BACKENDS)
+_strategy = _valid("HM2BP_STRATEGY", os.environ.get("HM2BP_STRATEGY", "auto"), STRATEGIES)
 _lock = threading.Lock()
 _built: dict[str, ModuleType | None] = {}
 _announced: set[str] = set()
@@ -65,9 +64,7 @@ _announced: set[str] = set()
 def set_backend(name: str) -> None:
     """Choose the kernels (see the module docstring): ``"auto"``, ``"torch"``, ``"compiled"`` or ``"triton"``."""
     global _backend
-    if name not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
-    _backend = name
+    _backend = _valid("backend", name, BACKENDS)
 
 
 def get_backend() -> str:
@@ -77,9 +74,7 @@ def get_backend() -> str:
 def set_strategy(name: str) -> None:
     """Choose the pure-PyTorch path's contraction strategy (module docstring)."""
     global _strategy
-    if name not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}, got {name!r}")
-    _strategy = name
+    _strategy = _valid("strategy", name, STRATEGIES)
 
 
 def get_strategy() -> str:

@@ -18,16 +18,21 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 
 from hm2bp.ops import triton_kernels as tk
 from hm2bp.ops.torch_kernels import CoefFor, coef_rule
 from hm2bp.spsp import PSPKernel, spike_sums
 from hm2bp.workspace import derived
 
-# The GPU form holds, per chunk of samples, the event matrix (2T rows), its anticausal traces and two GEMM results
-# (T rows each), all post-neuron wide, plus the chunk's pre raster: at most this many bytes.
+if TYPE_CHECKING:
+    from hm2bp.functional import HM2BPRule
+
+# The wide layers' form holds, per chunk of samples, Y, the chunk's currents and Y's two TF32 parts (T rows each,
+# post-neuron wide), plus the chunk's pre raster: at most this many bytes.
 GPU_CHUNK_BYTES = 2 << 30
 SPLIT_TF32: bool | None = None  # None: on CUDA tensors; True: everywhere (the GPU cost model's trace); False: never
 # Smaller GEMMs stay in one fp32 pass: the split's extra launches (~3 × 5 µs) cost more than TF32's rate saves below
@@ -138,7 +143,7 @@ def linear_backward(pre: torch.Tensor, post: torch.Tensor, weight: torch.Tensor,
         coef = coef_for((e * weight).sum(2) if rho is not None else None, slice(None))
         gwe = torch.einsum("bi,ij,bij->bj", g, weight, e) if need_below else None
         return coef, torch.einsum("bi,bij->ij", coef, e), gwe, o, o_pre
-    per_sample = T * (5 * n_out + n_in) * pre.element_size()
+    per_sample = T * (4 * n_out + n_in) * pre.element_size()
     step = max(1, GPU_CHUNK_BYTES // max(1, per_sample))
     grad_w = weight.new_zeros(weight.shape)
     coefs, lower = [], []
@@ -176,3 +181,84 @@ def local_spsp(post: torch.Tensor, pre: torch.Tensor, kernel: PSPKernel, index: 
         r1 = min(rows, r0 + step)
         out += torch.einsum("rbp,rbpm->bpm", a[r0:r1], x[r0:r1][:, :, index])
     return out
+
+
+def conv_backward(pre: torch.Tensor, post: torch.Tensor, weight: torch.Tensor, g: torch.Tensor, rule: HM2BPRule,
+                  kernel: PSPKernel, nu: float, need_below: bool, currents: torch.Tensor | None = None,
+                  tau_s: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`hm2bp.ops.conv_backward` in the anticausal form, with convolutions over the ``T·B`` images in place of
+    the local S-PSPs.
+
+    With ``x`` the 0/1 pre raster as ``T·B`` images ``(T·B, C, H, W)``, ``Y`` the anticausal traces of the post
+    raster as ``(T·B, C', H', W')`` (:func:`post_side`), ``e_pm = Σ_s Y[s, p]·x[s, q_m(p)]``, ``⊛`` the valid
+    cross-correlation, ``⊛ᵀ`` its transpose (``conv2d_input``) and ``[·]`` 0/1 masks:
+
+    * side effect ``Σ_m w_m e_pm = Σ_s Y[s, p]·(x ⊛ W)[s, p]``, summed against ``Y`` in the kernel that makes ``Y``:
+      ``x ⊛ W = τs·currents`` from the forward's ``currents (T, B, N_out)`` where given, else one convolution;
+    * weight gradient ``Σ_{b, p} coef_p ê_pm = conv2d_weight(x, coef·Y) + silent_post_psp·conv2d_weight([o_pre > 0],
+      coef·[o = 0])`` (``ê`` is ``e`` except for a silent post and active pre, where it is ``silent_post_psp``; ``e``
+      is 0 for a silent post, so the two terms add);
+    * error below (effect ratio) ``δ_q = Σ_{p ∋ q} g_p w_m r_pm``, ``r = e/o_pre`` where both neurons fire, else
+      ``silent_effect_ratio``: ``Σ_s x[s, q]·((g·Y) ⊛ᵀ W)[s, q] / max(o_pre(q), 1)`` (``e`` is 0 wherever either
+      neuron is silent, so no mask) plus ``silent_effect_ratio·(g·[o = 0] ⊛ᵀ W)(q)`` for a firing ``q`` and
+      ``silent_effect_ratio·(g ⊛ᵀ W)(q)`` for a silent one; without the effect ratio ``(g ⊛ᵀ W)(q)``.
+
+    cuDNN stays out of TF32 (:func:`hm2bp.conv._conv_precision`), as in the forward."""
+    from hm2bp.conv import _conv_precision  # hm2bp.conv imports the ops package: resolved at call time
+
+    T, B, C, H, W = pre.shape
+    c_out, _, K, _ = weight.shape
+    ho, wo = H - K + 1, W - K + 1
+    maps = (c_out, ho, wo)
+    x = pre.reshape(T * B, C, H, W)
+    o = spike_sums(post).view(B, *maps)
+    o_pre = spike_sums(pre.view(T, B, -1)).view(B, C, H, W)
+    fired, pre_on = o > 0, o_pre > 0
+    g = g.reshape(B, *maps)
+    with _conv_precision():
+        if rule.side_effect:  # S_p = (1/ν) Σ_m w_m e_pm / o_p, or silent_post_rho·Σ_m w_m/ν for a silent p
+            if currents is not None:
+                y, side = tk.post_side(post.contiguous(), kernel, currents.contiguous())
+                side = side * tau_s
+            else:
+                y, side = tk.post_side(post.contiguous(), kernel, F.conv2d(x, weight).view(T, B, -1))
+            side = torch.where(fired, side.view(B, *maps) / o.clamp(min=1),
+                               rule.silent_post_rho * weight.sum((1, 2, 3)).view(c_out, 1, 1))
+            coef = g * (1.0 + side / nu)
+        else:
+            y, coef = post_side(post, kernel), g
+        y = y.view(T, B, *maps)
+        grad_w = torch.nn.grad.conv2d_weight(x, weight.shape, (y * coef).view(T * B, *maps))
+        if rule.silent_post_psp != 0.0:  # a rule constant, not a tensor value: no host read
+            silent = torch.where(fired, 0.0, coef)
+            grad_w += rule.silent_post_psp * torch.nn.grad.conv2d_weight(pre_on.to(x.dtype), weight.shape, silent)
+        if not need_below:
+            return grad_w, None
+        if not rule.effect_ratio:
+            return grad_w, torch.nn.grad.conv2d_input((B, C, H, W), weight, g)
+        back = torch.nn.grad.conv2d_input((T * B, C, H, W), weight, (y * g).view(T * B, *maps))
+        delta = (back.view(T, B, C, H, W) * pre).sum(0) / o_pre.clamp(min=1)
+        if rule.silent_effect_ratio != 0.0:
+            # the silent posts' terms and all terms in one call: a firing q takes the first, a silent q the second
+            both = torch.nn.grad.conv2d_input((2 * B, C, H, W), weight, torch.cat([torch.where(fired, 0.0, g), g]))
+            delta += rule.silent_effect_ratio * torch.where(pre_on, both[:B], both[B:])
+    return grad_w, delta
+
+
+def pool_backward(pre: torch.Tensor, post: torch.Tensor, g: torch.Tensor, k: int, rule: HM2BPRule,
+                  kernel: PSPKernel) -> torch.Tensor:
+    """:func:`hm2bp.ops.pool_backward` without local S-PSP gathers: each input ``q`` lies in exactly one window
+    ``p(q)`` (weight 1), so ``e_{p(q) q} = Σ_s Y[s, p(q)]·x[s, q]`` is ``Y`` upsampled by the window times the pre
+    raster, summed over steps; then ``δ_q = g_{p(q)}·r``, ``r = e/o_pre`` where both neurons fire, else
+    ``silent_effect_ratio`` (or ``δ_q = g_{p(q)}`` without the effect ratio)."""
+    T, B, C, H, W = pre.shape
+    ho, wo = H // k, W // k
+    g = g.reshape(B, C, ho, 1, wo, 1)
+    if not rule.effect_ratio:
+        return g.expand(B, C, ho, k, wo, k).reshape(B, C, H, W)
+    y = post_side(post, kernel).view(T, B, C, ho, 1, wo, 1)
+    e = (pre.view(T, B, C, ho, k, wo, k) * y).sum(0)  # (B, C, ho, k, wo, k): e of each input with its window
+    o = spike_sums(post).view(B, C, ho, 1, wo, 1)
+    o_pre = spike_sums(pre.view(T, B, -1)).view(B, C, ho, k, wo, k)
+    both = (o > 0) & (o_pre > 0)
+    return (g * torch.where(both, e / o_pre.clamp(min=1), rule.silent_effect_ratio)).reshape(B, C, H, W)
