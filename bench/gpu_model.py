@@ -13,12 +13,11 @@ counts, backward, and ``torch.optim.Adam(fused=True)`` (what ``HM2BPModule.confi
 ``@triton.jit`` launch (``kernel[grid](...)``) is recorded with its grid and arguments and **not run** (its cost
 comes from the model; the Triton path reads no value on the host, so the unwritten outputs change no op sequence).
 
-**Batch.** The row's real batch would take too long on 2 cores (the CNN's backward gathers ~100 GB of traces), so
-the step is traced at small batches (default 2 and 3: at batch 1 some ops see size-1 dimensions and take other
+**Batch.** The row's real batch would take too long on 2 cores, so the step is traced at small batches (default 2 and 3: at batch 1 some ops see size-1 dimensions and take other
 paths) and every count is extrapolated to the real batch along the line through the two: GEMM FLOPs and
 elementwise bytes are per-sample work (∝ B) plus weight-sized work (Adam, weight gradients; constant), so the line is
 exact; launch counts and Triton loop time are constant in B except where a chunk loop's trip count depends on B (the
-engine's memory budget per chunk, e.g. the conv layers' dense local S-PSPs): ``batch_dependent_launches`` flags such
+engine's memory budget per chunk, e.g. the wide layers' sample chunks): ``batch_dependent_launches`` flags such
 rows, whose launch counts are then a linear estimate of a step function.
 
 **Counts.** *ATen launches*: ``aten::`` ops except :data:`NO_LAUNCH` (views, metadata, allocations, scalar reads);

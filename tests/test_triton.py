@@ -161,11 +161,11 @@ def test_training_step_through_triton_equals_pure_pytorch(arch, shape, monkeypat
         real = getattr(tk, name)
         monkeypatch.setattr(tk, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
     spikes_x, grads_x = _step("triton", make_net, pixels, labels, steps=40)
-    # the fully-connected layers contract in the anticausal form (the fused post side: no pre traces, no event
-    # matrix); conv layers read pre traces and the event matrix
-    assert set(kernels) - ({"pre_traces", "post_event_matrix"} if arch == "16-4" else set()) <= set(calls)
-    if arch == "16-4":  # one post side per layer: the output layer's serves both Λ and the contraction
-        assert calls.count("post_side") == 2 and "post_event_matrix" not in calls
+    # every layer contracts in the anticausal form (the fused post side): no pre traces, no event matrix
+    assert set(kernels) - {"pre_traces", "post_event_matrix"} <= set(calls)
+    assert "pre_traces" not in calls and "post_event_matrix" not in calls
+    # one post side per layer (pooling included); the output layer's serves both Λ and the contraction
+    assert calls.count("post_side") == len(arch.split("-"))
     assert all(torch.equal(a, b) for a, b in zip(spikes_t, spikes_x, strict=True))
     assert all(s.sum() > 0 for s in spikes_t)
     for a, b in zip(grads_t, grads_x, strict=True):

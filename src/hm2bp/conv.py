@@ -10,6 +10,12 @@ event's receptive field (:func:`hm2bp.ops.local_spsp`), and then applies docs/al
   the output pixels of the map (weight sharing), with ``g_p = δ_p/ν``;
 * error below ``δ_q = Σ_{p ∋ q} g_p w_m r_pm``, summed over every field holding ``q`` (``F.fold``).
 
+The pair-by-pair form lives in :func:`hm2bp.ops.conv_backward` / :func:`hm2bp.ops.pool_backward`, which on the
+Triton path take the anticausal form instead, as linear layers do: with ``Y`` the post raster's anticausal traces and
+``x`` the pre raster as ``T·B`` images, ``e_pm = Σ_s Y[s, p] x[s, q_m(p)]``, so every sum above is a convolution over
+the ``T·B`` images (``Σ_m w_m e_pm = Σ_s Y·(x ⊛ W)``, ``Σ_{b,p} coef_p e_pm = conv2d_weight(x, coef·Y)``,
+``Σ_{p ∋ q} g_p w_m e_pm = Σ_s x·conv2d_input(g·Y, W)``) and no local S-PSP is gathered.
+
 Pooling neurons have one fixed input window (weight 1) each and the same local S-PSPs; they pass the error
 ``δ_q = (δ_p/k²)·r_pq`` down as the authors code it, or ``(δ_p/ν_pool)·r_pq`` (the chain rule of the linear layer),
 per :attr:`HM2BPRule.pool_error_scale`.
@@ -74,13 +80,12 @@ class HM2BPConv2dFunction(torch.autograd.Function):
         c_out, _, K, _ = weight.shape
         out_shape = (c_out, H - K + 1, W - K + 1)
         pre_tm = pre.transpose(0, 1).contiguous()  # (T, B, C, H, W)
-        n_out = out_shape[0] * out_shape[1] * out_shape[2]
-        buf = setup.buffers.get((T + 1, B, n_out), pre_tm)
         with _conv_precision():
             currents = F.conv2d(pre_tm.view(T * B, C, H, W), weight / setup.lif.tau_s)
-        buf[1:].view(T * B, *out_shape).copy_(currents)
-        post_tm = ops.scan(buf, setup.lif)
-        ctx.setup = setup
+        # the side effect's Σ_m w_m e_pm reads the currents where the backward takes the anticausal form (Triton)
+        post_tm, kept = ops.scan_currents(currents.view(T, B, -1), setup.lif, setup.buffers,
+                                          keep=setup.rule.side_effect)
+        ctx.setup, ctx.currents = setup, kept
         ctx.save_for_backward(pre_tm, weight, post_tm)
         return post_tm.view(T, B, *out_shape).transpose(0, 1)
 
@@ -88,37 +93,13 @@ class HM2BPConv2dFunction(torch.autograd.Function):
     def backward(ctx, grad_post: torch.Tensor):
         pre, weight, post = ctx.saved_tensors  # (T, B, C, H, W), (C', C, K, K), (T, B, N_out)
         setup: LayerSetup = ctx.setup
-        rule, kernel, nu = setup.rule, setup.kernel, setup.lif.threshold
         T, B, C, H, W = pre.shape
-        c_out, _, K, _ = weight.shape
-        L, M = (H - K + 1) * (W - K + 1), C * K * K
-        pre = pre.view(T, B, -1)
-        index = conv_index((C, H, W), c_out, K, pre.device)
-        e = ops.local_spsp(post, pre, kernel, index, setup.buffers).view(B, c_out, L, M)  # e_pq, q in p's field
-        w = weight.view(c_out, 1, M)
-        g = grad_post.mean(1).reshape(B, c_out, L) / nu  # δ/ν, δ = ∂L/∂o
-        o = post.sum(0).view(B, c_out, L)
-        fired = o > 0
-        o_pre = pre.sum(0)[:, index].view(B, c_out, L, M)  # each pair's pre count
-        pre_on = o_pre > 0
-
-        coef = g
-        if rule.side_effect:  # S_p = (1/ν) Σ_q w ρ_pq, ρ = e/o_p, or silent_post_rho for a silent p
-            side = torch.where(fired, (e * w).sum(-1) / o.clamp(min=1), rule.silent_post_rho * w.sum(-1))
-            coef = coef * (1.0 + side / nu)
-        silent_pair = ~fired[..., None] & pre_on  # silent post, active pre: ê = silent_post_psp
-        e_hat = torch.where(silent_pair, rule.silent_post_psp, e)
-        grad_w = torch.einsum("bcl,bclm->cm", coef, e_hat).view_as(weight)
-
-        grad_pre = None
-        if ctx.needs_input_grad[0]:
-            if rule.effect_ratio:  # r = e/o_pre, or silent_effect_ratio when either neuron is silent
-                ratio = torch.where(fired[..., None] & pre_on, e / o_pre.clamp(min=1), rule.silent_effect_ratio)
-            else:
-                ratio = torch.ones_like(e)
-            terms = (g[..., None] * w * ratio).sum(1)  # (B, L, M): Σ_{c'} g_p w_pq r_pq
-            delta = F.fold(terms.transpose(1, 2), (H, W), K)  # adds each pixel's terms over the fields holding it
-            grad_pre = delta.view(B, 1, C, H, W).expand(B, T, C, H, W)
+        nu = setup.lif.threshold
+        g = grad_post.mean(1).reshape(B, weight.shape[0], -1) / nu  # δ/ν, δ = ∂L/∂o
+        grad_w, delta = ops.conv_backward(pre, post, weight, g, setup.rule, setup.kernel, nu,
+                                          ctx.needs_input_grad[0], setup.buffers, ctx.currents, setup.lif.tau_s)
+        ctx.currents = None  # T·B·N_out floats: freed as soon as they are read
+        grad_pre = None if delta is None else delta.view(B, 1, C, H, W).expand(B, T, C, H, W)
         return grad_pre, grad_w, None
 
 
@@ -148,18 +129,8 @@ class HM2BPPool2dFunction(torch.autograd.Function):
         if not ctx.needs_input_grad[0]:
             return None, None, None
         scale = float(k * k) if rule.pool_error_scale == "window" else setup.lif.threshold
-        g = grad_post.mean(1).reshape(B, -1, 1) / scale  # (B, N_out, 1)
-        pre_flat = pre.view(T, B, -1)
-        index = pool_index((C, H, W), k, pre.device)
-        if rule.effect_ratio:  # r = e/o_pre, or silent_effect_ratio when either neuron is silent
-            e = ops.local_spsp(post, pre_flat, setup.kernel, index, setup.buffers)
-            o_pre = pre_flat.sum(0)[:, index]
-            both = (post.sum(0) > 0)[..., None] & (o_pre > 0)
-            terms = g * torch.where(both, e / o_pre.clamp(min=1), rule.silent_effect_ratio)
-        else:
-            terms = g.expand(B, index.shape[0], index.shape[1])
-        # each input lies in exactly one window: scatter the window terms back to input positions
-        delta = g.new_zeros(B, C * H * W).scatter_(1, index.reshape(1, -1).expand(B, -1), terms.reshape(B, -1))
+        g = grad_post.mean(1).reshape(B, -1) / scale  # (B, N_out)
+        delta = ops.pool_backward(pre, post, g, k, rule, setup.kernel, setup.buffers)
         return delta.view(B, 1, C, H, W).expand(B, T, C, H, W), None, None
 
 

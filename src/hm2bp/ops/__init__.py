@@ -4,10 +4,13 @@
 op                     C++ (:mod:`.cpp_kernels`)   Triton (:mod:`.triton_path`)  PyTorch (:mod:`.torch_kernels`)
 =====================  ==========================  ===========================  ===========================
 :func:`scan`           in-place scan               scan kernel + spike counts   :func:`~hm2bp.neuron.scan_core`
+:func:`scan_currents`  copy + in-place scan        scan kernel, currents kept   copy + scan
 :func:`linear_forward` currents fused in the scan  split-TF32 GEMM + scan        GEMM (or indexed rows) + scan
 :func:`linear_backward` per-sample S-PSP rows      anticausal traces + GEMMs     pairs / dense / sparse
 :func:`self_spsp`      per-sample S-PSPs           anticausal traces + ``bmm``   event list + traces
 :func:`local_spsp`     (PyTorch)                   event matrix + traces         event list + gathered traces
+:func:`conv_backward`  (PyTorch)                   anticausal traces + convs     local S-PSPs, pair by pair
+:func:`pool_backward`  (PyTorch)                   anticausal traces, upsampled  local S-PSPs, pair by pair
 :func:`bernoulli_spikes` hashed thresholds         hashed thresholds             int32 hash
 =====================  ==========================  ===========================  ===========================
 
@@ -18,7 +21,10 @@ layer beats GEMM + scan + sparse contractions, and the C++ scan beats the pure-P
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
+import torch.nn.functional as F
 
 from hm2bp import backend
 from hm2bp.backend import Family
@@ -26,6 +32,9 @@ from hm2bp.neuron import LIFParams, scan_core
 from hm2bp.ops import cpp_kernels, torch_kernels
 from hm2bp.spsp import PSPKernel, indexed_matmul, remember_sums, spike_index
 from hm2bp.workspace import BufferPool
+
+if TYPE_CHECKING:
+    from hm2bp.functional import HM2BPRule
 
 FLOATS = (torch.float32, torch.float64)
 
@@ -61,6 +70,25 @@ def scan(buf: torch.Tensor, params: LIFParams, lateral_w0: float = 0.0) -> torch
     else:
         scan_core(buf, *args)
     return spikes
+
+
+def scan_currents(currents: torch.Tensor, params: LIFParams, pool: BufferPool, keep: bool = False
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Time-major spikes ``(T, B, N)`` of the LIF scan driven by ``currents = I/τs (T, B, N)`` (a conv or pooling
+    layer's), and ``currents`` themselves where ``keep`` and the backward reads them (Triton path), else None.
+
+    The Triton scan reads the currents where they lie (``drive``) and writes the spikes to their own buffer, so the
+    currents survive for the backward's side effect and are not copied; the other paths copy them into rows
+    ``1..T`` of one ``(T + 1, B, N)`` buffer that the scan overwrites with the spikes (:func:`scan`)."""
+    T, B, N = currents.shape
+    if _family("scan", currents) == "triton" and currents.is_contiguous():
+        spikes = pool.get((T, B, N), currents)
+        remember_sums(spikes, backend.triton_kernels(currents.device).lif_scan(spikes, *params.scan_args(0.0),
+                                                                               drive=currents))
+        return spikes, (currents if keep else None)
+    buf = pool.get((T + 1, B, N), currents)
+    buf[1:].copy_(currents)
+    return scan(buf, params), None
 
 
 def linear_forward(pre: torch.Tensor, weight: torch.Tensor, params: LIFParams, lateral_w0: float, pool: BufferPool,
@@ -152,6 +180,99 @@ def local_spsp(post: torch.Tensor, pre: torch.Tensor, kernel: PSPKernel, index: 
     if _family("local S-PSP", post, pre) == "triton":
         return _triton_path().local_spsp(post, pre, kernel, index, chunk_bytes)
     return torch_kernels.local_spsp(post, pre, kernel, index, pool, chunk_bytes, chunk_elems)
+
+
+def conv_backward(pre: torch.Tensor, post: torch.Tensor, weight: torch.Tensor, g: torch.Tensor, rule: HM2BPRule,
+                  kernel: PSPKernel, nu: float, need_below: bool, pool: BufferPool | None = None,
+                  currents: torch.Tensor | None = None, tau_s: float = 1.0
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """HM2-BP of a spiking conv layer (:class:`hm2bp.conv.HM2BPConv2dFunction`, docs/algorithm.md §6) from
+    time-major ``pre (T, B, C, H, W)`` and ``post (T, B, C'·H'·W')``, ``weight (C', C, K, K)`` and
+    ``g = δ/ν (B, C', H'·W')``: returns ``∂L/∂W`` and, when ``need_below``, the error below ``δ_q (B, C, H, W)``.
+
+    With ``e_pm = e_{p, q_m(p)}`` the local S-PSPs (input ``q_m(p)`` of output pixel ``p``'s field, weight ``w_m``),
+    ``o``/``o_pre`` the spike counts:
+
+    * ``coef_p = g_p (1 + S_p/ν)``, ``S_p = Σ_m w_m e_pm/o_p`` (``silent_post_rho·Σ_m w_m`` for a silent ``p``),
+      or ``g_p`` without the side effect;
+    * ``∂L/∂w_m = Σ_{b, p} coef_p ê_pm``, ``ê = silent_post_psp`` for a silent post and active pre, else ``e``;
+    * ``δ_q = Σ_{p ∋ q} g_p w_m r_pm``, ``r = e/o_pre`` where both neurons fire, else ``silent_effect_ratio``
+      (``r = 1`` without the effect ratio).
+
+    Triton path: the anticausal form with convolutions (:func:`hm2bp.ops.triton_path.conv_backward`), which reads
+    the forward's ``currents = (x ⊛ W)/τs (T, B, N_out)`` (:func:`scan_currents`) where given; elsewhere the local
+    S-PSPs (:func:`local_spsp`, memory ``O(B·N_out·C·K²)``) pair by pair."""
+    if _family("conv HM2-BP", post, pre, weight, g) == "triton":
+        return _triton_path().conv_backward(pre, post, weight, g, rule, kernel, nu, need_below, currents, tau_s)
+    return _conv_backward_pairs(pre, post, weight, g, rule, kernel, nu, need_below, pool)
+
+
+def _conv_backward_pairs(pre: torch.Tensor, post: torch.Tensor, weight: torch.Tensor, g: torch.Tensor,
+                         rule: HM2BPRule, kernel: PSPKernel, nu: float, need_below: bool, pool: BufferPool | None
+                         ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    from hm2bp.conv import conv_index  # hm2bp.conv imports this package: resolved at call time
+
+    T, B, C, H, W = pre.shape
+    c_out, _, K, _ = weight.shape
+    L, M = (H - K + 1) * (W - K + 1), C * K * K
+    pre = pre.view(T, B, -1)
+    index = conv_index((C, H, W), c_out, K, pre.device)
+    e = local_spsp(post, pre, kernel, index, pool).view(B, c_out, L, M)  # e_pq, q in p's field
+    w = weight.view(c_out, 1, M)
+    o = post.sum(0).view(B, c_out, L)
+    fired = o > 0
+    o_pre = pre.sum(0)[:, index].view(B, c_out, L, M)  # each pair's pre count
+    pre_on = o_pre > 0
+
+    coef = g
+    if rule.side_effect:  # S_p = (1/ν) Σ_q w ρ_pq, ρ = e/o_p, or silent_post_rho for a silent p
+        side = torch.where(fired, (e * w).sum(-1) / o.clamp(min=1), rule.silent_post_rho * w.sum(-1))
+        coef = coef * (1.0 + side / nu)
+    silent_pair = ~fired[..., None] & pre_on  # silent post, active pre: ê = silent_post_psp
+    e_hat = torch.where(silent_pair, rule.silent_post_psp, e)
+    grad_w = torch.einsum("bcl,bclm->cm", coef, e_hat).view_as(weight)
+    if not need_below:
+        return grad_w, None
+    if rule.effect_ratio:  # r = e/o_pre, or silent_effect_ratio when either neuron is silent
+        ratio = torch.where(fired[..., None] & pre_on, e / o_pre.clamp(min=1), rule.silent_effect_ratio)
+    else:
+        ratio = torch.ones_like(e)
+    terms = (g[..., None] * w * ratio).sum(1)  # (B, L, M): Σ_{c'} g_p w_pq r_pq
+    return grad_w, F.fold(terms.transpose(1, 2), (H, W), K)  # adds each pixel's terms over the fields holding it
+
+
+def pool_backward(pre: torch.Tensor, post: torch.Tensor, g: torch.Tensor, k: int, rule: HM2BPRule,
+                  kernel: PSPKernel, pool: BufferPool | None = None) -> torch.Tensor:
+    """Error below ``δ_q (B, C, H, W)`` of spiking ``k×k`` pooling (:class:`hm2bp.conv.HM2BPPool2dFunction`) from
+    time-major ``pre (T, B, C, H, W)``, ``post (T, B, C·(H/k)·(W/k))`` and the scaled error ``g (B, N_out)``: each
+    input ``q`` lies in one window ``p(q)``, ``δ_q = g_{p(q)}·r``, ``r = e_{p(q) q}/o_pre(q)`` where both neurons fire,
+    else ``silent_effect_ratio`` (``r = 1`` without the effect ratio).
+
+    Triton path: ``e`` from the anticausal traces upsampled by the window (:func:`hm2bp.ops.triton_path.pool_backward`);
+    elsewhere the local S-PSPs (:func:`local_spsp`)."""
+    if _family("pooling HM2-BP", post, pre, g) == "triton":
+        return _triton_path().pool_backward(pre, post, g, k, rule, kernel)
+    return _pool_backward_pairs(pre, post, g, k, rule, kernel, pool)
+
+
+def _pool_backward_pairs(pre: torch.Tensor, post: torch.Tensor, g: torch.Tensor, k: int, rule: HM2BPRule,
+                         kernel: PSPKernel, pool: BufferPool | None) -> torch.Tensor:
+    from hm2bp.conv import pool_index  # hm2bp.conv imports this package: resolved at call time
+
+    T, B, C, H, W = pre.shape
+    g = g.reshape(B, -1, 1)
+    pre_flat = pre.view(T, B, -1)
+    index = pool_index((C, H, W), k, pre.device)
+    if rule.effect_ratio:  # r = e/o_pre, or silent_effect_ratio when either neuron is silent
+        e = local_spsp(post, pre_flat, kernel, index, pool)
+        o_pre = pre_flat.sum(0)[:, index]
+        both = (post.sum(0) > 0)[..., None] & (o_pre > 0)
+        terms = g * torch.where(both, e / o_pre.clamp(min=1), rule.silent_effect_ratio)
+    else:
+        terms = g.expand(B, index.shape[0], index.shape[1])
+    # each input lies in exactly one window: scatter the window terms back to input positions
+    delta = g.new_zeros(B, C * H * W).scatter_(1, index.reshape(1, -1).expand(B, -1), terms.reshape(B, -1))
+    return delta.view(B, C, H, W)
 
 
 def bernoulli_spikes(indices: torch.Tensor, salt: int, q: torch.Tensor, steps: int, dtype: torch.dtype,
