@@ -13,11 +13,12 @@ counts, backward, and ``torch.optim.Adam(fused=True)`` (what ``HM2BPModule.confi
 ``@triton.jit`` launch (``kernel[grid](...)``) is recorded with its grid and arguments and **not run** (its cost
 comes from the model; the Triton path reads no value on the host, so the unwritten outputs change no op sequence).
 
-**Batch.** The row's real batch would take too long on 2 cores, so the step is traced at small batches (default 2 and 3: at batch 1 some ops see size-1 dimensions and take other
-paths) and every count is extrapolated to the real batch along the line through the two: GEMM FLOPs and
-elementwise bytes are per-sample work (∝ B) plus weight-sized work (Adam, weight gradients; constant), so the line is
-exact; launch counts and Triton loop time are constant in B except where a chunk loop's trip count depends on B (the
-engine's memory budget per chunk, e.g. the wide layers' sample chunks): ``batch_dependent_launches`` flags such
+**Batch.** The row's real batch would take too long on 2 cores, so the step is traced at small batches (default 2
+and 3: at batch 1 some ops see size-1 dimensions and take other paths) and every count is extrapolated to the real
+batch along the line through the two: GEMM FLOPs and elementwise bytes are per-sample work (∝ B) plus weight-sized
+work (Adam, weight gradients; constant), so the line is exact; launch counts and Triton loop time are constant in B
+except where a chunk loop's trip count depends on B (the engine's memory budget per chunk, e.g. the wide layers'
+sample chunks): ``batch_dependent_launches`` flags such
 rows, whose launch counts are then a linear estimate of a step function.
 
 **Counts.** *ATen launches*: ``aten::`` ops except :data:`NO_LAUNCH` (views, metadata, allocations, scalar reads);
@@ -95,6 +96,12 @@ ROWS = {
     "mnist_mlp": Row("800-10", (784,), (20.0, 8.0), 400, 128),
     "nmnist_mlp": Row("800-10", (2312,), (15.0, 15.0), 540, 128),
     "mnist_cnn": Row("15C5-P2-40C5-P2-300-10", (1, 28, 28), (5.0, 2.0, 12.0, 4.0, 10.0, 10.0), 400, 32),
+    "emnist_mlp_200_200": Row("200-200-47", (784,), (20.0, 20.0, 8.0), 400, 128),
+    "emnist_mlp_400_400": Row("400-400-47", (784,), (20.0, 20.0, 8.0), 400, 128),
+    # conf/model/base_ti46.yaml's targets; the 78 Lyon-ear channels stand in as Bernoulli-coded inputs
+    "ti46_alpha_mlp": Row("800-26", (78,), (20.0, 5.0), 1000, 128, (45.0, 15.0, 5.0)),
+    "ti46_alpha_mlp_400_400": Row("400-400-26", (78,), (20.0, 20.0, 5.0), 1000, 128, (45.0, 15.0, 5.0)),
+    "ti46_alpha_mlp_800_800": Row("800-800-26", (78,), (20.0, 20.0, 5.0), 1000, 128, (45.0, 15.0, 5.0)),
     # the authors' protocol, one sample per step (trainer=paper): latency-bound
     "mnist_mlp_batch1": Row("800-10", (784,), (20.0, 8.0), 400, 1, protocol="mnist_mlp"),
 }
@@ -561,8 +568,10 @@ def recording() -> Iterator[Recorder]:
 
 
 @contextlib.contextmanager
-def triton_backend() -> Iterator[None]:
-    """The engine's Triton path for the code inside, its GEMMs as on a GPU (the settings it had afterwards)."""
+def triton_backend(scale: float = 1.0) -> Iterator[None]:
+    """The engine's Triton path for the code inside, its GEMMs as on a GPU (the settings it had afterwards):
+    split into TF32 parts where they would be at the real batch, ``scale`` = traced batch / real batch times
+    smaller."""
     try:  # where the backend table lives moved between revisions
         from hm2bp.backend import get_backend, set_backend
     except ImportError:
@@ -571,16 +580,20 @@ def triton_backend() -> Iterator[None]:
         from hm2bp.ops import triton_path
     except ImportError:
         triton_path = None
-    before = get_backend(), getattr(triton_path, "SPLIT_TF32", None)
+    before = get_backend(), getattr(triton_path, "SPLIT_TF32", None), getattr(triton_path, "SPLIT_MIN_FLOPS", None)
     set_backend("triton")
     if triton_path is not None:
         triton_path.SPLIT_TF32 = True
+        if before[2] is not None:
+            triton_path.SPLIT_MIN_FLOPS = before[2] * scale
     try:
         yield
     finally:
         set_backend(before[0])
         if triton_path is not None:
             triton_path.SPLIT_TF32 = before[1]
+            if before[2] is not None:
+                triton_path.SPLIT_MIN_FLOPS = before[2]
 
 
 def training_step(row: Row, batch: int) -> tuple[Callable[[Recorder | None], None], torch.optim.Optimizer]:
@@ -635,7 +648,7 @@ def worker(rows: list[str], batches: list[int]) -> dict:
         start = time.perf_counter()
         traced = {}
         for batch in batches:
-            with triton_backend():
+            with triton_backend(batch / ROWS[name].batch):
                 step, _ = training_step(ROWS[name], batch)
                 traced[str(batch)] = trace_step(step).summary()
         out["rows"][name] = {"traced": traced, "trace_seconds": time.perf_counter() - start}
@@ -728,6 +741,11 @@ def table(results: dict[str, dict], rows: list[str]) -> str:
     for name in rows:
         for tag, res in results.items():
             lines.append(_fmt_row(name, tag, res["rows"][name]))
+    for tag, res in results.items():  # the paper table's rows (each its own protocol; not the batch-1 variant)
+        table_rows = [n for n in rows if not ROWS[n].protocol]
+        hours = sum(res["rows"][n]["est_h200_gpu_hours_5_seeds_paper_protocol"]["no_graph"] for n in table_rows)
+        lines.append(f"\n{tag}: {hours:.1f} est. H200-hours for 5 seeds of the {len(table_rows)} paper rows above "
+                     "(no graph)")
     return "\n".join(lines)
 
 
