@@ -96,7 +96,8 @@ for rec in records:
     phases.append(phase)
 data = {"mode": mode, "run_id": run_id, "budget_s": int(budget), "seconds": time.time() - int(start) / 1000,
         "ok": [p["name"] for p in phases if p["status"] == "ok"],
-        "failed": [p["name"] for p in phases if p["status"] != "ok"], "phases": phases}
+        "failed": [p["name"] for p in phases if p["status"] in ("failed", "timeout")],
+        "skipped": [p["name"] for p in phases if p["status"] == "skipped"], "phases": phases}
 fd, tmp = tempfile.mkstemp(dir=out, prefix=".summary.", suffix=".tmp")
 with os.fdopen(fd, "w") as f:
     json.dump(data, f, indent=2)

@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from conftest import refractory_trains
-from hm2bp.conv import conv_index, hm2bp_conv2d, hm2bp_pool2d, pool_index
+from hm2bp.conv import hm2bp_conv2d, hm2bp_pool2d
 from hm2bp.functional import HM2BPRule, LayerSetup, hm2bp_linear
 from hm2bp.layers import CONV_THRESHOLD_EPS, SpikingConv2d, SpikingPool2d
 from hm2bp.neuron import LIFParams
 from hm2bp.ops import local_spsp
-from hm2bp.ops.torch_kernels import LOCAL_CHUNK_ELEMS
+from hm2bp.ops.torch_kernels import LOCAL_CHUNK_ELEMS, conv_index, pool_index
 from hm2bp.reference import (
     conv_forward_reference,
     hm2bp_conv_reference,

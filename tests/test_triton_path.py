@@ -6,7 +6,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 
@@ -79,21 +78,6 @@ def test_split_tf32_weight_gradient_keeps_float32_accuracy():
     bound = (scaled.abs() @ spikes.double()) * (2.0**-21 + steps * batch * 2.0**-24) + 2.0**-24
     assert ((got.double() - exact).abs() <= bound).all()
     assert not ((weight_grad_into(acc.clone(), y, coef, spikes, split=False).double() - exact).abs() > bound).any()
-
-
-@pytest.mark.parametrize("convention", ["original", "exact"])
-def test_anticausal_side_is_the_sum_of_y_times_the_drive(convention):
-    from conftest import refractory_trains
-    from hm2bp.spsp import PSPKernel
-
-    kernel = PSPKernel(convention=convention, window=12 if convention == "original" else None)
-    post = refractory_trains(np.random.default_rng(4), 3, 30, 9, 0.2).transpose(0, 1).contiguous()
-    drive = torch.randn(30, 3, 9, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
-    a = tk.post_event_matrix(post.to(DEVICE), kernel)
-    y, side = tk.anticausal_side(a, kernel, drive.to(DEVICE))
-    assert torch.equal(y, tk.anticausal_traces(a, kernel))
-    torch.testing.assert_close(side.cpu(), (y.cpu() * drive).sum(0), rtol=1e-12, atol=1e-12)
-    assert side.abs().sum() > 0
 
 
 def test_neuron_imports_no_kernels_and_there_is_no_import_circle():

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -47,27 +46,6 @@ def _conv_precision() -> Iterator[None]:
         yield
     finally:
         torch.backends.cudnn.allow_tf32 = before
-
-
-def conv_index(in_shape: tuple[int, int, int], c_out: int, k: int, device: torch.device | None = None
-               ) -> torch.Tensor:
-    """``(C'·H'·W', C·k·k)``: flat input indices of each output pixel's receptive field, in ``(c, u, v)`` order
-    (the order of ``weight.view(C', -1)`` and of :func:`torch.nn.functional.unfold`)."""
-    C, H, W = in_shape
-    ho, wo = H - k + 1, W - k + 1
-    ar = partial(torch.arange, device=device)
-    offsets = (ar(C)[:, None, None] * (H * W) + ar(k)[None, :, None] * W + ar(k)[None, None, :]).reshape(-1)
-    corner = (ar(ho)[:, None] * W + ar(wo)[None, :]).reshape(-1)
-    return (corner[:, None] + offsets[None, :]).repeat(c_out, 1)
-
-
-def pool_index(in_shape: tuple[int, int, int], k: int, device: torch.device | None = None) -> torch.Tensor:
-    """``(C·(H/k)·(W/k), k·k)``: flat input indices of each pooling window (non-overlapping, stride ``k``)."""
-    C, H, W = in_shape
-    ar = partial(torch.arange, device=device)
-    corner = (ar(C)[:, None, None] * (H * W) + ar(H // k)[None, :, None] * (k * W)
-              + ar(W // k)[None, None, :] * k).reshape(-1)
-    return corner[:, None] + (ar(k)[:, None] * W + ar(k)[None, :]).reshape(-1)[None, :]
 
 
 class HM2BPConv2dFunction(torch.autograd.Function):
@@ -96,8 +74,9 @@ class HM2BPConv2dFunction(torch.autograd.Function):
         T, B, C, H, W = pre.shape
         nu = setup.lif.threshold
         g = grad_post.mean(1).reshape(B, weight.shape[0], -1) / nu  # δ/ν, δ = ∂L/∂o
-        grad_w, delta = ops.conv_backward(pre, post, weight, g, setup.rule, setup.kernel, nu,
-                                          ctx.needs_input_grad[0], setup.buffers, ctx.currents, setup.lif.tau_s)
+        with _conv_precision():
+            grad_w, delta = ops.conv_backward(pre, post, weight, g, setup.rule, setup.kernel, nu,
+                                              ctx.needs_input_grad[0], setup.buffers, ctx.currents, setup.lif.tau_s)
         ctx.currents = None  # T·B·N_out floats: freed as soon as they are read
         grad_pre = None if delta is None else delta.view(B, 1, C, H, W).expand(B, T, C, H, W)
         return grad_pre, grad_w, None

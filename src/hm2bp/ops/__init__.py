@@ -6,11 +6,11 @@ op                     C++ (:mod:`.cpp_kernels`)   Triton (:mod:`.triton_path`) 
 :func:`scan`           in-place scan               scan kernel + spike counts   :func:`~hm2bp.neuron.scan_core`
 :func:`scan_currents`  copy + in-place scan        scan kernel, currents kept   copy + scan
 :func:`linear_forward` currents fused in the scan  split-TF32 GEMM + scan        GEMM (or indexed rows) + scan
-:func:`linear_backward` per-sample S-PSP rows      anticausal traces + GEMMs     pairs / dense / sparse
-:func:`self_spsp`      per-sample S-PSPs           anticausal traces + ``bmm``   event list + traces
+:func:`linear_backward` per-sample S-PSP rows      post side + GEMMs             pairs / dense / sparse
+:func:`self_spsp`      per-sample S-PSPs           post side + ``bmm``           event list + traces
 :func:`local_spsp`     (PyTorch)                   event matrix + traces         event list + gathered traces
-:func:`conv_backward`  (PyTorch)                   anticausal traces + convs     local S-PSPs, pair by pair
-:func:`pool_backward`  (PyTorch)                   anticausal traces, upsampled  local S-PSPs, pair by pair
+:func:`conv_backward`  (PyTorch)                   post side + convolutions      local S-PSPs, pair by pair
+:func:`pool_backward`  (PyTorch)                   post side, upsampled          local S-PSPs, pair by pair
 :func:`bernoulli_spikes` hashed thresholds         hashed thresholds             int32 hash
 =====================  ==========================  ===========================  ===========================
 
@@ -24,7 +24,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 
 from hm2bp import backend
 from hm2bp.backend import Family
@@ -204,41 +203,7 @@ def conv_backward(pre: torch.Tensor, post: torch.Tensor, weight: torch.Tensor, g
     S-PSPs (:func:`local_spsp`, memory ``O(B·N_out·C·K²)``) pair by pair."""
     if _family("conv HM2-BP", post, pre, weight, g) == "triton":
         return _triton_path().conv_backward(pre, post, weight, g, rule, kernel, nu, need_below, currents, tau_s)
-    return _conv_backward_pairs(pre, post, weight, g, rule, kernel, nu, need_below, pool)
-
-
-def _conv_backward_pairs(pre: torch.Tensor, post: torch.Tensor, weight: torch.Tensor, g: torch.Tensor,
-                         rule: HM2BPRule, kernel: PSPKernel, nu: float, need_below: bool, pool: BufferPool | None
-                         ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    from hm2bp.conv import conv_index  # hm2bp.conv imports this package: resolved at call time
-
-    T, B, C, H, W = pre.shape
-    c_out, _, K, _ = weight.shape
-    L, M = (H - K + 1) * (W - K + 1), C * K * K
-    pre = pre.view(T, B, -1)
-    index = conv_index((C, H, W), c_out, K, pre.device)
-    e = local_spsp(post, pre, kernel, index, pool).view(B, c_out, L, M)  # e_pq, q in p's field
-    w = weight.view(c_out, 1, M)
-    o = post.sum(0).view(B, c_out, L)
-    fired = o > 0
-    o_pre = pre.sum(0)[:, index].view(B, c_out, L, M)  # each pair's pre count
-    pre_on = o_pre > 0
-
-    coef = g
-    if rule.side_effect:  # S_p = (1/ν) Σ_q w ρ_pq, ρ = e/o_p, or silent_post_rho for a silent p
-        side = torch.where(fired, (e * w).sum(-1) / o.clamp(min=1), rule.silent_post_rho * w.sum(-1))
-        coef = coef * (1.0 + side / nu)
-    silent_pair = ~fired[..., None] & pre_on  # silent post, active pre: ê = silent_post_psp
-    e_hat = torch.where(silent_pair, rule.silent_post_psp, e)
-    grad_w = torch.einsum("bcl,bclm->cm", coef, e_hat).view_as(weight)
-    if not need_below:
-        return grad_w, None
-    if rule.effect_ratio:  # r = e/o_pre, or silent_effect_ratio when either neuron is silent
-        ratio = torch.where(fired[..., None] & pre_on, e / o_pre.clamp(min=1), rule.silent_effect_ratio)
-    else:
-        ratio = torch.ones_like(e)
-    terms = (g[..., None] * w * ratio).sum(1)  # (B, L, M): Σ_{c'} g_p w_pq r_pq
-    return grad_w, F.fold(terms.transpose(1, 2), (H, W), K)  # adds each pixel's terms over the fields holding it
+    return torch_kernels.conv_backward(pre, post, weight, g, rule, kernel, nu, need_below, pool)
 
 
 def pool_backward(pre: torch.Tensor, post: torch.Tensor, g: torch.Tensor, k: int, rule: HM2BPRule,
@@ -252,27 +217,7 @@ def pool_backward(pre: torch.Tensor, post: torch.Tensor, g: torch.Tensor, k: int
     elsewhere the local S-PSPs (:func:`local_spsp`)."""
     if _family("pooling HM2-BP", post, pre, g) == "triton":
         return _triton_path().pool_backward(pre, post, g, k, rule, kernel)
-    return _pool_backward_pairs(pre, post, g, k, rule, kernel, pool)
-
-
-def _pool_backward_pairs(pre: torch.Tensor, post: torch.Tensor, g: torch.Tensor, k: int, rule: HM2BPRule,
-                         kernel: PSPKernel, pool: BufferPool | None) -> torch.Tensor:
-    from hm2bp.conv import pool_index  # hm2bp.conv imports this package: resolved at call time
-
-    T, B, C, H, W = pre.shape
-    g = g.reshape(B, -1, 1)
-    pre_flat = pre.view(T, B, -1)
-    index = pool_index((C, H, W), k, pre.device)
-    if rule.effect_ratio:  # r = e/o_pre, or silent_effect_ratio when either neuron is silent
-        e = local_spsp(post, pre_flat, kernel, index, pool)
-        o_pre = pre_flat.sum(0)[:, index]
-        both = (post.sum(0) > 0)[..., None] & (o_pre > 0)
-        terms = g * torch.where(both, e / o_pre.clamp(min=1), rule.silent_effect_ratio)
-    else:
-        terms = g.expand(B, index.shape[0], index.shape[1])
-    # each input lies in exactly one window: scatter the window terms back to input positions
-    delta = g.new_zeros(B, C * H * W).scatter_(1, index.reshape(1, -1).expand(B, -1), terms.reshape(B, -1))
-    return delta.view(B, C, H, W)
+    return torch_kernels.pool_backward(pre, post, g, k, rule, kernel, pool)
 
 
 def bernoulli_spikes(indices: torch.Tensor, salt: int, q: torch.Tensor, steps: int, dtype: torch.dtype,

@@ -6,15 +6,19 @@ definitions the fast kernels are tested against).
   :func:`hm2bp.backend.get_strategy`; ``"auto"``: :func:`choose_strategy`): ``pairs`` forms ``e (B, N_out, N_in)`` a
   few samples at a time (at most :data:`PAIRS_CHUNK_BYTES`), ``dense`` runs GEMMs over time·batch, ``sparse`` gathers
   trace rows at the events. All give the same result up to rounding; memory stays ``O(B·T·N)``.
-* Conv and pooling layers' local S-PSPs from the event list (:func:`local_spsp`).
+* Conv and pooling layers' local S-PSPs from the event list (:func:`local_spsp`), and their HM2-BP pair by pair
+  (:func:`conv_backward`, :func:`pool_backward`; receptive fields: :func:`conv_index`, :func:`pool_index`).
 * The Bernoulli encoder's counter-based hash (:func:`hashed_spikes`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from functools import partial
+from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 
 from hm2bp.spsp import (
     AnticausalSPSP,
@@ -29,6 +33,9 @@ from hm2bp.spsp import (
     trace_chunks,
 )
 from hm2bp.workspace import BufferPool
+
+if TYPE_CHECKING:
+    from hm2bp.functional import HM2BPRule
 
 # Relative cost of one gathered element against one multiply-add inside a GEMM on the project's CPU machines: used
 # only to choose between "dense" and "sparse" where "pairs" is not allowed.
@@ -269,6 +276,79 @@ def local_spsp(post: torch.Tensor, pre: torch.Tensor, kernel: PSPKernel, index: 
             vals = flat[cols].mul_(w[e, :1]).addcmul_(flat[cols + plane], w[e, 1:])
             out.index_add_(0, b[e] * n_out + n[e], vals)
     return out.view(B, n_out, m)
+
+
+def conv_index(in_shape: tuple[int, int, int], c_out: int, k: int, device: torch.device | None = None
+               ) -> torch.Tensor:
+    """``(C'·H'·W', C·k·k)``: flat input indices of each output pixel's receptive field, in ``(c, u, v)`` order
+    (the order of ``weight.view(C', -1)`` and of :func:`torch.nn.functional.unfold`)."""
+    C, H, W = in_shape
+    ho, wo = H - k + 1, W - k + 1
+    ar = partial(torch.arange, device=device)
+    offsets = (ar(C)[:, None, None] * (H * W) + ar(k)[None, :, None] * W + ar(k)[None, None, :]).reshape(-1)
+    corner = (ar(ho)[:, None] * W + ar(wo)[None, :]).reshape(-1)
+    return (corner[:, None] + offsets[None, :]).repeat(c_out, 1)
+
+
+def pool_index(in_shape: tuple[int, int, int], k: int, device: torch.device | None = None) -> torch.Tensor:
+    """``(C·(H/k)·(W/k), k·k)``: flat input indices of each pooling window (non-overlapping, stride ``k``)."""
+    C, H, W = in_shape
+    ar = partial(torch.arange, device=device)
+    corner = (ar(C)[:, None, None] * (H * W) + ar(H // k)[None, :, None] * (k * W)
+              + ar(W // k)[None, None, :] * k).reshape(-1)
+    return corner[:, None] + (ar(k)[:, None] * W + ar(k)[None, :]).reshape(-1)[None, :]
+
+
+def conv_backward(pre: torch.Tensor, post: torch.Tensor, weight: torch.Tensor, g: torch.Tensor, rule: HM2BPRule,
+                  kernel: PSPKernel, nu: float, need_below: bool, pool: BufferPool | None
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`hm2bp.ops.conv_backward` from the local S-PSPs (:func:`local_spsp`), pair by pair."""
+    T, B, C, H, W = pre.shape
+    c_out, _, K, _ = weight.shape
+    L, M = (H - K + 1) * (W - K + 1), C * K * K
+    pre = pre.view(T, B, -1)
+    index = conv_index((C, H, W), c_out, K, pre.device)
+    e = local_spsp(post, pre, kernel, index, pool).view(B, c_out, L, M)  # e_pq, q in p's field
+    w = weight.view(c_out, 1, M)
+    o = post.sum(0).view(B, c_out, L)
+    fired = o > 0
+    o_pre = pre.sum(0)[:, index].view(B, c_out, L, M)  # each pair's pre count
+    pre_on = o_pre > 0
+
+    coef = g
+    if rule.side_effect:  # S_p = (1/ν) Σ_q w ρ_pq, ρ = e/o_p, or silent_post_rho for a silent p
+        side = torch.where(fired, (e * w).sum(-1) / o.clamp(min=1), rule.silent_post_rho * w.sum(-1))
+        coef = coef * (1.0 + side / nu)
+    silent_pair = ~fired[..., None] & pre_on  # silent post, active pre: ê = silent_post_psp
+    e_hat = torch.where(silent_pair, rule.silent_post_psp, e)
+    grad_w = torch.einsum("bcl,bclm->cm", coef, e_hat).view_as(weight)
+    if not need_below:
+        return grad_w, None
+    if rule.effect_ratio:  # r = e/o_pre, or silent_effect_ratio when either neuron is silent
+        ratio = torch.where(fired[..., None] & pre_on, e / o_pre.clamp(min=1), rule.silent_effect_ratio)
+    else:
+        ratio = torch.ones_like(e)
+    terms = (g[..., None] * w * ratio).sum(1)  # (B, L, M): Σ_{c'} g_p w_pq r_pq
+    return grad_w, F.fold(terms.transpose(1, 2), (H, W), K)  # adds each pixel's terms over the fields holding it
+
+
+def pool_backward(pre: torch.Tensor, post: torch.Tensor, g: torch.Tensor, k: int, rule: HM2BPRule,
+                  kernel: PSPKernel, pool: BufferPool | None) -> torch.Tensor:
+    """:func:`hm2bp.ops.pool_backward` from the local S-PSPs (:func:`local_spsp`)."""
+    T, B, C, H, W = pre.shape
+    g = g.reshape(B, -1, 1)
+    pre_flat = pre.view(T, B, -1)
+    index = pool_index((C, H, W), k, pre.device)
+    if rule.effect_ratio:  # r = e/o_pre, or silent_effect_ratio when either neuron is silent
+        e = local_spsp(post, pre_flat, kernel, index, pool)
+        o_pre = pre_flat.sum(0)[:, index]
+        both = (post.sum(0) > 0)[..., None] & (o_pre > 0)
+        terms = g * torch.where(both, e / o_pre.clamp(min=1), rule.silent_effect_ratio)
+    else:
+        terms = g.expand(B, index.shape[0], index.shape[1])
+    # each input lies in exactly one window: scatter the window terms back to input positions
+    delta = g.new_zeros(B, C * H * W).scatter_(1, index.reshape(1, -1).expand(B, -1), terms.reshape(B, -1))
+    return delta.view(B, C, H, W)
 
 
 MASK32 = 0xFFFFFFFF

@@ -303,15 +303,13 @@ def _post_events_kernel(post_ptr, a_ptr, pow_m_ptr, pow_s_ptr, coef_ptr, B, N, T
 
 
 @triton.jit
-def _anticausal_kernel(a_ptr, y_ptr, decay_ptr, drive_ptr, side_ptr, B, N, T: tl.constexpr, DELAY: tl.constexpr,
-                       ZERO_FIRST: tl.constexpr, HAS_DRIVE: tl.constexpr, BLOCK: tl.constexpr):
+def _anticausal_kernel(a_ptr, y_ptr, decay_ptr, B, N, T: tl.constexpr, DELAY: tl.constexpr,
+                       ZERO_FIRST: tl.constexpr, BLOCK: tl.constexpr):
     """One program: post neurons ``[pid_n·BLOCK, …)`` of sample ``pid_b``: the anticausal traces of ``A (2T, B, N)``,
     ``R_k(u) = A(2u + k) + decay_k·R_k(u + 1)`` (``R_k(T) = 0``), summed over k and read ``DELAY`` steps later:
     ``Y(s) = R_0(s + DELAY) + R_1(s + DELAY)`` into every row of the ``(T, B, N)`` output (0 for
     ``s ≥ T − DELAY``, and ``Y(0) = 0`` with ``ZERO_FIRST``), so that ``Σ_t A(t)·X(t) = Σ_s Y(s)·x(s)`` for the
-    traces ``X`` of :func:`pre_traces`. With ``HAS_DRIVE`` also ``side = Σ_s Y(s)·drive(s)`` into ``(B, N)``, from a
-    ``(T, B, N)`` drive (the side effect's ``Σ_j w e`` when the drive is the layer's ``x Wᵀ``), summed from the last
-    row down."""
+    traces ``X`` of :func:`pre_traces`."""
     mask, col, step = _column_block(B, N, BLOCK)
     dm, ds = _decays(decay_ptr)
     dtype = y_ptr.dtype.element_ty
@@ -323,20 +321,13 @@ def _anticausal_kernel(a_ptr, y_ptr, decay_ptr, drive_ptr, side_ptr, B, N, T: tl
         tl.store(y_ptr + col, zero, mask=mask)
     m = zero
     s = zero
-    side = zero
     for i in range(T - DELAY - FIRST):  # u = T − 1 … DELAY + FIRST: R(u) below is never read
         u = T - 1 - i
         a_m = tl.load(a_ptr + 2 * u * step + col, mask=mask, other=0.0)  # the loads in flight together
         a_s = tl.load(a_ptr + (2 * u + 1) * step + col, mask=mask, other=0.0)
-        if HAS_DRIVE:
-            d = tl.load(drive_ptr + (u - DELAY) * step + col, mask=mask, other=0.0)
         m = _fma(m, dm, a_m)
         s = _fma(s, ds, a_s)
         tl.store(y_ptr + (u - DELAY) * step + col, m + s, mask=mask)
-        if HAS_DRIVE:
-            side = _fma(m + s, d, side)
-    if HAS_DRIVE:
-        tl.store(side_ptr + col, side, mask=mask)
 
 
 @triton.jit
@@ -512,34 +503,19 @@ def anticausal_traces(a: torch.Tensor, kernel) -> torch.Tensor:
     """The post side ``Y (T, B, N)`` of the anticausal form ``e[b] = Y[b]ᵀ·pre[b]`` from the event matrix
     ``a (2T, B, N)`` of :func:`post_event_matrix` (see ``_anticausal_kernel``): one time row per step instead of the
     two trace rows of :func:`pre_traces`, and post-neuron wide."""
-    return _anticausal(a, kernel, None)[0]
-
-
-def anticausal_side(a: torch.Tensor, kernel, drive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`anticausal_traces` and, in the same pass, ``Σ_s Y(s)·drive(s) (B, N)`` for a ``(T, B, N)`` drive of
-    ``a``'s dtype."""
-    _check("drive", drive, (a.dtype,))
-    if drive.shape != (a.shape[0] // 2, *a.shape[1:]):
-        raise ValueError(f"drive must be (T, batch, neurons) = {(a.shape[0] // 2, *a.shape[1:])}, got "
-                         f"{tuple(drive.shape)}")
-    return _anticausal(a, kernel, drive)
-
-
-def _anticausal(a: torch.Tensor, kernel, drive: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     _check("a", a, SCAN_DTYPES)
     if a.dim() != 3 or a.shape[0] % 2:
         raise ValueError(f"a must be (2T, batch, neurons), got shape {tuple(a.shape)}")
     T2, B, N = a.shape
     y = torch.empty(T2 // 2, B, N, dtype=a.dtype, device=a.device)  # the kernel writes every element
-    side = None if drive is None else torch.empty(B, N, dtype=a.dtype, device=a.device)
     if y.numel() == 0:
-        return y, None if side is None else side.zero_()
+        return y
     decays = _scan_params(a, tuple(float(d) for d in kernel.decays))
     grid, block = _grid(B, N)
-    _anticausal_kernel[grid](a, y, decays, y if drive is None else drive, y if side is None else side, B, N,
-                             T=T2 // 2, DELAY=int(kernel.delay), ZERO_FIRST=kernel.convention == "original",
-                             HAS_DRIVE=drive is not None, BLOCK=block, num_warps=_warps(block))
-    return y, side
+    _anticausal_kernel[grid](a, y, decays, B, N, T=T2 // 2, DELAY=int(kernel.delay),
+                             ZERO_FIRST=kernel.convention == "original", BLOCK=block, num_warps=_warps(block))
+    return y
+
 
 POST_SIDE_TILE = 2048  # elements of the [T_PAD, BLOCK] tile per program of ``_post_side_kernel`` (see post_side)
 POST_SIDE_MAX_BLOCK = 32  # neurons per program at most (short T)
@@ -557,7 +533,7 @@ def post_side(post: torch.Tensor, kernel, drive: torch.Tensor | None = None
               ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``Y = anticausal_traces(post_event_matrix(post, kernel), kernel)`` ``(T, B, N)`` of time-major float ``post``
     and, given a ``(T, B, N)`` ``drive`` of ``post``'s dtype, ``side = Σ_s Y(s)·drive(s)`` ``(B, N)``
-    (:func:`anticausal_side`), in one launch, time-parallel, with no ``(2T, B, N)`` event matrix in memory (see
+    in one launch, time-parallel, with no ``(2T, B, N)`` event matrix in memory (see
     ``_post_side_kernel``). ``post`` must respect the refractory period (inter-spike intervals > ``kernel.t_ref``),
     as every raster of the engine does: the event positions are found from that. Equal to the two-kernel form to
     float rounding (sums in another order)."""
@@ -637,10 +613,9 @@ def compile_for(name: str, capability: int) -> object:
                      "BLOCK": "constexpr"}
         constexprs = {"BLOCK": ENCODE_BLOCK}
     elif name == "anticausal":
-        signature = {"a_ptr": "*fp32", "y_ptr": "*fp32", "decay_ptr": "*fp32", "drive_ptr": "*fp32",
-                     "side_ptr": "*fp32", "B": "i32", "N": "i32", "T": "constexpr", "DELAY": "constexpr",
-                     "ZERO_FIRST": "constexpr", "HAS_DRIVE": "constexpr", "BLOCK": "constexpr"}
-        constexprs = {"T": 400, "DELAY": 3, "ZERO_FIRST": True, "HAS_DRIVE": True, "BLOCK": SCAN_BLOCK}
+        signature = {"a_ptr": "*fp32", "y_ptr": "*fp32", "decay_ptr": "*fp32", "B": "i32", "N": "i32",
+                     "T": "constexpr", "DELAY": "constexpr", "ZERO_FIRST": "constexpr", "BLOCK": "constexpr"}
+        constexprs = {"T": 400, "DELAY": 3, "ZERO_FIRST": True, "BLOCK": SCAN_BLOCK}
     elif name == "scaled_tf32_parts":
         signature = {"y_ptr": "*fp32", "coef_ptr": "*fp32", "hi_ptr": "*fp32", "lo_ptr": "*fp32", "total": "i64",
                      "plane": "i64", "BLOCK": "constexpr"}

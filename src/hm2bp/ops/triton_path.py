@@ -203,8 +203,7 @@ def conv_backward(pre: torch.Tensor, post: torch.Tensor, weight: torch.Tensor, g
       neuron is silent, so no mask) plus ``silent_effect_ratio·(g·[o = 0] ⊛ᵀ W)(q)`` for a firing ``q`` and
       ``silent_effect_ratio·(g ⊛ᵀ W)(q)`` for a silent one; without the effect ratio ``(g ⊛ᵀ W)(q)``.
 
-    cuDNN stays out of TF32 (:func:`hm2bp.conv._conv_precision`), as in the forward."""
-    from hm2bp.conv import _conv_precision  # hm2bp.conv imports the ops package: resolved at call time
+    The caller sets cuDNN's precision (:mod:`hm2bp.conv` keeps it out of TF32, as in the forward)."""
 
     T, B, C, H, W = pre.shape
     c_out, _, K, _ = weight.shape
@@ -215,33 +214,32 @@ def conv_backward(pre: torch.Tensor, post: torch.Tensor, weight: torch.Tensor, g
     o_pre = spike_sums(pre.view(T, B, -1)).view(B, C, H, W)
     fired, pre_on = o > 0, o_pre > 0
     g = g.reshape(B, *maps)
-    with _conv_precision():
-        if rule.side_effect:  # S_p = (1/ν) Σ_m w_m e_pm / o_p, or silent_post_rho·Σ_m w_m/ν for a silent p
-            if currents is not None:
-                y, side = tk.post_side(post.contiguous(), kernel, currents.contiguous())
-                side = side * tau_s
-            else:
-                y, side = tk.post_side(post.contiguous(), kernel, F.conv2d(x, weight).view(T, B, -1))
-            side = torch.where(fired, side.view(B, *maps) / o.clamp(min=1),
-                               rule.silent_post_rho * weight.sum((1, 2, 3)).view(c_out, 1, 1))
-            coef = g * (1.0 + side / nu)
+    if rule.side_effect:  # S_p = (1/ν) Σ_m w_m e_pm / o_p, or silent_post_rho·Σ_m w_m/ν for a silent p
+        if currents is not None:
+            y, side = tk.post_side(post.contiguous(), kernel, currents.contiguous())
+            side = side * tau_s
         else:
-            y, coef = post_side(post, kernel), g
-        y = y.view(T, B, *maps)
-        grad_w = torch.nn.grad.conv2d_weight(x, weight.shape, (y * coef).view(T * B, *maps))
-        if rule.silent_post_psp != 0.0:  # a rule constant, not a tensor value: no host read
-            silent = torch.where(fired, 0.0, coef)
-            grad_w += rule.silent_post_psp * torch.nn.grad.conv2d_weight(pre_on.to(x.dtype), weight.shape, silent)
-        if not need_below:
-            return grad_w, None
-        if not rule.effect_ratio:
-            return grad_w, torch.nn.grad.conv2d_input((B, C, H, W), weight, g)
-        back = torch.nn.grad.conv2d_input((T * B, C, H, W), weight, (y * g).view(T * B, *maps))
-        delta = (back.view(T, B, C, H, W) * pre).sum(0) / o_pre.clamp(min=1)
-        if rule.silent_effect_ratio != 0.0:
-            # the silent posts' terms and all terms in one call: a firing q takes the first, a silent q the second
-            both = torch.nn.grad.conv2d_input((2 * B, C, H, W), weight, torch.cat([torch.where(fired, 0.0, g), g]))
-            delta += rule.silent_effect_ratio * torch.where(pre_on, both[:B], both[B:])
+            y, side = tk.post_side(post.contiguous(), kernel, F.conv2d(x, weight).view(T, B, -1))
+        side = torch.where(fired, side.view(B, *maps) / o.clamp(min=1),
+                           rule.silent_post_rho * weight.sum((1, 2, 3)).view(c_out, 1, 1))
+        coef = g * (1.0 + side / nu)
+    else:
+        y, coef = post_side(post, kernel), g
+    y = y.view(T, B, *maps)
+    grad_w = torch.nn.grad.conv2d_weight(x, weight.shape, (y * coef).view(T * B, *maps))
+    if rule.silent_post_psp != 0.0:  # a rule constant, not a tensor value: no host read
+        silent = torch.where(fired, 0.0, coef)
+        grad_w += rule.silent_post_psp * torch.nn.grad.conv2d_weight(pre_on.to(x.dtype), weight.shape, silent)
+    if not need_below:
+        return grad_w, None
+    if not rule.effect_ratio:
+        return grad_w, torch.nn.grad.conv2d_input((B, C, H, W), weight, g)
+    back = torch.nn.grad.conv2d_input((T * B, C, H, W), weight, (y * g).view(T * B, *maps))
+    delta = (back.view(T, B, C, H, W) * pre).sum(0) / o_pre.clamp(min=1)
+    if rule.silent_effect_ratio != 0.0:
+        # the silent posts' terms and all terms in one call: a firing q takes the first, a silent q the second
+        both = torch.nn.grad.conv2d_input((2 * B, C, H, W), weight, torch.cat([torch.where(fired, 0.0, g), g]))
+        delta += rule.silent_effect_ratio * torch.where(pre_on, both[:B], both[B:])
     return grad_w, delta
 
 
