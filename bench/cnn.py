@@ -31,8 +31,10 @@ PAPER_ARCH, PAPER_THRESHOLDS, PAPER_BATCH = "15C5-P2-40C5-P2-300-10", [5.0, 2.0,
 
 def run_seed(seed: int, epochs: int) -> dict:
     from hm2bp.data.digits import load_digits_split
+    from hm2bp.data.static import Encoder, StaticSplit
     from hm2bp.layers import SpikingNet
-    from hm2bp.train import Encoder, StaticSplit, fit, inverse_sqrt_plus_one_lr, summarize
+    from hm2bp.metrics import summarize
+    from hm2bp.train import fit, inverse_sqrt_plus_one_lr
 
     torch.set_num_threads(2)
     torch.manual_seed(seed)

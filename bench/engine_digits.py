@@ -33,7 +33,10 @@ FIXED_TRAIN_TRAINS = False  # fresh training trains every epoch (+0.4 points fin
 def run_seed(seed: int, epochs: int, convention: str, strategy: str) -> dict:
     from hm2bp import HM2BPRule, SpikingMLP, backend
     from hm2bp.data.digits import load_digits_split
-    from hm2bp.train import Encoder, Regularizer, StaticSplit, fit, summarize
+    from hm2bp.data.static import Encoder, StaticSplit
+    from hm2bp.loss import Regularizer
+    from hm2bp.metrics import summarize
+    from hm2bp.train import fit
 
     torch.set_num_threads(2)
     torch.manual_seed(seed)

@@ -133,7 +133,8 @@ def study_gradients(results: dict) -> None:
     at the weights reached after one epoch of HM2-BP training on digits."""
     from hm2bp import HM2BPRule, SpikeCountLoss, SpikingNet
     from hm2bp.data.digits import load_digits_split
-    from hm2bp.train import Encoder, StaticSplit, fit
+    from hm2bp.data.static import Encoder, StaticSplit
+    from hm2bp.train import fit
 
     torch.manual_seed(0)
     x_tr, y_tr, x_te, y_te = load_digits_split()

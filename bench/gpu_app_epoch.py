@@ -35,6 +35,7 @@ import torch
 from common import BENCHMARKS_MD, RESULTS, machine, update_section
 from hm2bp import backend
 from hm2bp.app.data import SpikeData
+from hm2bp.app.finite import FiniteCheck
 from hm2bp.app.module import HM2BPModule
 from hm2bp.data.events import EventSplit
 from hm2bp.data.nmnist import N_INPUTS, SENSOR, bin_events, stabilize
@@ -117,16 +118,18 @@ def time_row(name: str, device: torch.device, scale: float, steps: int | None = 
                      pin_memory=cuda, splits=splits)
     data.setup()
     k = steps / row_steps  # a shorter T than the row's (a rehearsal) scales the spike-count targets down with it
-    module = HM2BPModule(arch, data.info.shape, thresholds, n_train=data.n_train, lr=1e-2,
-                         desired=max(1.0, DESIRED_LEVEL * k), undesired=UNDESIRED_LEVEL * k, margin=MARGIN * k)
+    module = HM2BPModule(arch, data.info.shape, thresholds, n_train=data.n_train, lr=1e-2, lr_schedule="inverse_sqrt",
+                         boosting=True, targets={"desired": max(1.0, DESIRED_LEVEL * k),
+                                                 "undesired": UNDESIRED_LEVEL * k, "margin": MARGIN * k})
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     timer = _Timer(sync, max_seconds)
     warm = max(1, min(4, n_train // batch))
     common = {"accelerator": "gpu" if cuda else "cpu", "devices": 1, "logger": False,
               "enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False,
               "num_sanity_val_steps": 0, "limit_val_batches": 0}  # training time only: no test pass
-    L.Trainer(max_epochs=1, limit_train_batches=warm, **common).fit(module, datamodule=data)  # compiles the kernels
-    L.Trainer(max_epochs=1, callbacks=[timer], **common).fit(module, datamodule=data)
+    L.Trainer(max_epochs=1, limit_train_batches=warm, callbacks=[FiniteCheck()], **common).fit(
+        module, datamodule=data)  # compiles the kernels
+    L.Trainer(max_epochs=1, callbacks=[timer, FiniteCheck()], **common).fit(module, datamodule=data)  # as the app
     seconds, trained = timer.seconds[-1], timer.samples[-1]
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None
     return {"dataset": dataset, "arch": arch, "steps": steps, "batch": batch, "samples": trained,

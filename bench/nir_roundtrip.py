@@ -19,10 +19,11 @@ import torch
 from common import RESULTS, ROOT, machine, update_section
 from hm2bp import SpikeCountLoss, SpikingMLP
 from hm2bp.data.digits import load_digits_split
+from hm2bp.data.static import Encoder, StaticSplit
 from hm2bp.encoding import bernoulli_encode
 from hm2bp.export import to_nir
 from hm2bp.io import atomic_write_json
-from hm2bp.train import Encoder, StaticSplit, fit
+from hm2bp.train import fit
 
 STEPS = 400
 

@@ -75,9 +75,9 @@ def run(batches: int, dataset: str, events: int) -> dict[str, dict[str, float]]:
     from hm2bp import HM2BPRule, SpikingMLP
     from hm2bp.data.digits import load_digits_split
     from hm2bp.data.mnist5k import load_mnist5k_split
-    from hm2bp.loss import SpikeCountLoss
+    from hm2bp.data.static import Encoder, StaticSplit
+    from hm2bp.loss import Regularizer, SpikeCountLoss
     from hm2bp.spsp import spike_sums
-    from hm2bp.train import Encoder, Regularizer, StaticSplit
 
     torch.set_num_threads(2)
     torch.manual_seed(0)

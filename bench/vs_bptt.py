@@ -32,7 +32,7 @@ NETWORKS = {"digits": ([64, 800, 10], [10.0, 8.0]), "mnist5k": ([784, 800, 10], 
 def _splits(seed: int, dataset: str):
     from hm2bp.data.digits import load_digits_split
     from hm2bp.data.mnist5k import load_mnist5k_split
-    from hm2bp.train import Encoder, StaticSplit
+    from hm2bp.data.static import Encoder, StaticSplit
 
     x_tr, y_tr, x_te, y_te = load_digits_split() if dataset == "digits" else load_mnist5k_split()
     enc = Encoder(STEPS, seed=seed)
@@ -41,7 +41,9 @@ def _splits(seed: int, dataset: str):
 
 def run_hm2bp(epochs: int, seed: int, dataset: str) -> dict:
     from hm2bp import SpikingMLP, backend
-    from hm2bp.train import Regularizer, fit, summarize
+    from hm2bp.loss import Regularizer
+    from hm2bp.metrics import summarize
+    from hm2bp.train import fit
 
     torch.manual_seed(seed)
     train, test = _splits(seed, dataset)
@@ -111,7 +113,7 @@ def run_bptt(epochs: int, seed: int, dataset: str) -> dict:
                                        .sum(0)) == test.labels[lo:lo + 256]).sum())
                           for lo in range(0, len(test), 256))
         history.append({"test_acc": correct / len(test), "train_seconds": seconds, "train_samples": seen})
-    from hm2bp.train import summarize
+    from hm2bp.metrics import summarize
 
     return summarize(history)
 

@@ -99,7 +99,7 @@ def test_augmentation_geometry():
 
 def test_augmented_split_redraws_images_and_trains_per_epoch():
     from hm2bp.data.digits import load_digits_split
-    from hm2bp.train import Encoder, StaticSplit
+    from hm2bp.data.static import Encoder, StaticSplit
 
     x, y, _, _ = load_digits_split()
     x, y = x[:20], y[:20]

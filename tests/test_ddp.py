@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from conftest import run_dir
-from hm2bp.app.data import EpochPermutation, SwapShuffle
+from hm2bp.data.order import EpochPermutation, SwapShuffle
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENT = "digits-mlp64-800-10"

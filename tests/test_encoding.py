@@ -1,8 +1,32 @@
 import pytest
 import torch
 
+from hm2bp.data.static import Encoder, StaticSplit
 from hm2bp.encoding import bernoulli_encode
-from hm2bp.train import Encoder, StaticSplit
+
+
+def _lowbias32(x: torch.Tensor) -> torch.Tensor:
+    """The encoder's hash, written out again here (int64 holding [0, 2³²))."""
+    m = 0xFFFFFFFF
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & m
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & m
+    return x ^ (x >> 16)
+
+
+def _literal_spikes(pixels: torch.Tensor, steps: int, seed: int, indices: torch.Tensor) -> torch.Tensor:
+    """docs/algorithm.md §2 from its definition: spike at t ≥ 1 iff hash(key + t·N + i)/2³² < p/(5.5·255), with
+    key = hash(hash(index ⊕ hash(seed·0x9E3779B1 mod 2³²))) (fixed trains: epoch 0)."""
+    m = 0xFFFFFFFF
+    salt = int(_lowbias32(torch.tensor((seed * 0x9E3779B1) & m)))
+    keys = _lowbias32(_lowbias32(indices.to(torch.int64) ^ salt))
+    n = pixels.shape[1]
+    cell = torch.arange(steps * n, dtype=torch.int64).view(1, steps, n)
+    u = _lowbias32((cell + keys.view(-1, 1, 1)) & m).to(torch.float64) / 2.0**32
+    spikes = u < (pixels.to(torch.float64) / (5.5 * 255)).unsqueeze(1)
+    spikes[:, 0] = False
+    return spikes
 
 
 def test_rate_and_no_spike_at_t0():
@@ -11,6 +35,10 @@ def test_rate_and_no_spike_at_t0():
     assert spikes.shape == (200, 400, 3)
     assert spikes[:, 0].sum() == 0
     assert spikes[..., 0].sum() == 0  # zero pixels never spike
+    # The hash is deterministic, so the trains are compared exactly with the definition: a statistical tolerance
+    # would admit a wrong rate divisor (5.3 instead of 5.5 is within 0.005 of the rate).
+    wrong = int((spikes.bool() != _literal_spikes(pixels, 400, 3, torch.arange(200))).sum())
+    assert wrong == 0, f"{wrong} of {spikes.numel()} spikes differ from the definition"
     rate = spikes[:, 1:].mean((0, 1))
     assert abs(rate[2].item() - 1 / 5.5) < 0.005  # q = 255/(5.5·255) (docs/algorithm.md §2)
     assert abs(rate[1].item() - 0.5 / 5.5) < 0.005

@@ -148,7 +148,6 @@ def test_lateral_clamp_counts_and_bounds(rng, floor):
     lam = lateral_factor(post.transpose(0, 1), labels, setup)
     denom = np.stack([_lateral_denominators(post[b].numpy(), int(labels[b]), setup) for b in range(6)])
     assert 0 < (denom < floor).sum() < denom.size
-    assert setup.stats.lateral_evaluated == denom.size
     assert setup.stats.lateral_clamped == int((denom < floor).sum())
     torch.testing.assert_close(lam, torch.from_numpy(1.0 / np.maximum(denom, floor)), rtol=1e-9, atol=0)
 
@@ -161,7 +160,7 @@ def test_lateral_clamp_keeps_gradients_finite(rng):
     setup = LayerSetup(lif=LIFParams(threshold=0.3), rule=rule, lateral_w0=3.0, is_output=True, target_count=10)
     post = hm2bp_linear(pre, weight, setup, torch.zeros(6, dtype=torch.long))
     post.sum().backward()
-    assert setup.stats.lateral_evaluated == 24 and setup.stats.lateral_clamped > 0
+    assert setup.stats.lateral_clamped > 0
     assert torch.isfinite(weight.grad).all()
 
 

@@ -123,39 +123,47 @@ def _tiny_module():
     from hm2bp.app.module import HM2BPModule
 
     torch.manual_seed(0)
-    return HM2BPModule("12-4", (10,), [0.8, 0.8], n_train=6, lr=1e-2, desired=6, undesired=1, margin=1)
+    return HM2BPModule("12-4", (10,), [0.8, 0.8], n_train=6, lr=1e-2, lr_schedule="inverse_sqrt", boosting=True,
+                       targets={"desired": 6, "undesired": 1, "margin": 1})
 
 
 def test_lightning_training_step_on_the_triton_path_never_waits_for_the_device(monkeypatch):
-    """The LightningModule's step (boosting weights and record, accuracy, statistics, finiteness checks) adds no
-    host read to the engine's, cold or warm: sums stay on the device, checks are read every FINITE_CHECK_EVERY
-    steps."""
+    """The LightningModule's step (boosting weights and record, epoch meter, finiteness checks) adds no host read to
+    the engine's, cold or warm: sums stay on the device, checks are read every FINITE_CHECK_EVERY steps."""
+    from types import SimpleNamespace
+
+    from hm2bp.app.finite import FiniteCheck
     from hm2bp.encoding import bernoulli_encode
 
     module = _tiny_module().to(DEVICE)
     module.boost.to(DEVICE)
+    check = FiniteCheck()
     pixels = torch.randint(0, 256, (3, 10), generator=torch.Generator().manual_seed(5)).float().to(DEVICE)
     idx = torch.tensor([0, 4, 5], device=DEVICE)
     y = torch.tensor([0, 3, 1], device=DEVICE)
     _triton(monkeypatch)
     x = bernoulli_encode(pixels, 40, seed=3, indices=idx, rate_divisor=1.5, dtype=torch.float32)
     for step in range(2):  # the second step is warm: no tensor made from host data either
-        with HostReads() as watch, pytest.warns(UserWarning, match="self.log"):  # no trainer: logging is skipped
+        trainer = SimpleNamespace(current_epoch=0, global_step=step)
+        with HostReads() as watch:
             total = module.training_step((x, y, idx), step)
+            check.on_before_backward(trainer, module, total)
             total.backward()
+            check.on_after_backward(trainer, module)
             module.on_after_backward()
         assert watch.reads == [], step
         if step:
             assert watch.fresh == 0
-    assert len(module._pending) == 2 * (1 + 2 * len(module.net.layers))  # loss, weights, gradients: deferred
-    module._read_checks()  # all finite: nothing raised, and the queue is empty again
-    assert module._pending == []
+    assert int(module.train_meter.samples) == 6
+    assert len(check._pending) == 2 * (1 + 2 * len(module.net.layers))  # loss, weights, gradients: deferred
+    check.read()  # all finite: nothing raised, and the queue is empty again
+    assert check._pending == []
 
 
 def test_deferred_finiteness_checks_still_name_the_first_bad_step(monkeypatch):
     import lightning as L
 
-    from hm2bp.app.module import NonFiniteError
+    from hm2bp.app.finite import FiniteCheck, NonFiniteError
 
     module = _tiny_module()
     with torch.no_grad():
@@ -164,7 +172,8 @@ def test_deferred_finiteness_checks_still_name_the_first_bad_step(monkeypatch):
     x = (torch.rand(6, 30, 10, generator=g) < 0.3).float()
     data = torch.utils.data.DataLoader(list(zip(x, torch.arange(6) % 4, torch.arange(6), strict=True)), batch_size=3)
     trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="gpu" if DEVICE == "cuda" else "cpu", devices=1)
+                        enable_model_summary=False, accelerator="gpu" if DEVICE == "cuda" else "cpu", devices=1,
+                        callbacks=[FiniteCheck()])
     _triton(monkeypatch)
     with pytest.raises(NonFiniteError, match=r"^non-finite weight in layer 1 at epoch 0, step 0$"):
         trainer.fit(module, train_dataloaders=data)

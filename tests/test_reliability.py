@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 from conftest import run_dir
 from hm2bp import HM2BPRule, SpikeCountLoss, SpikingMLP, backend, predict
 from hm2bp.app.data import SpikeData
-from hm2bp.app.module import HM2BPModule, NonFiniteError
+from hm2bp.app.finite import FiniteCheck, NonFiniteError
+from hm2bp.app.module import HM2BPModule
 from hm2bp.io import atomic_write_text
 from hm2bp.neuron import LIFParams, lif_scan
 from hm2bp.spsp import spsp
@@ -138,8 +139,8 @@ def test_atomic_write_keeps_previous_content_on_failure(tmp_path, monkeypatch):
 def _tiny_module(n_train=32):
     data = SpikeData("digits", "data", steps=60, batch_size=16, seed=0)
     data.setup()
-    module = HM2BPModule("20-10", (64,), [4.0, 4.0], n_train=data.n_train, lr=1e-2, desired=10, undesired=1,
-                         margin=1)
+    module = HM2BPModule("20-10", (64,), [4.0, 4.0], n_train=data.n_train, lr=1e-2, lr_schedule="inverse_sqrt",
+                         boosting=True, targets={"desired": 10, "undesired": 1, "margin": 1})
     return data, module
 
 
@@ -159,7 +160,8 @@ def test_non_finite_values_stop_training_with_location(tmp_path, where, value):
         module.loss_fn.forward = lambda *a, **k: real(*a, **k) * value
         message = f"non-finite training loss {value} at epoch 0, step 0"
     trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=0, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path)
+                        enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path,
+                        callbacks=[FiniteCheck()])
     with pytest.raises(NonFiniteError, match=f"^{message}$"):
         trainer.fit(module, datamodule=data)
 
@@ -227,8 +229,8 @@ def test_gradients_finite_for_any_binary_input(batch, steps, seed, rate, strateg
 def test_soak_50_epochs_memory_flat(tmp_path):
     data = SpikeData("digits", "data", steps=400, batch_size=64, seed=0)
     data.setup()
-    module = HM2BPModule("800-10", (64,), [10.0, 8.0], n_train=data.n_train, lr=1e-2,
-                         regularizer={"lam": 10.0, "beta": 0.04, "limit": 8.0})
+    module = HM2BPModule("800-10", (64,), [10.0, 8.0], n_train=data.n_train, lr=1e-2, lr_schedule="inverse_sqrt",
+                         boosting=True, regularizer={"lam": 10.0, "beta": 0.04, "limit": 8.0})
     rss: list[float] = []
     process = psutil.Process()
 

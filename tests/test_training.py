@@ -2,7 +2,9 @@ import torch
 
 from hm2bp import HM2BPRule, SpikeCountLoss, SpikingMLP
 from hm2bp.data.digits import load_digits_split
-from hm2bp.train import Encoder, Regularizer, StaticSplit, fit, inverse_sqrt_lr
+from hm2bp.data.static import Encoder, StaticSplit
+from hm2bp.loss import Regularizer
+from hm2bp.train import fit, inverse_sqrt_lr
 from hm2bp.workspace import BufferPool
 
 

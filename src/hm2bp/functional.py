@@ -74,9 +74,10 @@ class HM2BPRule:
 
     def __post_init__(self) -> None:
         if self.pool_error_scale not in POOL_ERROR_SCALES:
-            raise ValueError(f"rule.pool_error_scale must be one of {POOL_ERROR_SCALES}, got {self.pool_error_scale!r}")
+            raise ValueError(f"rule.pool_error_scale={self.pool_error_scale!r}; valid choices: "
+                             f"{list(POOL_ERROR_SCALES)}")
         if self.convention not in CONVENTIONS:
-            raise ValueError(f"rule.convention must be one of {CONVENTIONS}, got {self.convention!r}")
+            raise ValueError(f"rule.convention={self.convention!r}; valid choices: {list(CONVENTIONS)}")
         if self.psp_window_taus is not None and not self.psp_window_taus > 0:
             raise ValueError(f"rule.psp_window_taus must be > 0 or None, got {self.psp_window_taus!r}")
         for name in ("silent_post_psp", "silent_post_rho", "silent_effect_ratio"):
@@ -91,8 +92,8 @@ class HM2BPRule:
 class LayerStats:
     """Counters a layer accumulates across steps (read and reset by the training loop)."""
 
-    lateral_clamped: int | torch.Tensor = 0  # output neurons whose Λ denominator hit the clamp (0-d on Triton)
-    lateral_evaluated: int = 0  # output neurons whose Λ was computed
+    # output neurons whose Λ denominator hit the clamp: a 0-d tensor on the device once counted (no host read)
+    lateral_clamped: int | torch.Tensor = 0
 
 
 @dataclass
@@ -176,10 +177,8 @@ def lateral_factor(post: torch.Tensor, labels: torch.Tensor | None, setup: Layer
     denom = torch.addcmul(_one(post), d, reach, value=-(setup.lateral_w0 / setup.lif.threshold) ** 2)
     floor = setup.rule.lateral_min_denominator
     if floor is not None:
-        clamped = (denom < floor).sum()  # a device tensor on the Triton path: read at the epoch's end
-        setup.stats.lateral_clamped += int(clamped) if backend.host_reads_allowed(post) else clamped
+        setup.stats.lateral_clamped += (denom < floor).sum()  # kept on the device: the epoch's meter reads it
         denom = denom.clamp(min=floor)
-    setup.stats.lateral_evaluated += denom.numel()
     return 1.0 / denom
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -54,9 +55,9 @@ def predict(counts: torch.Tensor) -> torch.Tensor:
     return counts.argmax(dim=1)  # torch.argmax returns the first maximal index
 
 
-def silent_outputs(counts: torch.Tensor) -> int:
-    """Number of samples whose output layer did not spike at all."""
-    return int((counts.sum(1) == 0).sum())
+def silent_outputs(counts: torch.Tensor) -> torch.Tensor:
+    """Number of samples whose output layer did not spike at all (a 0-d tensor on ``counts``' device)."""
+    return (counts.sum(1) == 0).sum()
 
 
 class BoostingWeights:
@@ -116,8 +117,8 @@ class BoostingWeights:
             raise ValueError(f"boosting state has {state['weights'].numel()} samples, expected {self.weights.numel()}")
         dev = self.weights.device
         self.weights = state["weights"].to(dev, copy=True)
-        self._wrong = state.get("wrong", torch.zeros_like(self._wrong)).to(dev, copy=True)
-        self._labels = state.get("labels", torch.full_like(self._labels, -1)).to(dev, copy=True)
+        self._wrong = state["wrong"].to(dev, copy=True)
+        self._labels = state["labels"].to(dev, copy=True)
 
 
 # Regulariser settings per config (docs/algorithm.md §7): MNIST λ=10, β=0.04; N-MNIST λ=10, β=0.01; CNN λ=0; L =
@@ -139,3 +140,25 @@ def weight_regularizer(weight: torch.Tensor, lam: float = REG_LAMBDA, beta: floa
     w = weight.flatten(1)
     q = (w / limit).square().mean(1)
     return (lam * w.shape[1] * limit / 2.0 * torch.exp(beta * (q - 1.0))).sum()
+
+
+@dataclass(frozen=True)
+class Regularizer:
+    """The authors' exponential weight regulariser, ``Σ_layers R(W)`` (:func:`weight_regularizer`), added to the loss
+    of every training step; ``lam = 0`` disables it."""
+
+    lam: float = REG_LAMBDA
+    beta: float = REG_BETA
+    limit: float = REG_LIMIT
+
+    def __post_init__(self) -> None:
+        if not (self.lam >= 0 and self.beta >= 0 and self.limit > 0):
+            raise ValueError(f"regularizer needs lam >= 0, beta >= 0, limit > 0, got {self.lam}, {self.beta}, "
+                             f"{self.limit}")
+
+    def __call__(self, model: torch.nn.Module) -> torch.Tensor | None:
+        """``R`` summed over the model's weights, or None when disabled."""
+        if self.lam == 0:
+            return None
+        return sum(weight_regularizer(p, self.lam, self.beta, self.limit)
+                   for name, p in model.named_parameters() if name.endswith("weight"))

@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from hm2bp.app.checkpoints import CheckpointError, RunInterrupted
 from hm2bp.app.config import ConfigError
-from hm2bp.app.module import NonFiniteError
+from hm2bp.app.finite import NonFiniteError
 from hm2bp.data.idx import DatasetFileError
 
 USER_ERRORS = (ConfigError, CheckpointError, DatasetFileError, NonFiniteError)

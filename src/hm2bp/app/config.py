@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from hm2bp.app.data import SHUFFLES
+from hm2bp.app.schema import REGULARIZER, RULE
 from hm2bp.arch import ArchError, arch_from_sizes, parse_arch
 from hm2bp.augment import Augmentation
 from hm2bp.backend import STRATEGIES
+from hm2bp.data.order import SHUFFLES
 from hm2bp.data.registry import DATASETS
-from hm2bp.functional import POOL_ERROR_SCALES
-from hm2bp.spsp import CONVENTIONS
+from hm2bp.functional import HM2BPRule
+from hm2bp.loss import Regularizer
 from hm2bp.train import LR_SCHEDULES
 
 
@@ -23,6 +24,19 @@ def _positive(key: str, value: object, integer: bool = False) -> None:
     if not ok or isinstance(value, bool) or not value > 0:
         kind = "an integer" if integer else "a number"
         raise ConfigError(f"{key} must be {kind} > 0, got {value!r}")
+
+
+def _engine(section: str, cls: type, values: DictConfig, defaults: dict) -> None:
+    """The engine's own checks of ``cls(**values)``: its messages name the setting (``rule.convention=…``), which
+    sits in the config under ``section``'s parent."""
+    unknown = sorted(set(values) - set(defaults))
+    if unknown:
+        raise ConfigError(f"{section}.{unknown[0]} is not a setting of {cls.__name__}; valid keys: {list(defaults)}")
+    prefix = section.rsplit(".", 1)[0] + "."
+    try:
+        cls(**values)
+    except ValueError as err:
+        raise ConfigError(f"{prefix}{err}") from err
 
 
 def validate(cfg: DictConfig) -> None:
@@ -59,9 +73,8 @@ def validate(cfg: DictConfig) -> None:
         _positive(f"model.thresholds[{k}]", th)
     for key in ("tau_m", "tau_s", "init_scale", "conv_init_scale"):
         _positive(f"model.{key}", model[key])
-    if model.rule.pool_error_scale not in POOL_ERROR_SCALES:
-        raise ConfigError(f"model.rule.pool_error_scale={model.rule.pool_error_scale!r}; valid choices: "
-                          f"{list(POOL_ERROR_SCALES)}")
+    _engine("model.rule", HM2BPRule, model.rule, RULE)
+    _engine("trainer.regularizer", Regularizer, tr.regularizer, REGULARIZER)
     augment = ds.get("augment")
     if augment is not None:
         if info.kind != "static" or len(info.shape) != 3:
@@ -70,8 +83,6 @@ def validate(cfg: DictConfig) -> None:
             Augmentation(**augment)
         except (TypeError, ValueError) as err:
             raise ConfigError(f"dataset.augment={dict(augment)} is invalid: {err}") from err
-    if model.rule.convention not in CONVENTIONS:
-        raise ConfigError(f"model.rule.convention={model.rule.convention!r}; valid choices: {list(CONVENTIONS)}")
     if tr.get("contraction", "auto") not in STRATEGIES:
         raise ConfigError(f"trainer.contraction={tr.contraction!r}; valid choices: {list(STRATEGIES)}")
     t = model.targets

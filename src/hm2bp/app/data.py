@@ -7,80 +7,13 @@ from typing import NamedTuple
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
 from hm2bp.augment import Augmentation
 from hm2bp.data.events import EventSplit
+from hm2bp.data.order import SHUFFLES, sampler
 from hm2bp.data.registry import get_dataset
-from hm2bp.train import Encoder, StaticSplit
-
-SHUFFLES = ("permutation", "swaps")
-# Provenance: docs/algorithm.md P7 [CODE `net_spiking.cu:515`, `common/cuMatrixVector.h:66-89`]: before every epoch
-# the authors swap 5000 random pairs of the current sample order (after one full shuffle at load).
-AUTHORS_SWAPS = 5000
-
-
-class EpochPermutation(Sampler[int]):
-    """A full random permutation per epoch, a pure function of ``(seed, epoch)`` (so resumed runs repeat it).
-
-    Lightning calls :meth:`set_epoch` before every epoch. The authors shuffle with 5000 random swaps per epoch
-    (:class:`SwapShuffle`, ``trainer.shuffle=swaps``); a full permutation is our documented departure
-    (docs/fidelity.md measures both). ``skip`` leaves out the first samples of the next pass only (a run resumed
-    mid-epoch has trained them already).
-
-    Under DDP (``world`` processes) process ``rank`` takes every ``world``-th sample of the same order, starting at
-    its rank, after the order is padded with its own first samples to a multiple of ``world`` (as
-    ``torch.utils.data.DistributedSampler``): each step's global batch is then the single-process batch of ``world``
-    times the size, and every process runs the same number of steps. ``skip`` counts this process's samples.
-    """
-
-    def __init__(self, n: int, seed: int, skip: int = 0, rank: int = 0, world: int = 1) -> None:
-        if not 0 <= rank < world:
-            raise ValueError(f"need 0 <= rank < world, got rank {rank}, world {world}")
-        self.n, self.seed, self.epoch, self.skip, self.rank, self.world = n, seed, 0, skip, rank, world
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return -(-self.n // self.world)
-
-    def order(self) -> list[int]:
-        """This epoch's sample order (of all processes)."""
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return torch.randperm(self.n, generator=g).tolist()
-
-    def __iter__(self):
-        skip, self.skip = self.skip, 0
-        order = self.order()
-        order += order[:len(self) * self.world - self.n]
-        return iter(order[self.rank::self.world][skip:])
-
-
-class SwapShuffle(EpochPermutation):
-    """The authors' order: one full random permutation at load, then before epoch ``e`` (from 0) ``swaps`` swaps
-    of two uniformly drawn positions of the current order, cumulatively (``swap(m_vec[x], m_vec[y])`` with
-    ``x, y = rand() % n``). A pure function of ``(seed, epoch)``: a resumed run replays the swaps of the epochs
-    before it. With 5000 swaps most of a 60,000-sample order stays as it was from one epoch to the next."""
-
-    def __init__(self, n: int, seed: int, skip: int = 0, rank: int = 0, world: int = 1,
-                 swaps: int = AUTHORS_SWAPS) -> None:
-        super().__init__(n, seed, skip, rank, world)
-        self.swaps = swaps
-        self._cached: tuple[int, list[int]] | None = None  # (epoch, order after its swaps)
-
-    def order(self) -> list[int]:
-        if self._cached is not None and self._cached[0] <= self.epoch:
-            done, order = self._cached[0] + 1, list(self._cached[1])
-        else:
-            done = 0
-            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 - 1)).tolist()
-        for e in range(done, self.epoch + 1):
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + e)
-            for x, y in torch.randint(self.n, (self.swaps, 2), generator=g).tolist():
-                order[x], order[y] = order[y], order[x]
-        self._cached = (self.epoch, order)
-        return list(order)
+from hm2bp.data.static import Encoder, StaticSplit
 
 
 class PixelBatch(NamedTuple):
@@ -107,7 +40,7 @@ class SpikeData(L.LightningDataModule):
     uint8 where they are whole numbers; bool rasters for event datasets), about T times less than float trains,
     and :meth:`on_after_batch_transfer` encodes them on the device with the same hash, so the spikes equal the CPU
     path's. ``num_workers`` and ``pin_memory`` go to the data loaders. ``shuffle`` orders the training samples:
-    ``"permutation"`` (:class:`EpochPermutation`) or the authors' ``"swaps"`` (:class:`SwapShuffle`).
+    ``"permutation"`` or the authors' ``"swaps"`` (:mod:`hm2bp.data.order`).
     ``splits``, when given, replaces the registered loader's files: what that loader returns (``(x_train,
     y_train, x_test, y_test)`` pixel tensors of a static dataset, ``(train, test)`` :class:`EventSplit` s of an event
     dataset), held in memory (the GPU benchmark's synthetic data).
@@ -203,11 +136,10 @@ class SpikeData(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         assert self.train is not None
-        kind = EpochPermutation if self.shuffle == "permutation" else SwapShuffle
         rank, world = self._process()
-        sampler = kind(len(self.train), self.seed, skip=self._resume_samples, rank=rank, world=world)
+        order = sampler(self.shuffle, len(self.train), self.seed, skip=self._resume_samples, rank=rank, world=world)
         self._resume_samples = 0
-        return DataLoader(range(len(self.train)), batch_size=self.batch_size, sampler=sampler,
+        return DataLoader(range(len(self.train)), batch_size=self.batch_size, sampler=order,
                           collate_fn=self._collate(self.train), **self._loader_options())
 
     def val_dataloader(self) -> DataLoader:

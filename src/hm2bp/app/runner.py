@@ -19,6 +19,7 @@ from hm2bp.app.checkpoints import ForeignCheckpoint, RunCheckpoint, check_resuma
 from hm2bp.app.cli import quiet_library_noise
 from hm2bp.app.config import ConfigError, model_arch, validate
 from hm2bp.app.identity import fingerprint, run_config
+from hm2bp.app.schema import NET
 from hm2bp.io import atomic_write_json
 from hm2bp.metrics import differences, metrics_complete
 
@@ -125,8 +126,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 
     from hm2bp.app.data import SpikeData
     from hm2bp.app.figures import learning_curves, spike_raster
+    from hm2bp.app.finite import FiniteCheck
     from hm2bp.app.module import HM2BPModule
-    from hm2bp.train import summarize
+    from hm2bp.metrics import summarize
 
     quiet_library_noise()
     tr = cfg.trainer
@@ -144,11 +146,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     model_cfg = cfg.model
     module = HM2BPModule(
         model_arch(model_cfg), data.info.shape, list(model_cfg.thresholds), n_train=data.n_train, lr=tr.lr,
-        rule=OmegaConf.to_container(model_cfg.rule), tau_m=model_cfg.tau_m, tau_s=model_cfg.tau_s,
-        t_ref=model_cfg.t_ref, lateral_w0=model_cfg.lateral_w0, init_scale=model_cfg.init_scale,
-        conv_init_scale=model_cfg.conv_init_scale, desired=model_cfg.targets.desired,
-        undesired=model_cfg.targets.undesired, margin=model_cfg.targets.margin, lr_schedule=tr.lr_schedule,
-        boosting=tr.boosting, regularizer=OmegaConf.to_container(tr.regularizer))
+        lr_schedule=tr.lr_schedule, boosting=tr.boosting, neuron={k: model_cfg[k] for k in NET},
+        targets=OmegaConf.to_container(model_cfg.targets), rule=OmegaConf.to_container(model_cfg.rule),
+        regularizer=OmegaConf.to_container(tr.regularizer))
     name = f"{cfg.experiment_name}-seed{cfg.seed}"
     loggers = make_loggers(cfg, run_dir, name)
     checkpoint = RunCheckpoint(last, fp, config, tr.get("checkpoint_every_minutes"))
@@ -156,9 +156,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     # use_distributed_sampler=False: under DDP our samplers shard the seeded order themselves (SpikeData)
     trainer = L.Trainer(max_epochs=tr.max_epochs, accelerator=tr.accelerator, devices=tr.devices,
                         strategy=tr.get("strategy", "auto"), num_nodes=int(tr.get("num_nodes", 1)),
-                        use_distributed_sampler=False, logger=loggers,
-                        callbacks=[checkpoint], enable_checkpointing=False, enable_progress_bar=tr.progress_bar,
-                        num_sanity_val_steps=0,
+                        use_distributed_sampler=False, logger=loggers, callbacks=[checkpoint, FiniteCheck()],
+                        enable_checkpointing=False, enable_progress_bar=tr.progress_bar, num_sanity_val_steps=0,
                         deterministic=tr.deterministic, default_root_dir=str(run_dir), enable_model_summary=False,
                         log_every_n_steps=1,
                         **limits)
@@ -176,7 +175,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     metrics = {"experiment": cfg.experiment_name, "dataset": cfg.dataset.name, "model": model_cfg.name,
                "seed": int(cfg.seed), "fingerprint": fp, **summarize(module.history),
                "test_silent_outputs": module.history[-1]["test_silent_outputs"],
-               "lateral_clamped_last_epoch": module.history[-1].get("lateral_clamped", 0), "config": config}
+               "lateral_clamped_last_epoch": module.history[-1]["lateral_clamped"], "config": config}
     atomic_write_json(run_dir / "history.json", module.history)
     figs = [learning_curves(module.history, run_dir / "learning_curves.png", name)]
     spikes, label = data.example(0)
