@@ -9,11 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from conftest import nonempty, run_dir
 from hm2bp.app.config import ConfigError, validate
+from hm2bp.data.order import EpochPermutation, SwapShuffle
 from hm2bp.metrics import METRICS_KEYS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,7 +100,7 @@ def test_run_writes_metrics_figures_and_offline_wandb(tmp_path):
     folder = run_dir(tmp_path, "digits-mlp64-800-10")
     metrics = json.loads((folder / "metrics.json").read_text())
     assert all(k in metrics for k in METRICS_KEYS)
-    assert folder.parent.name.endswith(f"-{metrics['fingerprint']}")
+    assert folder.parent.name == metrics["fingerprint"]
     assert metrics["config"]["trainer"]["max_epochs"] == 2 and "logger" not in metrics["config"]
     assert metrics["epochs"] == 2 and 0 <= metrics["test_acc"] <= 1
     assert metrics["best_test_acc"] >= metrics["test_acc"]
@@ -119,14 +121,19 @@ def test_data_module_refuses_augmenting_event_data():
 
 
 def test_cnn_run_with_augmentation(tmp_path):
-    """The digits CNN end to end, with the paper CNN's augmentation switched on."""
-    _run([*SMOKE, "experiment=digits_cnn", "trainer.max_epochs=1", "logger=none", f"output_root={tmp_path}",
+    """The digits CNN end to end, with the paper CNN's augmentation switched on: it changes what trains (the same
+    run without it trains on other spikes), not only the config."""
+    args = [*SMOKE, "experiment=digits_cnn", "trainer.max_epochs=1", "logger=none"]
+    _run([*args, f"output_root={tmp_path / 'augmented'}",
           "dataset.augment={scale:0.12,rotation:12.0,elastic_alpha:3.4,elastic_sigma:4.0}"], tmp_path)
-    folder = run_dir(tmp_path, "digits_cnn")
+    folder = run_dir(tmp_path / "augmented", "digits_cnn")
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["model"] == "cnn12c3-p2-100-10" and 0 <= metrics["test_acc"] <= 1
     history = json.loads((folder / "history.json").read_text())
     assert {"rate_layer0", "rate_layer1", "rate_layer2", "rate_layer3"} <= set(history[0])
+    _run([*args, f"output_root={tmp_path / 'plain'}"], tmp_path)
+    plain = json.loads((run_dir(tmp_path / "plain", "digits_cnn") / "history.json").read_text())
+    assert history[0]["train_loss"] != plain[0]["train_loss"], "the augmentation did not reach the training data"
 
 
 def test_multirun_then_report(tmp_path):
@@ -195,7 +202,7 @@ def test_swap_shuffle_is_the_authors_cumulative_swaps_and_a_pure_function_of_see
     current order (as `cuMatrixVector::shuffle`), replayed from scratch by a fresh (resumed) sampler."""
     import torch
 
-    from hm2bp.app.data import EpochPermutation, SwapShuffle
+    from hm2bp.data.order import EpochPermutation, SwapShuffle
 
     n, swaps = 50, 7
     walked = SwapShuffle(n, seed=3, swaps=swaps)
@@ -222,25 +229,58 @@ def test_swap_shuffle_is_the_authors_cumulative_swaps_and_a_pure_function_of_see
 
 
 def test_authors_swap_shuffle_trains(tmp_path):
-    _run([*SMOKE, "trainer.max_epochs=2", "logger=none", "trainer.shuffle=swaps", f"output_root={tmp_path}"],
-         tmp_path)
+    _run([*SMOKE, "trainer.max_epochs=2", "logger=none", "trainer.shuffle=swaps", "trainer.boosting=true",
+          f"output_root={tmp_path}"], tmp_path)
     [metrics] = (tmp_path / "digits-mlp64-800-10").rglob("metrics.json")
     assert json.loads(metrics.read_text())["config"]["trainer"]["shuffle"] == "swaps"
+    # What trained, not what the config says: boosting raises the weight of misclassified trained samples only, so
+    # the boosted samples lie among the first 2 batches of 32 of each epoch's SwapShuffle order, and not among a
+    # permutation's.
+    weights = torch.load(metrics.parent / "checkpoints" / "last.ckpt", map_location="cpu",
+                         weights_only=False)["hm2bp_boosting"]["weights"]
+    boosted = set((weights != 1).nonzero().flatten().tolist())
+
+    def trained(kind) -> set[int]:
+        order, seen = kind(len(weights), seed=0), set()
+        for epoch in (0, 1):
+            order.set_epoch(epoch)
+            seen |= set(order.order()[:64])
+        return seen
+
+    assert boosted and boosted <= trained(SwapShuffle) and not boosted <= trained(EpochPermutation)
 
 
-@pytest.mark.parametrize("base", [["experiment=mnist_mlp"], ["experiment=mnist_cnn"], ["dataset=digits"]])
+@pytest.mark.parametrize("base", [["experiment=mnist_mlp"], ["experiment=mnist_cnn"], ["dataset=digits"],
+                                  ["experiment=ti46_alpha_mlp"]])
 def test_faithful_preset_sets_every_authors_behaviour_on_top_of_any_row(base):
+    """What the app builds from ``preset=faithful``: every layer's rule is the row's with Λ unclipped (the authors'
+    defaults, or the row's own authors' config: TI46 has no effect ratio), batch 1 at lr 1e-3, the swap shuffle,
+    fixed trains, boosting; the row's network, targets, regulariser, epochs and lr schedule stay."""
+    from dataclasses import replace
+
+    from hm2bp.app.runner import build_module
+    from hm2bp.data.registry import DATASETS
+    from hm2bp.functional import HM2BPRule
+
     plain, faithful = _compose(base), _compose([*base, "preset=faithful"])
     validate(faithful)
     assert (faithful.trainer.batch_size, faithful.trainer.lr, faithful.trainer.shuffle) == (1, 1e-3, "swaps")
-    assert faithful.dataset.fixed_trains and faithful.trainer.boosting
-    assert faithful.model.rule.lateral_min_denominator is None
-    rule = dict(faithful.model.rule)
-    from hm2bp.functional import HM2BPRule
-
-    authors = HM2BPRule(lateral_min_denominator=None)  # the rule's defaults are the authors' except the clamp
-    assert {k: getattr(authors, k) for k in rule} == {**rule, "pool_error_scale": authors.pool_error_scale}
-    # the row's own choices stay: its network, epochs and lr schedule
-    assert (faithful.model, faithful.trainer.max_epochs, faithful.trainer.lr_schedule) == (
-        OmegaConf.merge(plain.model, {"rule": {"lateral_min_denominator": None}}), plain.trainer.max_epochs,
-        plain.trainer.lr_schedule)
+    assert faithful.dataset.fixed_trains
+    shape = DATASETS[plain.dataset.name].shape
+    torch.manual_seed(0)
+    ours = build_module(plain, shape, n_train=10)
+    torch.manual_seed(0)
+    theirs = build_module(faithful, shape, n_train=10)
+    row_rule = ours.net.layers[0].setup.rule
+    authors = replace(row_rule, lateral_min_denominator=None)
+    assert {layer.setup.rule for layer in theirs.net.layers} == {authors}
+    if "ti46" not in base[0]:
+        assert authors == HM2BPRule(lateral_min_denominator=None)  # the engine's defaults are the authors'
+    else:
+        assert authors == HM2BPRule(lateral_min_denominator=None, effect_ratio=False)
+    assert theirs.boost is not None and theirs.hparams.lr == 1e-3
+    assert (theirs.loss_fn.desired, theirs.loss_fn.undesired, theirs.loss_fn.margin, theirs.reg) == (
+        ours.loss_fn.desired, ours.loss_fn.undesired, ours.loss_fn.margin, ours.reg)
+    assert all(torch.equal(a, b) for a, b in zip(ours.parameters(), theirs.parameters(), strict=True))
+    assert (faithful.model.arch, faithful.trainer.max_epochs, faithful.trainer.lr_schedule) == (
+        plain.model.arch, plain.trainer.max_epochs, plain.trainer.lr_schedule)

@@ -56,20 +56,35 @@ def test_curves_and_readme_block(tmp_path, capsys):
     assert readme.read_text() == "no markers\n" and not (tmp_path / "elsewhere").exists()
 
 
-def test_legacy_metrics_are_named_and_configs_get_their_own_rows(tmp_path, capsys):
+def test_incomplete_metrics_are_ignored_and_configs_get_their_own_rows(tmp_path):
     runs = tmp_path / "runs"
     _run(runs, "digits_mlp", 0, [0.5, 0.9], fingerprint="00000000000a")
     _run(runs, "digits_mlp", 1, [0.5, 0.7], fingerprint="00000000000a")
     _run(runs, "digits_mlp", 0, [0.2, 0.4], fingerprint="00000000000b")
-    legacy = runs / "old" / "seed0"
-    legacy.mkdir(parents=True)
-    (legacy / "metrics.json").write_text(json.dumps({"experiment": "old", "seed": 0, "test_acc": 0.5}))
+    incomplete = runs / "old" / "seed0"  # no fingerprint: not a finished run's file
+    incomplete.mkdir(parents=True)
+    (incomplete / "metrics.json").write_text(json.dumps({"experiment": "old", "seed": 0, "test_acc": 0.5}))
     summary = main([str(runs)])
-    assert f"skipping {legacy / 'metrics.json'}: written by an older hm2bp" in capsys.readouterr().err
     assert sorted(summary) == ["digits_mlp-00000000000a", "digits_mlp-00000000000b"]
     a, b = summary["digits_mlp-00000000000a"], summary["digits_mlp-00000000000b"]
     assert (a["n_seeds"], b["n_seeds"]) == (2, 1) and a["final_mean"] == pytest.approx(80.0)
     assert (a["settings"], b["settings"]) == ("trainer.lr=3", "trainer.lr=4")
+
+
+def test_equivalent_commands_sharing_a_folder_make_one_row(tmp_path):
+    """`dataset=emnist` and `experiment=emnist_mlp_400_400` are one config (one fingerprint, one folder) whose seeds
+    carry two names: one row, under the paper row's name; outside the paper, under the most frequent name."""
+    runs = tmp_path / "runs"
+    _run(runs, "emnist-mlp784-400-400-47", 0, [0.5, 0.8], fingerprint="00000000000e")
+    _run(runs, "emnist-mlp784-400-400-47", 1, [0.5, 0.8], fingerprint="00000000000e")
+    _run(runs, "emnist_mlp_400_400", 2, [0.5, 0.9], fingerprint="00000000000e")
+    _run(runs, "digits-mlp64-800-10", 0, [0.5, 0.9])
+    _run(runs, "digits_mlp", 1, [0.5, 0.9])
+    _run(runs, "digits_mlp", 2, [0.5, 0.9])
+    summary = main([str(runs)])
+    assert sorted(summary) == ["digits_mlp", "emnist_mlp_400_400"]
+    assert summary["emnist_mlp_400_400"]["seeds"] == [0, 1, 2] and summary["digits_mlp"]["seeds"] == [0, 1, 2]
+    assert summary["emnist_mlp_400_400"]["paper"] == vars(PAPER["emnist_mlp_400_400"])
 
 
 def test_every_test_the_readme_names_exists():

@@ -21,8 +21,8 @@ from hm2bp.workspace import BufferPool
 # 0.1818 per step.
 PIXEL_MAX = 255.0
 RATE_DIVISOR = 5.5
-# The kernels' output rasters, reused once nothing refers to them any more (an MNIST batch's raster is 80 MB, whose
-# fresh allocation costs ~20 ms of page faults on a CPU, ten times the encoding itself).
+# The kernels' output rasters, reused once nothing refers to them any more: a fresh MNIST-batch raster pays more in
+# page faults than the encoding itself costs (BENCHMARKS.md).
 _rasters = BufferPool(2)
 
 

@@ -59,11 +59,6 @@ class LIFParams:
         if not (0 <= self.threshold_eps < self.threshold):
             raise ValueError(f"threshold_eps must be in [0, threshold), got {self.threshold_eps!r}")
 
-    @property
-    def kappa(self) -> float:
-        """κ = τs/τm."""
-        return self.tau_s / self.tau_m
-
     def scan_args(self, lateral_w0: float = 0.0) -> tuple[float, float, float, int, float]:
         """The scan kernels' primitive arguments ``(fire_at, decay_m, decay_s, t_ref, lateral)``: fire at
         ``v > ν − eps``, Euler decays ``1 − 1/τ``, ``lateral = w0/τs`` (the drive is ``I/τs``); ``w0 ≥ 0``."""
@@ -80,7 +75,8 @@ _marks: dict[int, tuple[weakref.ref, int]] = {}
 
 def mark_spikes(x: torch.Tensor) -> torch.Tensor:
     """Record that ``x`` holds only 0/1 (it was made so, e.g. by an encoder), so that :func:`check_spikes` need not read
-    it again while it is unchanged (an MNIST batch's raster is 80 MB: the check was ~12 ms per batch). Returns ``x``."""
+    it again while it is unchanged (the check reads the whole raster, a cost per batch comparable to a layer's GEMM:
+    BENCHMARKS.md). Returns ``x``."""
     if not x.is_inference():  # inference tensors have no version counter
         key = id(x)
         _marks[key] = (weakref.ref(x, lambda _, k=key: _marks.pop(k, None)), x._version)

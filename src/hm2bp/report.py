@@ -2,8 +2,8 @@
 
     python -m hm2bp.report outputs/ [more paths ...] [--out DIR] [--curves DIR] [--readme README.md]
 
-Finds every complete ``metrics.json`` under the given paths, groups runs by config (experiment and fingerprint:
-one row per distinct config, an experiment run with several configs gets one row each, named
+Finds every complete ``metrics.json`` under the given paths, groups runs by config (fingerprint: one row per
+distinct config, named by its experiment; an experiment run with several configs gets one row each, named
 ``<experiment>-<fingerprint>`` with the keys that differ shown) and writes
 ``summary.json``, ``summary.md`` and ``summary.png`` (ours vs the paper, with error bars) to ``--out``
 (default: the first path). ``--curves DIR`` writes ``DIR/<experiment>.csv``: per epoch, test and train accuracy
@@ -21,7 +21,6 @@ import io
 import itertools
 import json
 import statistics
-import sys
 from pathlib import Path
 
 from hm2bp.io import atomic_write_json, atomic_write_text
@@ -41,30 +40,32 @@ def find_metrics(paths: list[Path]) -> list[dict]:
         for f in files:
             if metrics_complete(f):
                 found.append({**json.loads(f.read_text()), "run_dir": str(f.parent)})
-            elif _legacy(f):
-                print(f"skipping {f}: written by an older hm2bp without a config fingerprint", file=sys.stderr)
     return found
 
 
-def _legacy(path: Path) -> bool:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and "test_acc" in data and "fingerprint" not in data
+def _name(runs: list[dict]) -> str:
+    """The experiment name of one config's runs. Equivalent commands (``dataset=emnist`` and
+    ``experiment=emnist_mlp_400_400``) share a run folder, so one config's seeds may carry several names: a paper
+    row's wins (its numbers are the comparison), then the most frequent, then the first in order."""
+    counts: dict[str, int] = {}
+    for r in runs:
+        counts[r["experiment"]] = counts.get(r["experiment"], 0) + 1
+    return min(counts, key=lambda e: (e not in PAPER and e not in PROTOCOL, -counts[e], e))
 
 
 def group_runs(runs: list[dict]) -> dict[str, list[dict]]:
-    """Runs by config, sorted by seed: the key is the experiment, or ``<experiment>-<fingerprint>`` where one
-    experiment holds several configs. Raises ``ValueError`` for two runs of one config with the same seed."""
-    by_fp: dict[tuple[str, str], list[dict]] = {}
+    """Runs by config (fingerprint), sorted by seed, each run's ``experiment`` set to its config's :func:`_name`:
+    the key is that name, or ``<experiment>-<fingerprint>`` where one experiment holds several configs. Raises
+    ``ValueError`` for two runs of one config with the same seed."""
+    by_fp: dict[str, list[dict]] = {}
     for r in runs:
-        by_fp.setdefault((r["experiment"], r["fingerprint"]), []).append(r)
+        by_fp.setdefault(r["fingerprint"], []).append(r)
+    named = {(_name(rs), fp): [{**r, "experiment": _name(rs)} for r in rs] for fp, rs in by_fp.items()}
     per_experiment: dict[str, int] = {}
-    for experiment, _ in by_fp:
+    for experiment, _ in named:
         per_experiment[experiment] = per_experiment.get(experiment, 0) + 1
     out = {}
-    for (experiment, fp), rs in sorted(by_fp.items()):
+    for (experiment, fp), rs in sorted(named.items()):
         rs = sorted(rs, key=lambda r: r["seed"])
         for a, b in itertools.pairwise(rs):
             if a["seed"] == b["seed"]:

@@ -407,7 +407,7 @@ class AnticausalSPSP:
 
 
 # Time steps per chunk of the trace computation are chosen so one chunk stays under this size; small temporaries
-# are reused by the allocator, while large fresh ones cost page faults (measured: ~30 ms per 80 MB here).
+# are reused by the allocator, while large fresh ones cost page faults (BENCHMARKS.md).
 TRACE_CHUNK_BYTES = 8 << 20
 
 

@@ -1,7 +1,7 @@
 """Reuse of large per-layer buffers whose last user has let go of them.
 
-Large fresh allocations are mmap'ed by the C allocator and pay one page fault per 4 KiB page on first touch: on the
-project's CPU machines an 80 MB buffer costs ~30 ms that way, as much as the GEMM that fills it. A :class:`BufferPool`
+Large fresh allocations are mmap'ed by the C allocator and pay one page fault per 4 KiB page on first touch, as much
+as the GEMM that fills the buffer (BENCHMARKS.md). A :class:`BufferPool`
 hands back a buffer it made earlier only when no tensor or view outside the pool still refers to its storage (the
 storage's reference count says so), so reuse can never alias live data.
 

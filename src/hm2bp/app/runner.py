@@ -107,6 +107,17 @@ def resume_path(last: Path, resume: bool | str, fp: str, config: dict) -> Path |
     return None
 
 
+def build_module(cfg: DictConfig, input_shape: tuple[int, ...], n_train: int):
+    """The :class:`~hm2bp.app.module.HM2BPModule` that ``cfg`` describes, for ``n_train`` training samples."""
+    from hm2bp.app.module import HM2BPModule
+
+    model, tr = cfg.model, cfg.trainer
+    return HM2BPModule(model_arch(model), input_shape, list(model.thresholds), n_train=n_train, lr=tr.lr,
+                       lr_schedule=tr.lr_schedule, boosting=tr.boosting, neuron={k: model[k] for k in NET},
+                       targets=OmegaConf.to_container(model.targets), rule=OmegaConf.to_container(model.rule),
+                       regularizer=OmegaConf.to_container(tr.regularizer))
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Train one (config, seed) in ``run_dir`` and return its metrics (see :mod:`hm2bp.metrics`)."""
     validate(cfg)
@@ -127,7 +138,6 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     from hm2bp.app.data import SpikeData
     from hm2bp.app.figures import learning_curves, spike_raster
     from hm2bp.app.finite import FiniteCheck
-    from hm2bp.app.module import HM2BPModule
     from hm2bp.metrics import summarize
 
     quiet_library_noise()
@@ -139,16 +149,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     augment = cfg.dataset.get("augment", None)
     data = SpikeData(cfg.dataset.name, cfg.data_dir, cfg.dataset.steps, tr.batch_size, cfg.seed,
                      cfg.dataset.get("fixed_trains", True), cfg.dataset.get("download", False),
-                     cfg.dataset.get("options", None), None if augment is None else OmegaConf.to_container(augment),
+                     cfg.dataset.get("options", None), None if True else OmegaConf.to_container(augment),
                      device_encoding=device_encoding(tr), num_workers=int(tr.get("num_workers") or 0),
                      pin_memory=bool(tr.get("pin_memory", False)), shuffle=tr.shuffle)
     data.setup()  # loads the files now: a missing or corrupt file fails here, before any training
-    model_cfg = cfg.model
-    module = HM2BPModule(
-        model_arch(model_cfg), data.info.shape, list(model_cfg.thresholds), n_train=data.n_train, lr=tr.lr,
-        lr_schedule=tr.lr_schedule, boosting=tr.boosting, neuron={k: model_cfg[k] for k in NET},
-        targets=OmegaConf.to_container(model_cfg.targets), rule=OmegaConf.to_container(model_cfg.rule),
-        regularizer=OmegaConf.to_container(tr.regularizer))
+    module = build_module(cfg, data.info.shape, data.n_train)
     name = f"{cfg.experiment_name}-seed{cfg.seed}"
     loggers = make_loggers(cfg, run_dir, name)
     checkpoint = RunCheckpoint(last, fp, config, tr.get("checkpoint_every_minutes"))
@@ -172,7 +177,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 
     if not trainer.is_global_zero:  # under DDP only the first process writes the run's files
         return {}
-    metrics = {"experiment": cfg.experiment_name, "dataset": cfg.dataset.name, "model": model_cfg.name,
+    metrics = {"experiment": cfg.experiment_name, "dataset": cfg.dataset.name, "model": cfg.model.name,
                "seed": int(cfg.seed), "fingerprint": fp, **summarize(module.history),
                "test_silent_outputs": module.history[-1]["test_silent_outputs"],
                "lateral_clamped_last_epoch": module.history[-1]["lateral_clamped"], "config": config}

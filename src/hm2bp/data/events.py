@@ -31,7 +31,7 @@ class EventSplit:
 
     def spikes(self, idx: torch.Tensor, epoch: int = 0) -> torch.Tensor:
         """``(B, T, N)`` 0/1 trains (a view of time-major storage); the same in every epoch."""
-        # a reused buffer: an N-MNIST batch's raster is 320 MB, whose fresh allocation pays ~80 ms of page faults
+        # a reused buffer: a fresh N-MNIST batch raster (hundreds of MB) pays more in page faults than the binning
         out = _rasters.get((self.steps, len(idx), self.n_inputs), torch.empty(0)).zero_()
         for row, k in enumerate(idx.tolist()):
             lo, hi = int(self.offsets[k]), int(self.offsets[k + 1])
