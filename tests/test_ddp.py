@@ -88,21 +88,24 @@ def test_killed_ddp_run_resumes(tmp_path, single):
     deadline, ckpt = time.time() + 300, None
     while time.time() < deadline and proc.poll() is None:
         found = list(out.glob(f"{EXPERIMENT}/*/seed0/checkpoints/last.ckpt"))
-        if found:
-            try:
-                if torch.load(found[0], map_location="cpu", weights_only=False)["epoch"] >= 1:
-                    ckpt = found[0]
-                    break
-            except Exception:  # being written
-                pass
+        if found:  # epoch 0's checkpoint (written by rename): two epochs are left to kill the run in
+            ckpt = found[0]
+            break
         time.sleep(0.05)
     assert ckpt is not None and proc.poll() is None, "the run ended before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)  # both processes, no checkpoint on the way out
     proc.communicate(timeout=60)
+    # What the kill left, read after it: the final epoch's checkpoint would leave nothing to resume
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    k = int(state["epoch"])
+    assert k < 3 - 1 and not state["hm2bp_mid_epoch"], f"killed after the last epoch's checkpoint (epoch {k})"
     assert not (ckpt.parent.parent / "metrics.json").exists()
     resumed = _run(DDP, out)
-    assert "resuming from" in resumed.stdout
-    _, history, _ = _state(ckpt.parent.parent)
+    assert f"resuming from {ckpt} (saved at the end of epoch {k})" in resumed.stdout
+    folder = ckpt.parent.parent
+    timed = json.loads((folder / "history.json").read_text())
+    assert [h["train_seconds"] for h in timed[:k + 1]] == [h["train_seconds"] for h in state["hm2bp_history"]]
+    _, history, _ = _state(folder)
     assert _same_history(history, single[1])
 
 

@@ -17,9 +17,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from omegaconf import OmegaConf
 
 from conftest import run_dir
 from hm2bp import HM2BPRule, SpikeCountLoss, SpikingMLP, backend, predict
+from hm2bp.app import cli
 from hm2bp.app.data import SpikeData
 from hm2bp.app.finite import FiniteCheck, NonFiniteError
 from hm2bp.app.module import HM2BPModule
@@ -101,8 +103,15 @@ def test_online_wandb_without_key_fails_clearly_or_falls_back_when_asked(tmp_pat
     assert list(tmp_path.rglob("offline-run-*"))
 
 
+def _owner_access(path, mode, **_) -> bool:
+    """os.access as the owner of ``path`` without root's override sees it: its owner permission bits."""
+    bits = os.stat(path).st_mode
+    return all(bits & owner for want, owner in ((os.R_OK, 0o400), (os.W_OK, 0o200), (os.X_OK, 0o100))
+               if mode & want)
+
+
 @pytest.mark.parametrize("multirun", [False, True], ids=["run", "multirun"])
-def test_unwritable_output_is_the_apps_own_one_line_error(tmp_path, multirun):
+def test_unwritable_output_is_the_apps_own_one_line_error(tmp_path, monkeypatch, capsys, multirun):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     proc = _run([*(["-m", "seed=0,1"] if multirun else []), *SMOKE, f"output_root={blocker}/sub"], tmp_path,
@@ -110,16 +119,25 @@ def test_unwritable_output_is_the_apps_own_one_line_error(tmp_path, multirun):
     assert proc.returncode == 1
     assert proc.stderr.startswith(f"error: cannot create the run directory {blocker}/sub")
     assert f"{blocker} is a file, not a folder" in proc.stderr and "Traceback" not in proc.stderr
-    read_only = tmp_path / "ro"
+    # A read-only folder: root's access() ignores permissions (these tests run as root), so the app's check sees
+    # the owner's permission bits instead, in-process, through the Hydra callback that runs it, whoever runs this.
+    monkeypatch.setattr(cli.os, "access", _owner_access)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    writable, read_only = tmp_path / "rw", tmp_path / "ro"
+    writable.mkdir()
     read_only.mkdir()
     read_only.chmod(0o500)
     try:
-        if os.access(read_only, os.W_OK):
-            return  # root ignores permissions: the file case above is the check
-        proc = _run([*SMOKE, f"output_root={read_only}/sub"], tmp_path, check=False)
-        assert proc.returncode == 1 and f"{read_only} is not writable" in proc.stderr
+        cli.check_writable(writable / "sub")  # the premise: the emulated check passes a writable folder
+        key = "sweep" if multirun else "run"
+        start = cli.Preflight().on_multirun_start if multirun else cli.Preflight().on_run_start
+        with pytest.raises(SystemExit) as exit_:
+            start(OmegaConf.create({"hydra": {key: {"dir": f"{read_only}/sub"}}}))
     finally:
         read_only.chmod(0o700)
+    assert exit_.value.code == 1 and not (read_only / "sub").exists()
+    assert capsys.readouterr().err == (f"error: cannot create the run directory {read_only}/sub: {read_only} is not "
+                                       f"writable; choose another output_root\n")
 
 
 def test_atomic_write_keeps_previous_content_on_failure(tmp_path, monkeypatch):

@@ -18,7 +18,7 @@ from hydra import compose, initialize_config_dir
 from conftest import run_dir
 from hm2bp.app.checkpoints import FINGERPRINT_KEY, MID_EPOCH_KEY, RunCheckpoint
 from hm2bp.app.data import SpikeData
-from hm2bp.app.identity import fingerprint, run_config, run_label
+from hm2bp.app.identity import COMMANDS_FILE, fingerprint, run_config
 from hm2bp.app.module import HM2BPModule
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -136,12 +136,14 @@ def test_slurm_requeue_signal_saves_and_requeues(tmp_path, reference):
 
 
 def test_checkpoints_every_n_minutes_within_an_epoch(tmp_path, monkeypatch):
-    """checkpoint_every_minutes saves mid-epoch (here every batch) and every checkpoint carries the fingerprint."""
+    """checkpoint_every_minutes saves mid-epoch once N minutes have passed since the last checkpoint (of either
+    kind), and every checkpoint carries the fingerprint. A fake clock advances 30 s per batch, so with N = 1 a save
+    is due every second batch: "always due" or minutes read as seconds would save after every batch."""
     data = SpikeData("digits", "data", steps=60, batch_size=64, seed=0)
     data.setup()
-    module = HM2BPModule("20-10", (64,), [4.0, 4.0], n_train=data.n_train, lr=1e-2, desired=10, undesired=1,
-                         margin=1)
-    saved: list[tuple[int, bool]] = []
+    module = HM2BPModule("20-10", (64,), [4.0, 4.0], n_train=data.n_train, lr=1e-2, lr_schedule="inverse_sqrt",
+                         boosting=True, targets={"desired": 10, "undesired": 1, "margin": 1})
+    saved: list[tuple[int, int, bool]] = []
     import hm2bp.app.checkpoints as checkpoints
 
     real = checkpoints.atomic_save
@@ -150,16 +152,23 @@ def test_checkpoints_every_n_minutes_within_an_epoch(tmp_path, monkeypatch):
         real(trainer, path)
         state = torch.load(path, map_location="cpu", weights_only=False)
         assert state[FINGERPRINT_KEY] == "abc"
-        saved.append((int(state["epoch"]), bool(state[MID_EPOCH_KEY])))
+        saved.append((int(state["epoch"]), trainer.global_step, bool(state[MID_EPOCH_KEY])))
 
     monkeypatch.setattr(checkpoints, "atomic_save", spy)
-    callback = RunCheckpoint(tmp_path / "last.ckpt", "abc", {"x": 1}, every_minutes=1e-9)
-    trainer = L.Trainer(max_epochs=2, limit_train_batches=3, limit_val_batches=1, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, callbacks=[callback],
+    now = [0.0]
+
+    class Tick(L.Callback):  # listed before the checkpoint callback: each batch ends 30 s later
+        def on_train_batch_end(self, *_):
+            now[0] += 30.0
+
+    callback = RunCheckpoint(tmp_path / "last.ckpt", "abc", {"x": 1}, every_minutes=1, clock=lambda: now[0])
+    trainer = L.Trainer(max_epochs=2, limit_train_batches=5, limit_val_batches=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, callbacks=[Tick(), callback],
                         num_sanity_val_steps=0, default_root_dir=tmp_path)
     trainer.fit(module, datamodule=data)
-    # batches 1 and 2 of each epoch mid-epoch; the last batch waits for the epoch-end checkpoint
-    assert saved == [(0, True), (0, True), (0, False), (1, True), (1, True), (1, False)]
+    # (epoch, steps done, mid-epoch): after batches 2 and 4 of each epoch (60 s since the last save); the last
+    # batch waits for the epoch-end checkpoint, which restarts the count (epoch 1's first save is 60 s after it)
+    assert saved == [(0, 2, True), (0, 4, True), (0, 5, False), (1, 7, True), (1, 9, True), (1, 10, False)]
 
 
 def _compose(overrides: list[str], hydra_config: bool = False):
@@ -187,16 +196,49 @@ def test_fingerprint_covers_what_changes_results_only():
     assert one_byte != config and fingerprint(one_byte) != fingerprint(config)
 
 
-def test_run_dir_is_overrides_plus_fingerprint():
-    overrides = ["trainer.lr=0.001", "seed=2", "logger=none", "hydra/launcher=joblib", "output_root=x",
-                 "model.sizes=[64,100,10]"]
-    cfg = _compose(overrides, hydra_config=True)
-    fp = fingerprint(run_config(_compose(overrides)))
-    assert cfg.hydra.run.dir == f"x/digits-mlp64-800-10/model.sizes=_64,100,10_,trainer.lr=0.001-{fp}/seed2"
-    assert run_label([], "f" * 12) == f"default-{'f' * 12}"
-    long = run_label([f"trainer.lr={'1' * 200}"], "0" * 12)
-    assert len(long) < 120 and long.endswith("...-000000000000")
-    assert run_label(["dataset.options={root: a/b}"], "0" * 12) == "dataset.options=_root:_a_b_-000000000000"
+# Spellings of one config: the experiment's name is outside the fingerprint, and a dataset brings its network and
+# training settings, so a preset and its expansion (or the default and the dataset named) resolve alike.
+EQUIVALENT = [([], ["dataset=digits"]), (["experiment=digits_mlp"], ["dataset.fixed_trains=false"]),
+              (["experiment=emnist_mlp_400_400"], ["dataset=emnist"])]
+
+
+@pytest.mark.parametrize(("one", "other"), EQUIVALENT, ids=[" ".join(b) for _, b in EQUIVALENT])
+def test_equivalent_commands_share_one_run_dir(one, other):
+    """The run dir is <output_root>/<dataset>-<model>/<fingerprint>/seed<seed>, in a run and in a multirun: two
+    commands of one config find each other's finished seeds and checkpoints; another setting gets its own."""
+    extra = ["seed=2", "output_root=x", "logger=none", "trainer.num_threads=1"]
+
+    def where(overrides: list[str]) -> tuple[str, str, str]:
+        cfg = _compose([*overrides, *extra], hydra_config=True)
+        return fingerprint(run_config(_compose([*overrides, *extra]))), cfg.hydra.run.dir, cfg.hydra.sweep.subdir
+
+    fp, run, subdir = where(one)
+    assert where(other)[0] == fp  # the premise: one config
+    assert where(other)[1:] == (run, subdir)
+    cfg = _compose(one)
+    assert run == f"x/{cfg.dataset.name}-{cfg.model.name}/{fp}/seed2" and subdir == run.removeprefix("x/")
+    assert where([*other, "trainer.lr=0.0123"])[1] != run
+
+
+def test_an_equivalent_command_skips_the_finished_run_and_is_recorded(tmp_path):
+    """A preset's run is found (skipped as finished) by its plain expansion; commands.txt beside the seeds names
+    both commands with their experiment, once each, whatever the seed."""
+    out = tmp_path / "out"
+    tiny = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+            "trainer.batch_size=32", "trainer.progress_bar=false", "logger=none"]
+    first = _run(["experiment=digits_mlp", *tiny], out)
+    folder = run_dir(out, "digits_mlp")
+    assert f"run dir: {folder}" in first.stdout
+    done = (folder / "metrics.json").read_bytes()
+    second = _run(["dataset.fixed_trains=false", *tiny], out)
+    assert f"run dir: {folder}" in second.stdout and "is complete" in second.stdout
+    assert folder.parent.parent.name == EXPERIMENT
+    _run(["experiment=digits_mlp", "seed=0", *tiny], out)
+    assert [p.parent for p in out.rglob("metrics.json")] == [folder] and (folder / "metrics.json").read_bytes() == done
+    rest = " ".join([*tiny, f"output_root={out}"])
+    assert (folder.parent / COMMANDS_FILE).read_text().splitlines() == [
+        f"digits_mlp: python src/run.py experiment=digits_mlp {rest}",
+        f"{EXPERIMENT}: python src/run.py dataset.fixed_trains=false {rest}"]
 
 
 def test_two_learning_rates_give_two_runs_and_two_report_rows(tmp_path):

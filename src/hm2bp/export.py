@@ -41,6 +41,7 @@ import torch
 from hm2bp import __version__
 from hm2bp.functional import HM2BPRule
 from hm2bp.layers import SpikingConv2d, SpikingLinear, SpikingNet, SpikingPool2d
+from hm2bp.loss import SpikeCountLoss
 
 DEFAULT_DT = 1e-4  # seconds per simulation step: what snnTorch's import_from_nir assumes
 
@@ -109,15 +110,15 @@ def load_run(run_dir: str | Path) -> SpikingNet:
     run_dir = Path(run_dir)
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     if not run_dir.is_dir():
-        raise ExportError(f"{run_dir} is not a run directory (outputs/<experiment>/<label>/seed<n>)")
+        raise ExportError(f"{run_dir} is not a run directory (outputs/<dataset>-<model>/<fingerprint>/seed<n>)")
     if not ckpt.is_file():
         raise ExportError(f"{ckpt} is missing: train the run first (python src/run.py …) or pass another run dir")
     try:
         data = torch.load(ckpt, map_location="cpu", weights_only=True)
         hp, state = data["hyper_parameters"], data["state_dict"]
-        net = SpikingNet(hp["arch"], hp["input_shape"], hp["thresholds"], tau_m=hp["tau_m"], tau_s=hp["tau_s"],
-                         t_ref=hp["t_ref"], rule=HM2BPRule(**(hp["rule"] or {})), lateral_w0=hp["lateral_w0"],
-                         target_count=int(hp["desired"]))
+        # the HM2BPModule's arguments; the engine's defaults fill what they leave out, as in training
+        net = SpikingNet(hp["arch"], hp["input_shape"], hp["thresholds"], rule=HM2BPRule(**(hp["rule"] or {})),
+                         target_count=int(SpikeCountLoss(**(hp["targets"] or {})).desired), **(hp["neuron"] or {}))
         net.load_state_dict({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")})
     except Exception as err:  # unpickling, missing keys and shape mismatches all mean the same to the user
         raise ExportError(f"{ckpt} is not a readable hm2bp checkpoint ({type(err).__name__}: "

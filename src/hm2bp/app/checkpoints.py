@@ -15,7 +15,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -97,13 +97,16 @@ class RunCheckpoint(Callback):
     """Writes ``path`` (``last.ckpt``) atomically at every epoch end, every ``every_minutes`` of training when set,
     and after the current batch when SIGTERM, SIGINT (Ctrl-C) or, under SLURM, a requeue signal arrives; then it
     stops training with :class:`RunInterrupted` (after ``scontrol requeue`` for a requeue signal). A second Ctrl-C
-    stops at once. Every checkpoint records the run's fingerprint and config."""
+    stops at once. Every checkpoint records the run's fingerprint and config. ``clock`` (seconds) times the
+    timed saves; tests pass a fake one."""
 
-    def __init__(self, path: Path, fingerprint: str, config: dict, every_minutes: float | None = None) -> None:
+    def __init__(self, path: Path, fingerprint: str, config: dict, every_minutes: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.path, self.fingerprint, self.config = Path(path), fingerprint, config
         self.every_seconds = None if every_minutes is None else 60.0 * float(every_minutes)
+        self.clock = clock
         self.received: int | None = None
-        self._last_save = time.monotonic()
+        self._last_save = clock()
         self._mid_epoch = False
 
     # -- signals ----------------------------------------------------------------------------------------------
@@ -137,7 +140,7 @@ class RunCheckpoint(Callback):
                 signal.signal(s, handler)
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        self._last_save = time.monotonic()
+        self._last_save = self.clock()
 
     def on_train_start(self, trainer, pl_module) -> None:
         """Under DDP, take SIGTERM back from Lightning (which registers its handler after ``on_fit_start``): its
@@ -150,7 +153,7 @@ class RunCheckpoint(Callback):
     # -- saving -----------------------------------------------------------------------------------------------
     def _save(self, trainer) -> None:
         atomic_save(trainer, self.path)
-        self._last_save = time.monotonic()
+        self._last_save = self.clock()
 
     def _stop(self, trainer, signum: int, where: str) -> None:
         name = signal.Signals(signum).name
@@ -191,7 +194,7 @@ class RunCheckpoint(Callback):
         if trainer.world_size > 1 and (batch_idx + 1) % DDP_AGREE_EVERY:
             return  # under DDP the processes compare notes every few batches only (a sync on GPUs)
         signum, due = self._agree(trainer, self.every_seconds is not None and
-                                  time.monotonic() - self._last_save >= self.every_seconds)
+                                  self.clock() - self._last_save >= self.every_seconds)
         if signum is None and not due:
             return
         self._mid_epoch = True

@@ -149,7 +149,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     augment = cfg.dataset.get("augment", None)
     data = SpikeData(cfg.dataset.name, cfg.data_dir, cfg.dataset.steps, tr.batch_size, cfg.seed,
                      cfg.dataset.get("fixed_trains", True), cfg.dataset.get("download", False),
-                     cfg.dataset.get("options", None), None if True else OmegaConf.to_container(augment),
+                     cfg.dataset.get("options", None), None if augment is None else OmegaConf.to_container(augment),
                      device_encoding=device_encoding(tr), num_workers=int(tr.get("num_workers") or 0),
                      pin_memory=bool(tr.get("pin_memory", False)), shuffle=tr.shuffle)
     data.setup()  # loads the files now: a missing or corrupt file fails here, before any training
