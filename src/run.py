@@ -3,7 +3,7 @@
 Examples:
     python src/run.py                                   # HM2-BP 64-800-10 on scikit-learn digits (offline)
     python src/run.py -m seed=0,1,2,3,4 dataset=digits  # five seeds; finished seeds are skipped on rerun
-    python src/run.py -m trainer.lr=0.01,0.001          # two settings: two run dirs (overrides + fingerprint)
+    python src/run.py -m trainer.lr=0.01,0.001          # two settings: two run dirs (one per fingerprint)
     python src/run.py -m seed=0,1 hydra/launcher=joblib # seeds in parallel
 """
 
@@ -18,8 +18,15 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from hm2bp.app.cli import one_line_hydra_errors, user_errors, where_the_files_are
-from hm2bp.app.config import ConfigError
+from hm2bp.app.config import ConfigError, validate
+from hm2bp.app.identity import record_command
 from hm2bp.app.runner import run
+
+
+def _first_process() -> bool:
+    """False in the other processes of a data-parallel run (they rerun this command with a rank set), which
+    would only repeat the first one's output."""
+    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "SLURM_PROCID"))
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -32,6 +39,11 @@ def main(cfg: DictConfig) -> float:
             raise ConfigError("trainer=ddp cannot run inside a local multirun (-m): Lightning starts its other "
                               "processes by rerunning the command line; run one job at a time, or use "
                               "hydra/launcher=slurm (docs/ddp.md)")
+        validate(cfg)  # a command that fails its checks is not recorded as one that used the folder
+        if _first_process():
+            commands = record_command(run_dir, cfg.seed, cfg.experiment_name, list(hydra_cfg.overrides.task))
+            print(f"run dir: {run_dir}" + (f" (the commands that used it: {commands})" if commands else ""),
+                  flush=True)
         metrics = run(cfg, run_dir)
     if not metrics:  # a DDP process other than the first: that one reports
         return float("nan")

@@ -70,9 +70,17 @@ def nonempty(items: list, what: str) -> list:
 
 
 def run_dir(root, experiment: str, seed: int = 0):
-    """The single run dir ``<root>/<experiment>/<overrides>-<fingerprint>/seed<seed>`` (fails on none or several)."""
+    """The single run dir ``<root>/<dataset>-<model>/<fingerprint>/seed<seed>`` of ``experiment``: its folder's
+    ``<dataset>-<model>`` part, or an experiment name in its ``commands.txt`` (fails on none or several)."""
     from pathlib import Path
 
-    found = sorted(Path(root, experiment).glob(f"*/seed{seed}"))
+    from hm2bp.app.identity import COMMANDS_FILE
+
+    def named(folder: Path) -> bool:
+        commands = folder.parent / COMMANDS_FILE
+        lines = commands.read_text().splitlines() if commands.exists() else []
+        return folder.parent.parent.name == experiment or any(line.startswith(f"{experiment}: ") for line in lines)
+
+    found = sorted(f for f in Path(root).glob(f"*/*/seed{seed}") if named(f))
     assert len(found) == 1, f"expected one run dir of {experiment} seed {seed} under {root}, found {found}"
     return found[0]

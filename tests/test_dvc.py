@@ -15,6 +15,7 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 
+import hm2bp.app.config  # noqa: F401  (registers what the configs compose: the engine defaults, the run-dir resolver)
 from hm2bp.data.idx import DatasetFileError, load_mnist
 from hm2bp.paper import PROTOCOL
 

@@ -140,7 +140,7 @@ def test_export_command_writes_the_runs_weights_and_names_bad_input(tmp_path):
         assert not (tmp_path / "x.nir").exists()
 
     fails(tmp_path / "nothing", f"error: {tmp_path / 'nothing'} is not a run directory "
-                                "(outputs/<experiment>/<label>/seed<n>)")
+                                "(outputs/<dataset>-<model>/<fingerprint>/seed<n>)")
     empty = tmp_path / "empty"
     empty.mkdir()
     ckpt = empty / "checkpoints" / "last.ckpt"

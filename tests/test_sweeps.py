@@ -15,6 +15,7 @@ from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
 from conftest import nonempty
 from hm2bp.app.config import validate
+from hm2bp.paper import PROTOCOL
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = nonempty(sorted((ROOT / "sweeps").glob("*.yaml")), "sweep specs")
@@ -62,10 +63,12 @@ def _paper_experiments() -> list[str]:
     return yaml.safe_load((ROOT / "profiles" / "profile" / "paper.yaml").read_text())["experiments"]
 
 
-def test_one_seeds_grid_per_paper_experiment_and_a_digits_search():
-    names = {p.stem for p in SPECS}
-    assert {f"seeds_{e}" for e in _paper_experiments()} <= names
-    assert "digits_bayes" in names
+def test_one_seeds_grid_over_every_paper_experiment_and_a_digits_search():
+    assert {p.stem for p in SPECS} == {"seeds", "digits_bayes"}
+    seeds = yaml.safe_load((ROOT / "sweeps" / "seeds.yaml").read_text())
+    rows = seeds["parameters"]["experiment"]["values"]
+    assert rows == _paper_experiments() and sorted(rows) == sorted(PROTOCOL)
+    assert all((ROOT / "conf" / "experiment" / f"{e}.yaml").exists() for e in rows)
 
 
 @pytest.mark.parametrize("path", SPECS, ids=[p.stem for p in SPECS])
@@ -76,8 +79,12 @@ def test_every_sweep_run_composes_and_validates(path, monkeypatch):
     assert spec["method"] in ("grid", "bayes")
     monkeypatch.setenv("WANDB_RUN_ID", "testrun")  # the agent sets it for every run it starts
     runs = _combinations(spec)
-    if path.stem.startswith("seeds_"):
-        assert spec["method"] == "grid" and sorted(r["seed"] for r in runs) == [0, 1, 2, 3, 4]
+    if path.stem == "seeds":  # every experiment × seeds 0–4
+        assert spec["method"] == "grid"
+        per_experiment: dict[str, list[int]] = {}
+        for r in runs:
+            per_experiment.setdefault(r["experiment"], []).append(r["seed"])
+        assert all(sorted(s) == [0, 1, 2, 3, 4] for s in per_experiment.values())
     dirs = set()
     for values in runs:
         argv = _argv(spec, values)
@@ -93,4 +100,4 @@ def test_every_sweep_run_composes_and_validates(path, monkeypatch):
     if spec["method"] == "grid":
         assert len(dirs) == len(runs)  # no run skips another as finished
     else:
-        assert all(d.startswith("outputs/digits_bayes/testrun/digits_mlp/") for d in dirs)  # per wandb run id
+        assert all(d.startswith("outputs/digits_bayes/testrun/digits-mlp64-800-10/") for d in dirs)  # per wandb run

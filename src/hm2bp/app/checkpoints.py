@@ -67,7 +67,7 @@ def check_resumable(path: Path, fingerprint: str, config: dict) -> dict[str, Any
     theirs = state.get(FINGERPRINT_KEY)
     if theirs != fingerprint:
         diff = differences(state.get(CONFIG_KEY, {}), config) if CONFIG_KEY in state else \
-            ["the checkpoint records no config (written by an older hm2bp)"]
+            ["the checkpoint records no hm2bp config: not written by this app"]
         raise ForeignCheckpoint(
             f"refusing to resume {path}: it belongs to another config (fingerprint {theirs}, this run "
             f"{fingerprint}); differing keys: {'; '.join(diff)}. Rerun with resume=false to move it aside and start "

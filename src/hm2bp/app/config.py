@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
+from hm2bp.app import identity  # noqa: F401  registers ${hm2bp_fingerprint:}, which hydra.run.dir uses
 from hm2bp.app.schema import REGULARIZER, RULE
 from hm2bp.arch import ArchError, arch_from_sizes, parse_arch
 from hm2bp.augment import Augmentation

@@ -1,17 +1,23 @@
 """A run's identity: the fingerprint of everything in its resolved config that can change its result.
 
 Two runs share a fingerprint exactly when they train the same thing (the seed aside: the seeds of one config form
-one group of the report). Paths, logging, progress display, thread counts and checkpoint timing are not part of it.
-The fingerprint names the run directory (``<output_root>/<experiment>/<label>/seed<seed>``), is stored in
-``metrics.json`` and in every checkpoint, and decides whether a finished run is skipped or a checkpoint resumed.
+one group of the report). Paths, logging, progress display, thread counts, checkpoint timing and the experiment's
+name are not part of it. The fingerprint names the run directory
+(``<output_root>/<dataset.name>-<model.name>/<fingerprint>/seed<seed>``, both names inside the fingerprint), so
+every command that resolves to the same config, however it is spelled (``dataset=emnist`` or
+``experiment=emnist_mlp_400_400``), finds the same folder: its finished seeds are skipped, its checkpoints resumed.
+It is also stored in ``metrics.json`` and in every checkpoint. :data:`COMMANDS_FILE` beside the seed folders lists
+the commands that used the folder.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
-import re
+import shlex
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -24,14 +30,10 @@ EXCLUDED = frozenset({
     "trainer.strategy",  # how the processes are started; trainer.devices (in the fingerprint) sets how many
     "trainer.contraction",  # the same gradients up to rounding, like the kernels the backend picks
 })
-# Command-line overrides left out of the readable part of the run directory's name (they are in the fingerprint
-# or change nothing): the seed has its own folder, the experiment names the parent folder.
-LABEL_EXCLUDED = frozenset({"seed", "experiment", "output_root", "data_dir", "resume", "logger", "hydra",
-                            "trainer.progress_bar", "trainer.num_threads", "trainer.checkpoint_every_minutes",
-                            "trainer.device_encoding", "trainer.num_workers", "trainer.pin_memory",
-                            "trainer.strategy", "trainer.contraction"})
 FINGERPRINT_CHARS = 12
-LABEL_MAX_CHARS = 96
+# Beside the seed folders of one config: one line per distinct command that ran in it, ``<experiment name>: python
+# src/run.py <overrides>``, the readable half of a folder whose name is only the fingerprint.
+COMMANDS_FILE = "commands.txt"
 
 
 def _drop(tree: dict, prefix: str = "") -> dict:
@@ -52,33 +54,45 @@ def fingerprint(config: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:FINGERPRINT_CHARS]
 
 
-def _labelled(override: str) -> bool:
-    key = override.split("=", 1)[0].lstrip("+~")
-    return not any(key == k or key.startswith((f"{k}.", f"{k}/")) for k in LABEL_EXCLUDED)
-
-
-def run_label(overrides: list[str], fp: str) -> str:
-    """The run directory's middle part: the command-line overrides that matter, sorted and comma-joined, with every
-    character a shell would expand or split on (brackets, braces, quotes, spaces, slashes, …) replaced by ``_`` and
-    cut to :data:`LABEL_MAX_CHARS`; then ``-`` and the fingerprint. ``default-<fp>`` without any."""
-    readable = re.sub(r"[^A-Za-z0-9._=,+:@-]", "_", ",".join(sorted(o for o in overrides if _labelled(o))))
-    if len(readable) > LABEL_MAX_CHARS:
-        readable = readable[:LABEL_MAX_CHARS - 3] + "..."
-    return f"{readable or 'default'}-{fp}"
-
-
-def _label_resolver(*, _root_: DictConfig) -> str:
-    """``${hm2bp_run_label:}`` in ``hydra.run.dir``/``hydra.sweep.subdir``: :func:`run_label` of this job."""
-    overrides = list(OmegaConf.select(_root_, "hydra.overrides.task", default=[]) or [])
+def _fingerprint_resolver(*, _root_: DictConfig) -> str:
+    """``${hm2bp_fingerprint:}`` in ``hydra.run.dir``/``hydra.sweep.subdir``: :func:`fingerprint` of this job."""
     tree = OmegaConf.to_container(_root_, resolve=False)
     tree.pop("hydra", None)
-    return run_label(overrides, fingerprint(run_config(OmegaConf.create(tree))))
+    return fingerprint(run_config(OmegaConf.create(tree)))
 
 
 def register_resolvers() -> None:
-    """Make ``${hm2bp_run_label:}`` available to Hydra's configs (idempotent)."""
-    if not OmegaConf.has_resolver("hm2bp_run_label"):
-        OmegaConf.register_new_resolver("hm2bp_run_label", _label_resolver)
+    """Make ``${hm2bp_fingerprint:}`` available to Hydra's configs (idempotent)."""
+    if not OmegaConf.has_resolver("hm2bp_fingerprint"):
+        OmegaConf.register_new_resolver("hm2bp_fingerprint", _fingerprint_resolver)
 
 
-register_resolvers()  # importing this module makes ${hm2bp_run_label:} available to Hydra
+def command_line(experiment_name: str, overrides: list[str]) -> str:
+    """One line of :data:`COMMANDS_FILE`: the experiment name and the command with its overrides, shell-quoted,
+    without ``seed=…`` (every seed of the config shares the line; the seed has its own folder)."""
+    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != "seed"]
+    return f"{experiment_name}: " + shlex.join(["python", "src/run.py", *kept])
+
+
+def record_command(run_dir: Path, seed: int, experiment_name: str, overrides: list[str]) -> Path | None:
+    """Add :func:`command_line` to :data:`COMMANDS_FILE` beside ``run_dir`` unless it is there already; return the
+    file. Only for a run dir of the layout's shape (``…/seed<seed>``): a ``hydra.run.dir`` forced elsewhere gets
+    none, so no file lands in a folder the app does not own. Concurrent writers (a multirun's jobs) take turns
+    under an exclusive lock, so each line is written whole and once."""
+    if run_dir.name != f"seed{seed}":
+        return None
+    path = run_dir.parent / COMMANDS_FILE
+    line = command_line(experiment_name, overrides)
+    with open(path, "a+", encoding="utf-8") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            f.seek(0)
+            if line not in f.read().splitlines():
+                f.write(line + "\n")
+                f.flush()
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+    return path
+
+
+register_resolvers()  # importing this module makes ${hm2bp_fingerprint:} available to Hydra

@@ -24,7 +24,7 @@ from hm2bp.io import atomic_write_json
 from hm2bp.metrics import differences, metrics_complete
 
 
-def _wandb_logger(cfg: DictConfig, run_dir: Path, name: str):
+def _wandb_logger(cfg: DictConfig, run_dir: Path, name: str, group: str):
     from lightning.pytorch.loggers import WandbLogger
 
     mode = cfg.logger.mode
@@ -36,7 +36,7 @@ def _wandb_logger(cfg: DictConfig, run_dir: Path, name: str):
         print("wandb: no API key found, logging offline as logger.fallback_offline=true asks", flush=True)
         mode = "offline"
     os.environ.setdefault("WANDB_SILENT", "true")
-    logger = WandbLogger(project=cfg.logger.project, entity=cfg.logger.entity, group=run_dir.parent.name,
+    logger = WandbLogger(project=cfg.logger.project, entity=cfg.logger.entity, group=group,
                          name=name, save_dir=str(run_dir), mode=mode, job_type="train",
                          config=OmegaConf.to_container(cfg, resolve=True), settings={"init_timeout": 60})
     # Lightning 2.6 always passes anonymous=None to wandb.init, which current wandb warns about; we never set it
@@ -51,11 +51,12 @@ def _wandb_credentials() -> bool:
     return netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore")
 
 
-def make_loggers(cfg: DictConfig, run_dir: Path, name: str) -> list:
+def make_loggers(cfg: DictConfig, run_dir: Path, name: str, group: str) -> list:
+    """The loggers ``cfg.logger`` asks for; wandb runs of one config (``group``: its seeds) are grouped."""
     from lightning.pytorch.loggers import CSVLogger
 
     if cfg.logger.name == "wandb" and cfg.logger.mode != "disabled":
-        return [_wandb_logger(cfg, run_dir, name)]
+        return [_wandb_logger(cfg, run_dir, name, group)]
     if cfg.logger.name == "csv":
         return [CSVLogger(save_dir=str(run_dir), name="csv", version="")]
     return []
@@ -155,7 +156,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     data.setup()  # loads the files now: a missing or corrupt file fails here, before any training
     module = build_module(cfg, data.info.shape, data.n_train)
     name = f"{cfg.experiment_name}-seed{cfg.seed}"
-    loggers = make_loggers(cfg, run_dir, name)
+    loggers = make_loggers(cfg, run_dir, name, f"{cfg.dataset.name}-{cfg.model.name}-{fp}")
     checkpoint = RunCheckpoint(last, fp, config, tr.get("checkpoint_every_minutes"))
     limits = {k: tr[k] for k in ("limit_train_batches", "limit_val_batches") if tr[k] is not None}
     # use_distributed_sampler=False: under DDP our samplers shard the seeded order themselves (SpikeData)
