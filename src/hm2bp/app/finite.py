@@ -18,55 +18,63 @@ class NonFiniteError(RuntimeError):
 
 
 class FiniteCheck(L.Callback):
-    """Raise :class:`NonFiniteError` ("non-finite <what> at epoch E, step S", S the global step) when the training
-    objective, a layer's weight or its gradient holds a NaN or Inf: at once where host reads are allowed, else at the
-    next read of the deferred checks (:data:`FINITE_CHECK_EVERY`). Weights are checked before gradients: a bad weight
-    makes the gradients of every layer below it bad too. Expects ``pl_module.net`` (a
-    :class:`~hm2bp.layers.SpikingNet`)."""
+    """Raise :class:`NonFiniteError` ("non-finite <what> at epoch E, step S", S the global step) when a layer's
+    weight is not finite as training starts (or resumes), or a step's objective or a layer's gradient is not. The
+    gradients are checked before the optimizer uses them, and Adam keeps finite weights finite under finite gradients,
+    so every later weight is covered too.
+
+    Each check is a sum (a sum is non-finite exactly when a value is, or when it overflows, which no usable gradient
+    does), and a step's sums are stacked: one host read per step where host reads are allowed; on the Triton path
+    they stay on the device and are read every :data:`FINITE_CHECK_EVERY` steps, at the end of training epochs and
+    before any checkpoint, still naming the first bad value. Expects ``pl_module.net`` (a
+    :class:`~hm2bp.layers.SpikingNet`).
+    """
 
     def __init__(self, every: int = FINITE_CHECK_EVERY) -> None:
         self.every = every
-        self._pending: list[tuple[str, int, int, torch.Tensor]] = []
-        self._steps = 0
-        self._deferred = False
+        self._pending: list[tuple[list[str], int, int, torch.Tensor]] = []  # (what, epoch, step, sums)
+        self._loss: torch.Tensor | None = None
 
-    def _check(self, what: str, t: torch.Tensor, trainer: L.Trainer) -> None:
-        finite = torch.isfinite(t).all()
-        if self._deferred:
-            self._pending.append((what, trainer.current_epoch, trainer.global_step, finite))
-        elif not bool(finite):
-            value = f" {float(t)}" if t.numel() == 1 else ""
-            raise NonFiniteError(f"non-finite {what}{value} at epoch {trainer.current_epoch}, "
-                                 f"step {trainer.global_step}")
+    def _test(self, what: list[str], sums: list[torch.Tensor], trainer: L.Trainer) -> None:
+        values = torch.stack([v.reshape(()).to(torch.float64) for v in sums])
+        self._pending.append((what, trainer.current_epoch, trainer.global_step, values))
+        if backend.host_reads_allowed(values) or len(self._pending) >= self.every:
+            self.read()
 
     def read(self) -> None:
-        """One host read for all deferred checks; raises for the first that failed."""
-        self._steps = 0
+        """One host read for all pending checks; raises for the first value that is not finite."""
         if not self._pending:
             return
         pending, self._pending = self._pending, []
-        ok = torch.stack([p[3] for p in pending]).cpu()
-        if not bool(ok.all()):
-            what, epoch, step, _ = pending[int((~ok).nonzero()[0])]
-            raise NonFiniteError(f"non-finite {what} at epoch {epoch}, step {step}")
+        values = torch.cat([p[3] for p in pending]).cpu()
+        bad = (~torch.isfinite(values)).nonzero()
+        if not len(bad):
+            return
+        first, offset = int(bad[0]), 0
+        for what, epoch, step, _ in pending:
+            if first < offset + len(what):
+                name = what[first - offset]
+                value = f" {float(values[first])}" if name == "training loss" else ""  # a sum says nothing
+                raise NonFiniteError(f"non-finite {name}{value} at epoch {epoch}, step {step}")
+            offset += len(what)
+
+    @staticmethod
+    def _weights(pl_module: L.LightningModule) -> list[tuple[int, torch.Tensor]]:
+        return [(k, layer.weight) for k, layer in enumerate(pl_module.net.layers) if hasattr(layer, "weight")]
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        weights = self._weights(pl_module)
+        self._test([f"weight in layer {k}" for k, _ in weights], [w.detach().sum(dtype=torch.float64)
+                                                                   for _, w in weights], trainer)
 
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
-        self._deferred = not backend.host_reads_allowed(loss)
-        self._check("training loss", loss.detach(), trainer)
+        self._loss = loss.detach()
 
     def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        layers = [(k, layer.weight) for k, layer in enumerate(pl_module.net.layers) if hasattr(layer, "weight")]
-        for k, w in layers:
-            self._check(f"weight in layer {k}", w, trainer)
-        for k, w in layers:
-            if w.grad is not None:
-                self._check(f"gradient in layer {k}", w.grad, trainer)
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
-                           batch_idx: int) -> None:
-        self._steps += 1
-        if self._steps >= self.every:
-            self.read()
+        grads = [(k, w.grad) for k, w in self._weights(pl_module) if w.grad is not None]
+        loss, self._loss = self._loss, None
+        self._test(["training loss", *(f"gradient in layer {k}" for k, _ in grads)],
+                   [loss, *(g.sum(dtype=torch.float64) for _, g in grads)], trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.read()
