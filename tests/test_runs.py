@@ -112,7 +112,7 @@ def test_signal_saves_mid_epoch_exits_nonzero_and_resumes_exactly(tmp_path, refe
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     assert state[MID_EPOCH_KEY], "the signal should have been handled within an epoch"
     [part] = state["hm2bp_epoch_state"]  # one process: one part of the epoch
-    samples = part["activity"]["samples"]
+    samples = int(part["meter"]["samples"])
     assert 0 < samples < 12 * 32
     resumed = _run(ARGS, out)
     assert f"saved during epoch {state['epoch']}" in resumed.stdout

@@ -98,7 +98,8 @@ def load_extension(device: str) -> ModuleType | None:
 
         build = _build_dir() / device
         build.mkdir(parents=True, exist_ok=True)
-        sources = [str(CSRC / name) for name in ("bindings.cpp", "lif_scan.cpp", "linear.cpp", "encode.cpp")]
+        names = ("bindings.cpp", "lif_scan.cpp", "linear.cpp", "encode.cpp", "bptt.cpp")
+        sources = [str(CSRC / name) for name in names]
         # PyTorch's vectorised add-with-alpha uses fused multiply-adds on AVX2/AVX-512 CPUs; the kernel must too
         # (in hardware: without -mfma, std::fma is a slow library call) to give the same spikes. -fno-trapping-math
         # changes no value; it lets GCC turn the scan's selects into vector blends (without it no loop vectorises).

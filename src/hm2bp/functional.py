@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from hm2bp import backend, ops
+from hm2bp.bptt import BPTTRule
 from hm2bp.neuron import LIFParams
 from hm2bp.spsp import CONVENTIONS, PSP_WINDOW_TAUS, Convention, PSPKernel, spike_sums
 from hm2bp.workspace import BufferPool
@@ -101,7 +102,7 @@ class LayerSetup:
     """Everything about a layer that the autograd rule needs besides tensors."""
 
     lif: LIFParams
-    rule: HM2BPRule
+    rule: HM2BPRule | BPTTRule  # BPTT layers use lif, rule and lateral_w0 only
     lateral_w0: float = 0.0
     is_output: bool = False
     target_count: int = 35

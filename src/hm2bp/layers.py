@@ -11,6 +11,7 @@ from torch import nn
 
 from hm2bp import backend
 from hm2bp.arch import arch_from_sizes, parse_arch
+from hm2bp.bptt import BPTTRule, bptt_layer
 from hm2bp.conv import hm2bp_conv2d, hm2bp_pool2d
 from hm2bp.functional import HM2BPRule, LayerSetup, LayerStats, hm2bp_linear
 from hm2bp.neuron import T_REF, TAU_M, TAU_S, LIFParams, check_spikes
@@ -21,6 +22,8 @@ CONV_THRESHOLD_EPS = 0.0  # conv neurons fire at v > ν exactly; FC and pooling 
 LATERAL_W0 = 1.0  # fixed output-layer lateral inhibition strength `localInbStrength` (docs/algorithm.md §1)
 # y⁺, spikes wanted from the label neuron (docs/algorithm.md §3); also sets the silent-target patch period
 DESIRED_COUNT = 35
+# How a layer learns: the HM2-BP rule (default) or BPTT with a surrogate derivative (hm2bp.bptt)
+Rule = HM2BPRule | BPTTRule
 
 
 class _SpikingLayer(nn.Module):
@@ -58,7 +61,7 @@ class SpikingLinear(_SpikingLayer):
     """
 
     def __init__(self, in_features: int, out_features: int, threshold: float, *, tau_m: float = TAU_M,
-                 tau_s: float = TAU_S, t_ref: int = T_REF, rule: HM2BPRule | None = None, output: bool = False,
+                 tau_s: float = TAU_S, t_ref: int = T_REF, rule: Rule | None = None, output: bool = False,
                  lateral_w0: float | None = None, target_count: int = DESIRED_COUNT,
                  init_scale: float = FC_INIT_SCALE) -> None:
         super().__init__()
@@ -90,9 +93,12 @@ class SpikingLinear(_SpikingLayer):
                 raise ValueError(f"labels must lie in [0, {self.out_features}), got range "
                                  f"[{int(labels.min())}, {int(labels.max())}]")
             period = spikes.shape[1] // self.setup.target_count
-            if self.setup.rule.silent_target_patch and period <= self.setup.lif.t_ref:
+            if getattr(self.setup.rule, "silent_target_patch", False) and period <= self.setup.lif.t_ref:
                 raise ValueError(f"T = {spikes.shape[1]} is too short for target_count {self.setup.target_count}: "
                                  "the silent-target patch needs floor(T/target_count) > t_ref")
+        if isinstance(self.setup.rule, BPTTRule):
+            currents = spikes.transpose(0, 1) @ self.weight.t()  # (T, B, N): no copy of a time-major input
+            return bptt_layer(currents, self.setup.lif, self.setup.lateral_w0, self.setup.rule)
         return hm2bp_linear(spikes, self.weight, self.setup, labels if self.setup.is_output else None)
 
     def extra_repr(self) -> str:
@@ -118,7 +124,7 @@ class SpikingConv2d(_SpikingLayer):
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, threshold: float, *,
-                 tau_m: float = TAU_M, tau_s: float = TAU_S, t_ref: int = T_REF, rule: HM2BPRule | None = None,
+                 tau_m: float = TAU_M, tau_s: float = TAU_S, t_ref: int = T_REF, rule: Rule | None = None,
                  init_scale: float = CONV_INIT_SCALE) -> None:
         super().__init__()
         if min(in_channels, out_channels, kernel_size) <= 0:
@@ -137,7 +143,12 @@ class SpikingConv2d(_SpikingLayer):
         _check_maps("SpikingConv2d", spikes, self.in_channels)
         if min(spikes.shape[3:]) < self.kernel_size:
             raise ValueError(f"input maps {tuple(spikes.shape[3:])} are smaller than the kernel {self.kernel_size}")
-        return hm2bp_conv2d(spikes.to(self.weight.dtype), self.weight, self.setup)
+        spikes = spikes.to(self.weight.dtype)
+        if isinstance(self.setup.rule, BPTTRule):
+            x = spikes.transpose(0, 1)
+            currents = torch.nn.functional.conv2d(x.flatten(0, 1), self.weight)
+            return bptt_layer(currents.view(*x.shape[:2], *currents.shape[1:]), self.setup.lif, 0.0, self.setup.rule)
+        return hm2bp_conv2d(spikes, self.weight, self.setup)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
@@ -155,7 +166,7 @@ class SpikingPool2d(_SpikingLayer):
     """
 
     def __init__(self, size: int, threshold: float, *, tau_m: float = TAU_M, tau_s: float = TAU_S,
-                 t_ref: int = T_REF, rule: HM2BPRule | None = None) -> None:
+                 t_ref: int = T_REF, rule: Rule | None = None) -> None:
         super().__init__()
         if size <= 0:
             raise ValueError(f"pooling size must be > 0, got {size}")
@@ -170,7 +181,12 @@ class SpikingPool2d(_SpikingLayer):
             raise ValueError(f"input maps {tuple(spikes.shape[3:])} are not divisible by the pooling size "
                              f"{self.size}")
         dtype = spikes.dtype if spikes.is_floating_point() else torch.get_default_dtype()
-        return hm2bp_pool2d(spikes.to(dtype), self.size, self.setup)
+        spikes = spikes.to(dtype)
+        if isinstance(self.setup.rule, BPTTRule):  # the window's spike sum, weight 1
+            x = spikes.transpose(0, 1)
+            sums = torch.nn.functional.avg_pool2d(x.flatten(0, 1), self.size) * self.size ** 2
+            return bptt_layer(sums.view(*x.shape[:2], *sums.shape[1:]), self.setup.lif, 0.0, self.setup.rule)
+        return hm2bp_pool2d(spikes, self.size, self.setup)
 
     def extra_repr(self) -> str:
         return f"{self.size}, threshold={self.threshold}"
@@ -187,7 +203,7 @@ class SpikingNet(nn.Module):
         arch: layers after the input, in the paper's notation.
         input_shape: ``(C, H, W)`` for image input (required by conv/pooling), or ``(N,)``.
         thresholds: one ν per layer, pooling included.
-        rule: HM2-BP switches shared by all layers.
+        rule: how every layer learns: :class:`HM2BPRule` switches (default) or :class:`~hm2bp.bptt.BPTTRule`.
         lateral_w0: output-layer lateral inhibition strength (authors: 1; 0 disables).
         target_count: y⁺ of the count loss (sets the silent-target patch period).
         init_scale: fully-connected weights ~ U(−a, a); conv_init_scale: conv weights ~ U(−a, a).
@@ -199,7 +215,7 @@ class SpikingNet(nn.Module):
     """
 
     def __init__(self, arch: str, input_shape: Sequence[int], thresholds: Sequence[float], *, tau_m: float = TAU_M,
-                 tau_s: float = TAU_S, t_ref: int = T_REF, rule: HM2BPRule | None = None,
+                 tau_s: float = TAU_S, t_ref: int = T_REF, rule: Rule | None = None,
                  lateral_w0: float = LATERAL_W0, target_count: int = DESIRED_COUNT,
                  init_scale: float = FC_INIT_SCALE, conv_init_scale: float = CONV_INIT_SCALE) -> None:
         super().__init__()
@@ -253,7 +269,7 @@ class SpikingMLP(SpikingNet):
     Args:
         sizes: ``[N_in, H_1, …, N_out]``.
         thresholds: one threshold per layer (``len(sizes) − 1``).
-        rule: HM2-BP switches shared by all layers.
+        rule: how every layer learns: :class:`HM2BPRule` switches (default) or :class:`~hm2bp.bptt.BPTTRule`.
         lateral_w0: output-layer lateral inhibition strength (authors: 1; 0 disables).
         target_count: y⁺ of the count loss (sets the silent-target patch period).
 
@@ -264,7 +280,7 @@ class SpikingMLP(SpikingNet):
     """
 
     def __init__(self, sizes: Sequence[int], thresholds: Sequence[float], *, tau_m: float = TAU_M,
-                 tau_s: float = TAU_S, t_ref: int = T_REF, rule: HM2BPRule | None = None,
+                 tau_s: float = TAU_S, t_ref: int = T_REF, rule: Rule | None = None,
                  lateral_w0: float = LATERAL_W0, target_count: int = DESIRED_COUNT,
                  init_scale: float = FC_INIT_SCALE) -> None:
         if len(sizes) < 2 or any(int(s) <= 0 for s in sizes):

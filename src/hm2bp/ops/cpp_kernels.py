@@ -133,3 +133,31 @@ def bernoulli_hash_(keys: torch.Tensor, q: torch.Tensor, out: torch.Tensor) -> N
 @bernoulli_hash_.register_fake
 def _(keys, q, out) -> None:
     return None
+
+
+@torch.library.custom_op("hm2bp::bptt_forward_", mutates_args=("spikes", "u"))
+def bptt_forward_(currents: torch.Tensor, inv_tau_s: float, spikes: torch.Tensor, u: torch.Tensor, fire_at: float,
+                  decay_m: float, decay_s: float, t_ref: int, lateral: float) -> None:
+    """The LIF scan driven by time-major ``currents (T, B, N)`` (step ``t`` reads ``I[t−1]·inv_tau_s``) into
+    ``spikes``, recording the membrane before the refractory hold in ``u`` (what BPTT's backward needs)."""
+    cpu_kernels().bptt_forward_cpu(currents, inv_tau_s, spikes, u, fire_at, decay_m, decay_s, t_ref, lateral)
+
+
+@bptt_forward_.register_fake
+def _(currents, inv_tau_s, spikes, u, fire_at, decay_m, decay_s, t_ref, lateral) -> None:
+    return None
+
+
+@torch.library.custom_op("hm2bp::bptt_backward_", mutates_args=("grad_currents",))
+def bptt_backward_(grad_spikes: torch.Tensor, spikes: torch.Tensor, u: torch.Tensor, grad_currents: torch.Tensor,
+                   inv_tau_s: float, fire_at: float, decay_m: float, decay_s: float, t_ref: int, lateral: float,
+                   slope: float, reset_grad: bool) -> None:
+    """BPTT's reverse-time recursion into ``grad_currents``."""
+    cpu_kernels().bptt_backward_cpu(grad_spikes, spikes, u, grad_currents, inv_tau_s, fire_at, decay_m, decay_s,
+                                    t_ref, lateral, slope, reset_grad)
+
+
+@bptt_backward_.register_fake
+def _(grad_spikes, spikes, u, grad_currents, inv_tau_s, fire_at, decay_m, decay_s, t_ref, lateral, slope,
+      reset_grad) -> None:
+    return None

@@ -400,3 +400,80 @@ def hashed_spikes(q: torch.Tensor, steps: int, keys: torch.Tensor, dtype: torch.
         spikes[:, bound > 2**32 - 1] = 1
     spikes[0] = 0
     return spikes
+
+
+# -- BPTT through the LIF scan (hm2bp.bptt has the equations) ----------------------------------------------------------
+def bptt_surrogate(x: torch.Tensor, slope: float) -> torch.Tensor:
+    """The fast-sigmoid derivative ``1/(1 + slope·|x|)²`` standing in for ``δ(x)``."""
+    return (1.0 + slope * x.abs()).reciprocal().square()
+
+
+def bptt_forward(currents: torch.Tensor, inv_tau_s: float, fire_at: float, decay_m: float, decay_s: float,
+                 t_ref: int, lateral: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Spikes and ``u_t`` (time-major ``(T, B, N)`` each) of the scan driven by ``currents`` (step ``t`` reads
+    ``d_t = I[t−1]·inv_tau_s``), with the arithmetic of :func:`hm2bp.neuron.lif_scan` in its order, so the spikes are
+    the same bit for bit."""
+    T = currents.shape[0]
+    drive = currents * inv_tau_s  # row t − 1 of it is d_t
+    spikes = torch.zeros_like(drive)
+    u = torch.zeros_like(drive)
+    c = torch.zeros_like(drive[0])
+    v = torch.zeros_like(c)
+    held = torch.empty_like(c) if t_ref > 1 else None
+    for t in range(1, T):
+        torch.add(drive[t - 1], c, alpha=decay_s, out=c)
+        if lateral:
+            prev = spikes[t - 1]
+            c.sub_(prev.sum(dim=-1, keepdim=True) - prev, alpha=lateral)
+        torch.add(c, v, alpha=decay_m, out=v)
+        u[t] = v
+        k_max = min(t_ref, t)
+        if k_max == 1:
+            v.addcmul_(v, spikes[t - 1], value=-1.0)
+        elif k_max > 1:
+            assert held is not None
+            torch.add(spikes[t - 1], spikes[t - 2], out=held)
+            for k in range(3, k_max + 1):
+                held.add_(spikes[t - k])
+            v.addcmul_(v, held, value=-1.0)
+        torch.gt(v, fire_at, out=spikes[t])
+        if t_ref == 0:
+            v.addcmul_(v, spikes[t], value=-1.0)
+    return spikes, u
+
+
+def _hold(spikes: torch.Tensor, t: int, t_ref: int) -> torch.Tensor | float:
+    """``h_t = Σ_{k=1}^{min(t_ref, t)} s_{t−k}`` (0 without refractoriness)."""
+    k_max = min(t_ref, t)
+    return spikes[t - k_max:t].sum(0) if k_max > 0 else 0.0
+
+
+def bptt_backward(grad_spikes: torch.Tensor, spikes: torch.Tensor, u: torch.Tensor, inv_tau_s: float, fire_at: float,
+                  decay_m: float, decay_s: float, t_ref: int, lateral: float, slope: float,
+                  reset_grad: bool) -> torch.Tensor:
+    """``∂L/∂currents (T, B, N)`` from ``∂L/∂spikes`` and what :func:`bptt_forward` recorded: the recursion of
+    :mod:`hm2bp.bptt` from the last step back, vectorised over samples and neurons."""
+    T = spikes.shape[0]
+    gs = grad_spikes.clone()  # ∂L/∂s_t, completed below by the paths through later steps
+    grad_currents = torch.zeros_like(u)  # I[T−1] drives no step
+    gc = torch.zeros_like(u[0])  # ∂L/∂c_t through c_{t+1}
+    gv = torch.zeros_like(gc)  # ∂L/∂v_t through u_{t+1}
+    for t in range(T - 1, 0, -1):
+        keep = 1.0 - _hold(spikes, t, t_ref) if t_ref else 1.0  # 1 − h_t
+        v_hat = u[t] * keep
+        if t_ref == 0:  # v_t = v̂_t (1 − s_t)
+            g_s = gs[t] - gv * v_hat if reset_grad else gs[t]
+            g_vhat = g_s * bptt_surrogate(v_hat - fire_at, slope) + gv * (1.0 - spikes[t])
+        else:  # v_t = v̂_t
+            g_vhat = gs[t] * bptt_surrogate(v_hat - fire_at, slope) + gv
+        g_u = g_vhat * keep
+        if reset_grad and t_ref:
+            for k in range(1, min(t_ref, t) + 1):  # v̂_t = u_t (1 − Σ_k s_{t−k})
+                gs[t - k] -= g_vhat * u[t]
+        g_c = g_u + gc
+        grad_currents[t - 1] = g_c * inv_tau_s
+        if lateral:  # c_t ∋ −L (Σ_m s_{t−1,m} − s_{t−1})
+            gs[t - 1] -= lateral * (g_c.sum(dim=-1, keepdim=True) - g_c)
+        gc = decay_s * g_c
+        gv = decay_m * g_u
+    return grad_currents
