@@ -284,3 +284,25 @@ def test_faithful_preset_sets_every_authors_behaviour_on_top_of_any_row(base):
     assert all(torch.equal(a, b) for a, b in zip(ours.parameters(), theirs.parameters(), strict=True))
     assert (faithful.model.arch, faithful.trainer.max_epochs, faithful.trainer.lr_schedule) == (
         plain.model.arch, plain.trainer.max_epochs, plain.trainer.lr_schedule)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_rule_bptt_composes_with_every_experiment_and_preset(experiment):
+    """rule=bptt on any row (and with preset=faithful): model.bptt holds the engine's BPTTRule defaults, and the
+    module the app builds learns by BPTT in every layer; without it, by HM2-BP."""
+    from dataclasses import asdict
+
+    from hm2bp.app.runner import build_module
+    from hm2bp.bptt import BPTTRule
+    from hm2bp.data.registry import DATASETS
+    from hm2bp.functional import HM2BPRule
+
+    plain = _compose([f"experiment={experiment}"])
+    assert "bptt" not in plain.model
+    for preset in ([], ["preset=faithful"]):
+        cfg = _compose([f"experiment={experiment}", "rule=bptt", *preset])
+        validate(cfg)
+        assert dict(cfg.model.bptt) == asdict(BPTTRule())
+        shape = DATASETS[cfg.dataset.name].shape
+        assert {type(layer.setup.rule) for layer in build_module(cfg, shape, n_train=4).net.layers} == {BPTTRule}
+    assert {type(layer.setup.rule) for layer in build_module(plain, shape, n_train=4).net.layers} == {HM2BPRule}

@@ -10,14 +10,17 @@ from hm2bp.paper import PAPER, PROTOCOL
 from hm2bp.report import README_END, README_START, main
 
 
-def _run(root, experiment: str, seed: int, accs: list[float], fingerprint: str = "0123456789ab") -> None:
+def _run(root, experiment: str, seed: int, accs: list[float], fingerprint: str = "0123456789ab",
+         bptt: bool = False) -> None:
     run_dir = root / experiment / fingerprint / f"seed{seed}"
     run_dir.mkdir(parents=True)
     history = [{"epoch": e, "test_acc": a, "train_acc": a / 2, "train_seconds": 10.0, "train_samples": 100}
                for e, a in enumerate(accs)]
     (run_dir / "history.json").write_text(json.dumps(history))
     metrics = {"experiment": experiment, "dataset": "digits", "model": "m", "seed": seed, "fingerprint": fingerprint,
-               "config": {"trainer": {"lr": int(fingerprint, 16) % 7}}, "test_acc": accs[-1],
+               "config": {"trainer": {"lr": int(fingerprint, 16) % 7},
+                          "model": {"bptt": {"slope": 25.0, "reset_grad": False} if bptt else None}},
+               "test_acc": accs[-1],
                "best_test_acc": max(accs), "best_epoch": accs.index(max(accs)), "last10_test_acc": accs[-1],
                "epochs": len(accs), "train_seconds": 10.0 * len(accs), "train_samples_per_second": 10.0}
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
@@ -105,3 +108,17 @@ def test_every_test_the_readme_names_exists():
         tail = r"\w*\(" if star else r"\("
         pattern = rf"^def {name}{tail}"
         assert re.search(pattern, (root / file).read_text(), re.M), f"{file}::{name}{star} is cited but missing"
+
+
+def test_rules_get_their_own_rows(tmp_path):
+    """`-m rule=hm2bp,bptt`: one config per rule, one row each, BPTT's marked and without the paper's (HM2-BP's)
+    numbers beside it."""
+    runs = tmp_path / "runs"
+    for seed in (0, 1):
+        _run(runs, "mnist_mlp", seed, [0.5, 0.9], fingerprint="00000000000c")
+        _run(runs, "mnist_mlp", seed, [0.4, 0.8], fingerprint="00000000000d", bptt=True)
+    summary = main([str(runs)])
+    assert sorted(summary) == ["mnist_mlp", "mnist_mlp+bptt"]
+    assert (summary["mnist_mlp"]["rule"], summary["mnist_mlp+bptt"]["rule"]) == ("hm2bp", "bptt")
+    assert summary["mnist_mlp"]["paper"] is not None and summary["mnist_mlp+bptt"]["paper"] is None
+    assert summary["mnist_mlp+bptt"]["final_mean"] == pytest.approx(80.0)

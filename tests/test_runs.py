@@ -292,3 +292,22 @@ def test_foreign_checkpoint_and_results_are_refused_auto_replaces(tmp_path):
     assert "resume=auto: it belongs to another config" in proc.stdout
     assert len(list((folder / "checkpoints" / "replaced").glob("*-last.ckpt"))) == 1
     assert json.loads((folder / "metrics.json").read_text())["config"]["trainer"]["lr"] == 0.001
+
+
+def test_a_bptt_run_trains_checkpoints_and_resumes_exactly(tmp_path):
+    """rule=bptt through the app: it learns, its metrics name the rule, and a run stopped by SIGTERM resumes to the
+    uninterrupted run's history."""
+    args = ["rule=bptt", "trainer.max_epochs=6", *ARGS[1:]]
+    _run(args, tmp_path / "reference")
+    reference = _history(run_dir(tmp_path / "reference", EXPERIMENT))
+    metrics = json.loads((run_dir(tmp_path / "reference", EXPERIMENT) / "metrics.json").read_text())
+    assert metrics["rule"] == "bptt" and metrics["config"]["model"]["bptt"] == {"slope": 25.0, "reset_grad": False}
+    assert reference[-1]["train_acc"] > 0.5  # chance is 0.1
+    out = tmp_path / "out"
+    rc, _, _, ckpt = _start_and_signal(args, out, signal.SIGTERM, at_epoch=1)
+    assert rc == 128 + signal.SIGTERM
+    k = _checkpoint_epoch(ckpt)
+    assert k < 5, "stopped after the last epoch: nothing left to resume"
+    resumed = _run(args, out)
+    assert f"resuming from {ckpt}" in resumed.stdout
+    assert _history(ckpt.parent.parent) == reference

@@ -93,6 +93,11 @@ METRICS_KEYS = ("experiment", "dataset", "model", "seed", "fingerprint", "test_a
                 "last10_test_acc", "epochs", "train_seconds", "train_samples_per_second")
 
 
+def rule_of(config: Mapping[str, Any]) -> str:
+    """How a run config's network learns: ``"bptt"`` (``rule=bptt`` puts ``model.bptt`` in) or ``"hm2bp"``."""
+    return "bptt" if config.get("model", {}).get("bptt") is not None else "hm2bp"
+
+
 def metrics_complete(path: Path) -> bool:
     """Whether ``path`` is a finished run's metrics file (all :data:`METRICS_KEYS` present)."""
     try:

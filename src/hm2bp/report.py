@@ -24,7 +24,7 @@ import statistics
 from pathlib import Path
 
 from hm2bp.io import atomic_write_json, atomic_write_text
-from hm2bp.metrics import flatten, metrics_complete
+from hm2bp.metrics import flatten, metrics_complete, rule_of
 from hm2bp.paper import PAPER, PROTOCOL, TITAN_XP_SECONDS_PER_SAMPLE
 
 README_START, README_END = "<!-- summary:start -->", "<!-- summary:end -->"
@@ -53,14 +53,20 @@ def _name(runs: list[dict]) -> str:
     return min(counts, key=lambda e: (e not in PAPER and e not in PROTOCOL, -counts[e], e))
 
 
+def _label(runs: list[dict]) -> str:
+    """A config's row name: its :func:`_name`, with ``+bptt`` for runs trained by BPTT (``rule=bptt``)."""
+    rule = rule_of(runs[0].get("config", {}))
+    return _name(runs) + ("" if rule == "hm2bp" else f"+{rule}")
+
+
 def group_runs(runs: list[dict]) -> dict[str, list[dict]]:
     """Runs by config (fingerprint), sorted by seed, each run's ``experiment`` set to its config's :func:`_name`:
-    the key is that name, or ``<experiment>-<fingerprint>`` where one experiment holds several configs. Raises
-    ``ValueError`` for two runs of one config with the same seed."""
+    the key is the config's :func:`_label` (``+bptt`` for BPTT runs), or ``<label>-<fingerprint>`` where one label
+    holds several configs. Raises ``ValueError`` for two runs of one config with the same seed."""
     by_fp: dict[str, list[dict]] = {}
     for r in runs:
         by_fp.setdefault(r["fingerprint"], []).append(r)
-    named = {(_name(rs), fp): [{**r, "experiment": _name(rs)} for r in rs] for fp, rs in by_fp.items()}
+    named = {(_label(rs), fp): [{**r, "experiment": _name(rs)} for r in rs] for fp, rs in by_fp.items()}
     per_experiment: dict[str, int] = {}
     for experiment, _ in named:
         per_experiment[experiment] = per_experiment.get(experiment, 0) + 1
@@ -100,9 +106,11 @@ def summarize_runs(runs: list[dict]) -> dict[str, dict]:
         final = _mean_std([100 * r["test_acc"] for r in rs])
         best = _mean_std([100 * r["best_test_acc"] for r in rs])
         last10 = _mean_std([100 * r["last10_test_acc"] for r in rs])
-        paper = PAPER.get(rs[0]["experiment"])
+        rule = rule_of(rs[0].get("config", {}))
+        paper = PAPER.get(rs[0]["experiment"]) if rule == "hm2bp" else None  # the paper's rows are HM2-BP's
         out[name] = {
-            "experiment": rs[0]["experiment"], "fingerprint": rs[0]["fingerprint"], "settings": settings[name],
+            "experiment": rs[0]["experiment"], "rule": rule, "fingerprint": rs[0]["fingerprint"],
+            "settings": settings[name],
             "dataset": rs[0]["dataset"], "model": rs[0]["model"], "n_seeds": len(rs),
             "seeds": [r["seed"] for r in rs], "epochs": [r["epochs"] for r in rs],
             "final_mean": final[0], "final_std": final[1], "best_mean": best[0], "best_std": best[1],

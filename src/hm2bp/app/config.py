@@ -5,10 +5,11 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from hm2bp.app import identity  # noqa: F401  registers ${hm2bp_fingerprint:}, which hydra.run.dir uses
-from hm2bp.app.schema import REGULARIZER, RULE
+from hm2bp.app.schema import BPTT, REGULARIZER, RULE
 from hm2bp.arch import ArchError, arch_from_sizes, parse_arch
 from hm2bp.augment import Augmentation
 from hm2bp.backend import STRATEGIES
+from hm2bp.bptt import BPTTRule
 from hm2bp.data.order import SHUFFLES
 from hm2bp.data.registry import DATASETS
 from hm2bp.functional import HM2BPRule
@@ -75,6 +76,8 @@ def validate(cfg: DictConfig) -> None:
     for key in ("tau_m", "tau_s", "init_scale", "conv_init_scale"):
         _positive(f"model.{key}", model[key])
     _engine("model.rule", HM2BPRule, model.rule, RULE)
+    if model.get("bptt") is not None:
+        _engine("model.bptt", BPTTRule, model.bptt, BPTT)
     _engine("trainer.regularizer", Regularizer, tr.regularizer, REGULARIZER)
     augment = ds.get("augment")
     if augment is not None:
@@ -89,7 +92,7 @@ def validate(cfg: DictConfig) -> None:
     t = model.targets
     if not (0 <= t.undesired < t.desired) or t.margin < 0:
         raise ConfigError(f"model.targets needs 0 <= undesired < desired and margin >= 0, got {dict(t)}")
-    if ds.steps // t.desired <= model.t_ref and model.rule.silent_target_patch:
+    if ds.steps // t.desired <= model.t_ref and model.rule.silent_target_patch and model.get("bptt") is None:
         raise ConfigError(f"dataset.steps={ds.steps} is too short for model.targets.desired={t.desired}: the "
                           "silent-target patch needs steps // desired > t_ref")
     _positive("trainer.lr", tr.lr)

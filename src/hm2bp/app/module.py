@@ -10,6 +10,7 @@ import lightning as L
 import torch
 
 from hm2bp.app.checkpoints import MID_EPOCH_KEY, CheckpointError
+from hm2bp.bptt import BPTTRule
 from hm2bp.functional import HM2BPRule
 from hm2bp.layers import SpikingNet
 from hm2bp.loss import BoostingWeights, Regularizer, SpikeCountLoss
@@ -46,23 +47,25 @@ class HM2BPModule(L.LightningModule):
     §7).
 
     ``neuron`` (SpikingNet's keyword arguments: tau_m, tau_s, t_ref, lateral_w0, init_scale, conv_init_scale),
-    ``targets`` (:class:`~hm2bp.loss.SpikeCountLoss`), ``rule`` (:class:`~hm2bp.functional.HM2BPRule`) and
-    ``regularizer`` (:class:`~hm2bp.loss.Regularizer`; None: none) are passed to the engine, whose defaults fill what
-    they leave out. Per epoch it appends :func:`~hm2bp.metrics.history_row` to :attr:`history` and logs it. The
+    ``targets`` (:class:`~hm2bp.loss.SpikeCountLoss`), ``rule`` (:class:`~hm2bp.functional.HM2BPRule`), ``bptt``
+    (:class:`~hm2bp.bptt.BPTTRule`: given, the network learns by BPTT instead of ``rule``) and ``regularizer``
+    (:class:`~hm2bp.loss.Regularizer`; None: none) are passed to the engine, whose defaults fill what they leave
+    out. Per epoch it appends :func:`~hm2bp.metrics.history_row` to :attr:`history` and logs it. The
     learning rate is set at the start of every epoch from the epoch number (``lr_schedule``, a name in
     :data:`~hm2bp.train.LR_SCHEDULES`), so resumed runs follow the same schedule.
     """
 
     def __init__(self, arch: str, input_shape: Sequence[int], thresholds: Sequence[float], *, n_train: int,
                  lr: float, lr_schedule: str, boosting: bool, neuron: dict | None = None, targets: dict | None = None,
-                 rule: dict | None = None, regularizer: dict | None = None) -> None:
+                 rule: dict | None = None, bptt: dict | None = None, regularizer: dict | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         if lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {sorted(LR_SCHEDULES)}, got {lr_schedule!r}")
         self.loss_fn = SpikeCountLoss(**(targets or {}))
-        self.net = SpikingNet(arch, input_shape, thresholds, rule=HM2BPRule(**(rule or {})),
-                              target_count=int(self.loss_fn.desired), **(neuron or {}))
+        learning = HM2BPRule(**(rule or {})) if bptt is None else BPTTRule(**bptt)
+        self.net = SpikingNet(arch, input_shape, thresholds, rule=learning, target_count=int(self.loss_fn.desired),
+                              **(neuron or {}))
         self.boost = BoostingWeights(n_train) if boosting else None
         self.reg = None if regularizer is None else Regularizer(**regularizer)
         self.train_meter = EpochMeter(len(self.net.layers))

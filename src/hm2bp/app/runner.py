@@ -21,7 +21,7 @@ from hm2bp.app.config import ConfigError, model_arch, validate
 from hm2bp.app.identity import fingerprint, run_config
 from hm2bp.app.schema import NET
 from hm2bp.io import atomic_write_json
-from hm2bp.metrics import differences, metrics_complete
+from hm2bp.metrics import differences, metrics_complete, rule_of
 
 
 def _wandb_logger(cfg: DictConfig, run_dir: Path, name: str, group: str):
@@ -116,6 +116,7 @@ def build_module(cfg: DictConfig, input_shape: tuple[int, ...], n_train: int):
     return HM2BPModule(model_arch(model), input_shape, list(model.thresholds), n_train=n_train, lr=tr.lr,
                        lr_schedule=tr.lr_schedule, boosting=tr.boosting, neuron={k: model[k] for k in NET},
                        targets=OmegaConf.to_container(model.targets), rule=OmegaConf.to_container(model.rule),
+                       bptt=None if model.get("bptt") is None else OmegaConf.to_container(model.bptt),
                        regularizer=OmegaConf.to_container(tr.regularizer))
 
 
@@ -179,7 +180,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     if not trainer.is_global_zero:  # under DDP only the first process writes the run's files
         return {}
     metrics = {"experiment": cfg.experiment_name, "dataset": cfg.dataset.name, "model": cfg.model.name,
-               "seed": int(cfg.seed), "fingerprint": fp, **summarize(module.history),
+               "rule": rule_of(config), "seed": int(cfg.seed), "fingerprint": fp, **summarize(module.history),
                "test_silent_outputs": module.history[-1]["test_silent_outputs"],
                "lateral_clamped_last_epoch": module.history[-1]["lateral_clamped"], "config": config}
     atomic_write_json(run_dir / "history.json", module.history)

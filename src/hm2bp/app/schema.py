@@ -14,6 +14,7 @@ from dataclasses import fields
 
 from hydra.core.config_store import ConfigStore
 
+from hm2bp.bptt import BPTTRule
 from hm2bp.functional import HM2BPRule
 from hm2bp.layers import SpikingNet
 from hm2bp.loss import Regularizer, SpikeCountLoss
@@ -34,12 +35,14 @@ def _schedule_name(schedule: Callable[[int], float]) -> str:
 NET = keyword_defaults(SpikingNet.__init__, frozenset({"rule", "target_count"}))
 TARGETS = keyword_defaults(SpikeCountLoss.__init__)  # model.targets
 RULE = {f.name: f.default for f in fields(HM2BPRule)}  # model.rule
+BPTT = {f.name: f.default for f in fields(BPTTRule)}  # model.bptt (rule=bptt)
 REGULARIZER = {f.name: f.default for f in fields(Regularizer)}  # trainer.regularizer
 _fit = keyword_defaults(fit)
 TRAINING = {"lr_schedule": _schedule_name(_fit["schedule"]), "boosting": _fit["boosting"],
             "shuffle": _fit["shuffle"]}  # trainer.<key>
 
-NODES = {"net": NET, "targets": TARGETS, "rule": RULE, "regularizer": REGULARIZER, "training": TRAINING}
+NODES = {"net": NET, "targets": TARGETS, "rule": RULE, "bptt": BPTT, "regularizer": REGULARIZER,
+         "training": TRAINING}
 
 
 def register() -> None:
