@@ -84,3 +84,11 @@ def run_dir(root, experiment: str, seed: int = 0):
     found = sorted(f for f in Path(root).glob(f"*/*/seed{seed}") if named(f))
     assert len(found) == 1, f"expected one run dir of {experiment} seed {seed} under {root}, found {found}"
     return found[0]
+
+
+def trained(history: list[dict]) -> list[dict]:
+    """A history without its machine-dependent keys (:data:`hm2bp.metrics.MACHINE_KEYS`): what equal training
+    shares."""
+    from hm2bp.metrics import MACHINE_KEYS
+
+    return [{k: v for k, v in row.items() if k not in MACHINE_KEYS} for row in history]

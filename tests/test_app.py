@@ -13,7 +13,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from conftest import nonempty, run_dir
+from conftest import nonempty, run_dir, trained
 from hm2bp.app.config import ConfigError, validate
 from hm2bp.data.order import EpochPermutation, SwapShuffle
 from hm2bp.metrics import METRICS_KEYS
@@ -191,9 +191,8 @@ def test_device_encoding_run_equals_the_cpu_encoding_run(tmp_path):
     for flag, root in (("false", "cpu"), ("true", "device")):
         _run([*SMOKE, "trainer.max_epochs=2", "logger=none", f"trainer.device_encoding={flag}",
               f"output_root={tmp_path / root}"], tmp_path)
-        histories.append([{k: v for k, v in h.items() if k != "train_seconds"}
-                          for h in json.loads((run_dir(tmp_path / root, "digits-mlp64-800-10")
-                                               / "history.json").read_text())])
+        histories.append(trained(json.loads((run_dir(tmp_path / root, "digits-mlp64-800-10")
+                                             / "history.json").read_text())))
     assert len(histories[0]) == 2 and histories[0] == histories[1]
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_dir
+from conftest import run_dir, trained
 from hm2bp.data.order import EpochPermutation, SwapShuffle
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,8 +50,7 @@ def _same_history(a: list[dict], b: list[dict]) -> bool:
 
 def _state(folder: Path) -> tuple[dict, list[dict], dict]:
     ckpt = torch.load(folder / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    history = [{k: v for k, v in h.items() if k != "train_seconds"} for h in
-               json.loads((folder / "history.json").read_text())]
+    history = trained(json.loads((folder / "history.json").read_text()))
     return ckpt, history, json.loads((folder / "metrics.json").read_text())
 
 

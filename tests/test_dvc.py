@@ -16,6 +16,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 
 import hm2bp.app.config  # noqa: F401  (registers what the configs compose: the engine defaults, the run-dir resolver)
+from conftest import trained
 from hm2bp.data.idx import DatasetFileError, load_mnist
 from hm2bp.paper import PROTOCOL
 
@@ -169,7 +170,7 @@ def test_prepare_manifest_sees_one_changed_byte(tmp_path):
 
 def _history(folder: Path, with_time: bool = False) -> list[dict]:
     rows = json.loads((folder / "history.json").read_text())
-    return rows if with_time else [{k: v for k, v in h.items() if k != "train_seconds"} for h in rows]
+    return rows if with_time else trained(rows)
 
 
 def test_killed_dvc_repro_resumes_the_seed_then_skips_it_and_a_changed_config_retrains(tmp_path):

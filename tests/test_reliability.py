@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
-from conftest import run_dir
+from conftest import run_dir, trained
 from hm2bp import HM2BPRule, SpikeCountLoss, SpikingMLP, backend, predict
 from hm2bp.app import cli
 from hm2bp.app.data import SpikeData
@@ -60,8 +60,7 @@ def test_same_seed_twice_gives_identical_histories_and_weights_another_seed_diff
 
     def load(root, seed):
         folder = run_dir(tmp_path / root, "digits-mlp64-800-10", seed)
-        history = [{k: v for k, v in h.items() if k != "train_seconds"}
-                   for h in json.loads((folder / "history.json").read_text())]
+        history = trained(json.loads((folder / "history.json").read_text()))
         weights = torch.load(folder / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
         return history, weights["state_dict"]
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from conftest import run_dir
+from conftest import run_dir, trained
 from hm2bp.app.checkpoints import FINGERPRINT_KEY, MID_EPOCH_KEY, RunCheckpoint
 from hm2bp.app.data import SpikeData
 from hm2bp.app.identity import COMMANDS_FILE, fingerprint, run_config
@@ -70,7 +70,7 @@ def _start_and_signal(args: list[str], out: Path, sig: int, at_epoch: int, env: 
 
 def _history(folder: Path, with_time: bool = False) -> list[dict]:
     rows = json.loads((folder / "history.json").read_text())
-    return rows if with_time else [{k: v for k, v in h.items() if k != "train_seconds"} for h in rows]
+    return rows if with_time else trained(rows)
 
 
 @pytest.fixture(scope="module")
@@ -303,6 +303,8 @@ def test_a_bptt_run_trains_checkpoints_and_resumes_exactly(tmp_path):
     metrics = json.loads((run_dir(tmp_path / "reference", EXPERIMENT) / "metrics.json").read_text())
     assert metrics["rule"] == "bptt" and metrics["config"]["model"]["bptt"] == {"slope": 25.0, "reset_grad": False}
     assert reference[-1]["train_acc"] > 0.5  # chance is 0.1
+    assert metrics["test_synops_per_sample"] > 0 and metrics["test_spikes_per_sample"] > 0
+    assert metrics["peak_memory_mib"] > 0 and metrics["seconds_per_epoch"] > 0
     out = tmp_path / "out"
     rc, _, _, ckpt = _start_and_signal(args, out, signal.SIGTERM, at_epoch=1)
     assert rc == 128 + signal.SIGTERM

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
+from conftest import trained
 from hm2bp.app.runner import run
 from hm2bp.data.digits import load_digits_split
 from hm2bp.data.static import Encoder, StaticSplit
@@ -35,8 +36,5 @@ def test_fit_and_the_app_write_the_same_digits_history(tmp_path):
     net = SpikingNet("800-10", (64,), [10.0, 8.0])
     engine = fit(net, train, test, epochs=2, batch_size=64, lr=0.01, seed=0, regularizer=Regularizer())
 
-    def without_seconds(history):
-        return [{k: v for k, v in row.items() if k != "train_seconds"} for row in history]
-
     assert len(app) == 2 and app[1]["lr"] == 0.01 and app[0]["lateral_clamped"] >= 0
-    assert without_seconds(app) == without_seconds(engine)
+    assert trained(app) == trained(engine)

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
+
 _TOKENS = {
     "conv": re.compile(r"(\d+)C(\d+)"),
     "pool": re.compile(r"P(\d+)"),
@@ -38,6 +40,21 @@ class LayerSpec:
     @property
     def n_out(self) -> int:
         return math.prod(self.out_shape)
+
+    def fan_out(self) -> torch.Tensor:
+        """``(N_in,)`` float64: how many of this layer's neurons each input neuron (flat, channel-major) reaches.
+        Fully connected: every one; pooling: its window's; conv: ``C_out`` times the kernel positions that cover it
+        (fewer at the borders)."""
+        n_in = math.prod(self.in_shape)
+        if self.kind == "linear":
+            return torch.full((n_in,), float(self.size), dtype=torch.float64)
+        if self.kind == "pool":
+            return torch.ones(n_in, dtype=torch.float64)
+        c_in = self.in_shape[0]
+        reach = torch.nn.functional.conv_transpose2d(  # Σ over the outputs each input feeds, weight 1
+            torch.ones(1, *self.out_shape, dtype=torch.float64),
+            torch.ones(self.size, c_in, self.kernel, self.kernel, dtype=torch.float64))
+        return reach.flatten()
 
 
 def parse_arch(arch: str, input_shape: Sequence[int]) -> list[LayerSpec]:

@@ -20,7 +20,7 @@ from hm2bp.data.order import sampler
 from hm2bp.data.static import StaticSplit
 from hm2bp.layers import SpikingNet
 from hm2bp.loss import BoostingWeights, Regularizer, SpikeCountLoss, predict
-from hm2bp.metrics import EpochMeter, history_row
+from hm2bp.metrics import EpochMeter, history_row, peak_memory_mib
 
 
 def inverse_sqrt_lr(epoch: int) -> float:
@@ -112,20 +112,19 @@ def run_epoch(model: SpikingNet, split: StaticSplit, order: Sequence[int], *, ep
         raise ValueError(f"batch_size must be > 0, got {batch_size}")
     train = optimizer is not None
     order = torch.as_tensor(list(order), dtype=torch.long)
-    meter = EpochMeter(len(model.layers))
+    meter = EpochMeter(len(model.layers), [spec.fan_out() for spec in model.specs])
     model.train(train)
     take_lateral_clamped(model)
     for lo in range(0, len(order), batch_size):
         idx = order[lo:lo + batch_size]
-        y = split.labels[idx]
+        x, y = split.spikes(idx, epoch), split.labels[idx]
         with torch.set_grad_enabled(train):
-            r = step(model, split.spikes(idx, epoch), y, loss_fn, train=train, indices=idx, boosting=boosting,
-                     regularizer=regularizer)
+            r = step(model, x, y, loss_fn, train=train, indices=idx, boosting=boosting, regularizer=regularizer)
         if train:
             optimizer.zero_grad(set_to_none=True)
             r.objective.backward()
             optimizer.step()
-        meter.update(r.outs, r.loss, r.pred, y, take_lateral_clamped(model))
+        meter.update(r.outs, r.loss, r.pred, y, take_lateral_clamped(model), inputs=x)
     return meter.compute()
 
 
@@ -144,6 +143,7 @@ def fit(model: SpikingNet, train: StaticSplit, test: StaticSplit, *, epochs: int
         raise ValueError(f"need epochs > 0 and lr > 0, got {epochs}, {lr}")
     loss_fn = loss_fn or SpikeCountLoss()
     optimizer = make_optimizer(model.parameters(), lr)
+    device = next(model.parameters(), torch.empty(0)).device
     boost = BoostingWeights(len(train)) if boosting else None
     orders = sampler(shuffle, len(train), seed)
     history: list[dict[str, float]] = []
@@ -155,7 +155,7 @@ def fit(model: SpikingNet, train: StaticSplit, test: StaticSplit, *, epochs: int
                        optimizer=optimizer, boosting=boost, regularizer=regularizer)
         seconds = time.perf_counter() - start
         te = run_epoch(model, test, range(len(test)), epoch=epoch, batch_size=batch_size, loss_fn=loss_fn)
-        history.append(history_row(epoch, tr, te, seconds, rate))
+        history.append(history_row(epoch, tr, te, seconds, rate, peak_memory_mib(device)))
         if log:
             print(f"epoch {epoch:3d}  train acc {tr['acc']:.4f}  test acc {te['acc']:.4f}  "
                   f"loss {tr['loss']:.2f}  {tr['samples'] / seconds:.0f} samples/s", flush=True)

@@ -14,7 +14,7 @@ from hm2bp.bptt import BPTTRule
 from hm2bp.functional import HM2BPRule
 from hm2bp.layers import SpikingNet
 from hm2bp.loss import BoostingWeights, Regularizer, SpikeCountLoss
-from hm2bp.metrics import EpochMeter, history_row
+from hm2bp.metrics import EpochMeter, history_row, peak_memory_mib
 from hm2bp.train import LR_SCHEDULES, make_optimizer, start_epoch, step, take_lateral_clamped
 
 
@@ -68,8 +68,9 @@ class HM2BPModule(L.LightningModule):
                               **(neuron or {}))
         self.boost = BoostingWeights(n_train) if boosting else None
         self.reg = None if regularizer is None else Regularizer(**regularizer)
-        self.train_meter = EpochMeter(len(self.net.layers))
-        self.test_meter = EpochMeter(len(self.net.layers))
+        fan_outs = [spec.fan_out() for spec in self.net.specs]
+        self.train_meter = EpochMeter(len(self.net.layers), fan_outs)
+        self.test_meter = EpochMeter(len(self.net.layers), fan_outs)
         self.history: list[dict[str, float]] = []
         self._step: tuple | None = None  # the current training step's result, metered after its backward
 
@@ -95,15 +96,16 @@ class HM2BPModule(L.LightningModule):
         x, y, idx = batch
         result = step(self.net, x, y, self.loss_fn, train=True, indices=idx, boosting=self.boost,
                       regularizer=self.reg)
-        self._step = (result, y)
+        self._step = (result, x, y)
         return result.objective
 
     def on_after_backward(self) -> None:
         # metered here, not at the batch's end: callbacks (the mid-epoch checkpoint) run before the module's
         # on_train_batch_end, and the Λ-clamp hits are counted by this backward
         if self._step is not None:
-            result, y = self._step
-            self.train_meter.update(result.outs, result.loss, result.pred, y, take_lateral_clamped(self.net))
+            result, x, y = self._step
+            self.train_meter.update(result.outs, result.loss, result.pred, y, take_lateral_clamped(self.net),
+                                    inputs=x)
             self._step = None
 
     # -- evaluation on the test split (the authors' per-epoch test) --------------------------------------------
@@ -114,7 +116,7 @@ class HM2BPModule(L.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         x, y, _ = batch
         result = step(self.net, x, y, self.loss_fn, train=False)
-        self.test_meter.update(result.outs, result.loss, result.pred, y)
+        self.test_meter.update(result.outs, result.loss, result.pred, y, inputs=x)
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
@@ -123,7 +125,7 @@ class HM2BPModule(L.LightningModule):
         if train["samples"] == 0:
             return
         row = history_row(self.current_epoch, train, self.test_meter.compute(), self._train_seconds,
-                          self.optimizers().param_groups[0]["lr"])
+                          self.optimizers().param_groups[0]["lr"], peak_memory_mib(self.device))
         self.history.append(row)
         logged = {f"epoch/{k}": float(v) for k, v in row.items() if k != "epoch"}
         logged["test/acc_best"] = max(h["test_acc"] for h in self.history)
