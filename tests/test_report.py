@@ -122,3 +122,5 @@ def test_rules_get_their_own_rows(tmp_path):
     assert (summary["mnist_mlp"]["rule"], summary["mnist_mlp+bptt"]["rule"]) == ("hm2bp", "bptt")
     assert summary["mnist_mlp"]["paper"] is not None and summary["mnist_mlp+bptt"]["paper"] is None
     assert summary["mnist_mlp+bptt"]["final_mean"] == pytest.approx(80.0)
+    table = (runs / "summary.md").read_text()
+    assert "| mnist_mlp+bptt | bptt | 00000000000d" in table and "| mnist_mlp | hm2bp | 00000000000c" in table

@@ -121,22 +121,41 @@ def summarize_runs(runs: list[dict]) -> dict[str, dict]:
             "train_samples_per_epoch": round(rs[0]["train_seconds"] * rs[0]["train_samples_per_second"]
                                              / rs[0]["epochs"]),
             "paper": None if paper is None else vars(paper),
+            # cost, where the runs recorded it (metrics.json files from before these keys lack them)
+            **{key: _mean_of(rs, key) for key in COST_KEYS},
         }
     return out
 
 
+# Per-run costs averaged over a config's seeds: time, memory and the test pass's work per sample.
+COST_KEYS = ("seconds_per_epoch", "peak_memory_mib", "test_spikes_per_sample", "test_synops_per_sample",
+             "test_energy_uj_per_sample")
+
+
+def _mean_of(runs: list[dict], key: str) -> float | None:
+    values = [r[key] for r in runs if key in r]
+    return statistics.mean(values) if values else None
+
+
 def to_markdown(summary: dict[str, dict]) -> str:
-    lines = ["| experiment | config | seeds | final % | best % (paper's metric) | best of bests % | last-10 % | "
-             "paper mean ± std | paper best | paper source |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| experiment | rule | config | seeds | final % | best % (paper's metric) | best of bests % | last-10 % | "
+             "s/epoch | peak MiB | synops/sample | paper mean ± std | paper best | paper source |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def cost(value: float | None, digits: int) -> str:
+        return "—" if value is None else f"{value:,.{digits}f}"
+
     for name, s in summary.items():
         p = s["paper"]
         paper_mean = "—" if not p or p["mean"] is None else f"{p['mean']:.2f} ± {p['std']:.2f}"
         paper_best = "—" if not p or p["best"] is None else f"{p['best']:.2f}"
         source = "—" if not p else p["source"] + ("" if p["verified"] else " (unverified)")
         config = s["fingerprint"] + (f" ({s['settings']})" if s["settings"] else "")
-        lines.append(f"| {name} | {config} | {s['n_seeds']} | {s['final_mean']:.2f} ± {s['final_std']:.2f} | "
-                     f"{s['best_mean']:.2f} ± {s['best_std']:.2f} | {s['best_of_best']:.2f} | "
-                     f"{s['last10_mean']:.2f} ± {s['last10_std']:.2f} | {paper_mean} | {paper_best} | {source} |")
+        lines.append(f"| {name} | {s['rule']} | {config} | {s['n_seeds']} | {s['final_mean']:.2f} ± "
+                     f"{s['final_std']:.2f} | {s['best_mean']:.2f} ± {s['best_std']:.2f} | {s['best_of_best']:.2f} | "
+                     f"{s['last10_mean']:.2f} ± {s['last10_std']:.2f} | {cost(s['seconds_per_epoch'], 1)} | "
+                     f"{cost(s['peak_memory_mib'], 0)} | {cost(s['test_synops_per_sample'], 0)} | {paper_mean} | "
+                     f"{paper_best} | {source} |")
     return "\n".join(lines) + "\n"
 
 
