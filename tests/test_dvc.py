@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 import hm2bp.app.config  # noqa: F401  (registers what the configs compose: the engine defaults, the run-dir resolver)
 from conftest import trained
@@ -46,18 +47,28 @@ def test_params_yaml_is_the_composed_paper_profile_and_dvc_config_matches(tmp_pa
     assert {"/cache", "/tmp"} <= set((ROOT / ".dvc" / ".gitignore").read_text().split())
 
 
-@pytest.mark.parametrize("profile", ["paper", "cpu"])
+@pytest.mark.parametrize("profile", ["paper", "cpu", "compare"])
 def test_profile_experiments_compose(profile, tmp_path):
+    from hm2bp.app.config import validate
+    from hm2bp.metrics import rule_of
+
     params = yaml.safe_load(_profile(profile, tmp_path))
-    assert params["profile"] == profile and params["seeds"] == [0, 1, 2, 3, 4]
+    assert params["profile"] == profile
+    assert params["seeds"] == ([0, 1, 2] if profile == "compare" else [0, 1, 2, 3, 4])
     assert params["out_dir"] == f"outputs/dvc/{profile}"
+    rules = {}
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         for name in params["experiments"]:
             cfg = compose(config_name="config",
                           overrides=[f"experiment={name}", *params["overrides"].split()])
-            assert cfg.experiment_name == name
+            validate(cfg)
+            assert cfg.experiment_name == name.removesuffix("_bptt")
+            rules[name] = rule_of(OmegaConf.to_container(cfg))
     if profile == "paper":
         assert set(params["experiments"]) == set(PROTOCOL)
+    if profile == "compare":  # every row by both rules, at equal epochs
+        assert rules == {name: "bptt" if name.endswith("_bptt") else "hm2bp" for name in params["experiments"]}
+        assert {n.removesuffix("_bptt") for n in rules} == {"digits_mlp", "mnist5k_mlp"}
 
 
 def test_paper_protocol_matches_the_presets():
