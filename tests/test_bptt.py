@@ -131,3 +131,15 @@ def test_compiled_kernels_record_the_same_membrane():
             torch.testing.assert_close(u, ref_u, rtol=1e-6, atol=1e-6)
     finally:
         backend.set_backend("auto")
+
+
+def test_inference_uses_the_plain_scan_with_the_same_spikes(kernels):
+    """Without gradients a BPTT layer runs the plain scan (no membranes recorded): the same spikes."""
+    from hm2bp.layers import SpikingNet
+
+    torch.manual_seed(0)
+    net = SpikingNet("12-5", (10,), [1.0, 1.0], rule=BPTTRule(), tau_m=16.0, tau_s=4.0)
+    x = (torch.rand(3, 40, 10, generator=torch.Generator().manual_seed(2)) < 0.3).float()
+    with torch.no_grad():
+        plain = net(x)
+    assert plain.sum() > 0 and torch.equal(plain, net(x).detach())

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from hm2bp import ops
-from hm2bp.neuron import LIFParams
+from hm2bp.neuron import LIFParams, lif_scan
 from hm2bp.ops.torch_kernels import bptt_surrogate
 
 # Provenance: snnTorch's defaults (`snntorch.surrogate.fast_sigmoid(slope=25)`; its neurons detach the reset term,
@@ -113,5 +113,9 @@ def bptt_layer(currents: torch.Tensor, params: LIFParams, lateral_w0: float, rul
     input currents ``I (T, B, ...)``: any differentiable function of the layer's input and weights (a GEMM, a
     convolution, a pooling sum), trained by BPTT."""
     T, B = currents.shape[:2]
-    spikes = bptt_scan(currents.reshape(T, B, -1), params, lateral_w0, rule)
-    return spikes.view(currents.shape).transpose(0, 1)
+    flat = currents.reshape(T, B, -1)
+    if torch.is_grad_enabled() and currents.requires_grad:
+        spikes = bptt_scan(flat, params, lateral_w0, rule)
+    else:  # nothing to differentiate: the plain scan, the same spikes without recording the membrane
+        spikes = lif_scan(flat.transpose(0, 1), params, lateral_w0).transpose(0, 1)
+    return spikes.reshape(currents.shape).transpose(0, 1)
