@@ -1,9 +1,9 @@
 """The app's defaults are the engine's: Hydra config nodes read from the engine's signatures and dataclasses.
 
-``conf/model/base_mlp.yaml`` and ``conf/trainer/default.yaml`` pull these nodes in through their defaults lists
-(``/engine/<name>@<package>``), so a setting's default lives in the engine alone: a new :class:`HM2BPRule` field
-appears in every config (and its fingerprint) without touching a YAML file. Importing this module registers them
-(idempotent); every composing entry point imports it through :mod:`hm2bp.app.config`.
+``conf/model/base_mlp.yaml``, ``conf/trainer/default.yaml`` and ``conf/rule/bptt.yaml`` pull these nodes in
+through their defaults lists (``/engine/<name>@<package>``), so a setting's default lives in the engine alone: a new
+:class:`HM2BPRule` field appears in every config (and its fingerprint) without touching a YAML file. Importing this
+module registers them (idempotent); every composing entry point imports it through :mod:`hm2bp.app.config`.
 """
 
 from __future__ import annotations
