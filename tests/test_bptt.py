@@ -5,17 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hm2bp import backend
 from hm2bp.bptt import BPTTRule, bptt_scan, bptt_scan_reference
 from hm2bp.neuron import LIFParams, lif_scan
 
 
-@pytest.fixture(params=["compiled", "torch"])
-def kernels(request):
-    """Each test runs on the C++ kernels and on the pure-PyTorch path."""
-    backend.set_backend(request.param)
-    yield request.param
-    backend.set_backend("auto")
+@pytest.fixture(params=["compiled", "torch", "triton"])
+def kernels(request, ops_backend):
+    """Each test runs on the C++ kernels, the pure-PyTorch path and the Triton kernels (interpreted on CPU)."""
+    ops_backend(request.param)
+    return request.param
 
 
 def _currents(seed: int, T: int = 80, B: int = 3, N: int = 6, scale: float = 2.4) -> torch.Tensor:
@@ -115,22 +113,21 @@ def test_surrogate_is_snntorchs_fast_sigmoid():
     torch.testing.assert_close(x.grad, bptt_surrogate(x.detach(), 7.0), rtol=1e-12, atol=0)
 
 
-def test_compiled_kernels_record_the_same_membrane():
-    """The C++ forward's spikes are the PyTorch path's exactly and its recorded membranes equal them (float32)."""
+@pytest.mark.parametrize("name", ["compiled", "triton"])
+def test_kernels_record_the_same_membrane(ops_backend, name):
+    """The C++ and Triton forwards' spikes are the PyTorch path's exactly and their recorded membranes equal them
+    (float32), row 0 included."""
     from hm2bp import ops
     from hm2bp.ops import torch_kernels
 
-    backend.set_backend("compiled")
-    try:
-        currents = _currents(3).float()
-        for lateral_w0 in (0.0, 1.0):
-            args = (0.25, *LIFParams(threshold=1.0, tau_m=16.0, tau_s=4.0, t_ref=2).scan_args(lateral_w0))
-            spikes, u = ops.bptt_forward(currents, *args)
-            ref_spikes, ref_u = torch_kernels.bptt_forward(currents, *args)
-            assert torch.equal(spikes, ref_spikes) and spikes.sum() > 0
-            torch.testing.assert_close(u, ref_u, rtol=1e-6, atol=1e-6)
-    finally:
-        backend.set_backend("auto")
+    ops_backend(name)
+    currents = _currents(3, N=130).float()  # 130: two Triton programs and a masked tail without lateral inhibition
+    for lateral_w0 in (0.0, 1.0):
+        args = (0.25, *LIFParams(threshold=1.0, tau_m=16.0, tau_s=4.0, t_ref=2).scan_args(lateral_w0))
+        spikes, u = ops.bptt_forward(currents, *args)
+        ref_spikes, ref_u = torch_kernels.bptt_forward(currents, *args)
+        assert torch.equal(spikes, ref_spikes) and spikes.sum() > 0
+        torch.testing.assert_close(u, ref_u, rtol=1e-6, atol=1e-6)
 
 
 def test_inference_uses_the_plain_scan_with_the_same_spikes(kernels):

@@ -12,8 +12,8 @@ op                     C++ (:mod:`.cpp_kernels`)   Triton (:mod:`.triton_path`) 
 :func:`conv_backward`  (PyTorch)                   post side + convolutions      local S-PSPs, pair by pair
 :func:`pool_backward`  (PyTorch)                   post side, upsampled          local S-PSPs, pair by pair
 :func:`bernoulli_spikes` hashed thresholds         hashed thresholds             int32 hash
-:func:`bptt_forward`   scan recording membranes    (PyTorch)                    scan recording membranes
-:func:`bptt_backward`  reverse-time recursion      (PyTorch)                    reverse-time recursion
+:func:`bptt_forward`   scan recording membranes    scan kernel recording them   scan recording membranes
+:func:`bptt_backward`  reverse-time recursion      reverse-time kernel          reverse-time recursion
 =====================  ==========================  ===========================  ===========================
 
 Every kernel takes float32/float64 rasters; other dtypes run the PyTorch path (one log line says so). Measured on the
@@ -250,10 +250,17 @@ def bptt_forward(currents: torch.Tensor, inv_tau_s: float, fire_at: float, decay
     """Spikes and the membrane before the refractory hold ``u`` (both ``(T, B, N)``) of the LIF scan driven by
     time-major ``currents`` (step ``t`` reads ``I[t−1]·inv_tau_s``): :func:`hm2bp.neuron.lif_scan`'s spikes, spike
     for spike."""
-    if _family("BPTT scan", currents) == "cpp":
+    family = _family("BPTT scan", currents)
+    if family == "cpp":
         currents = currents.contiguous()
         spikes, u = (_BPTT_BUFFERS.get(currents.shape, currents) for _ in range(2))
         torch.ops.hm2bp.bptt_forward_(currents, inv_tau_s, spikes, u, fire_at, decay_m, decay_s, t_ref, lateral)
+        return spikes, u
+    if family == "triton":
+        drive = (currents * inv_tau_s).contiguous()  # the PyTorch path's product, so the spikes are its own
+        spikes, u = (_BPTT_BUFFERS.get(drive.shape, drive) for _ in range(2))
+        backend.triton_kernels(drive.device).lif_scan(spikes, fire_at, decay_m, decay_s, t_ref, lateral, drive=drive,
+                                                      u=u)
         return spikes, u
     return torch_kernels.bptt_forward(currents, inv_tau_s, fire_at, decay_m, decay_s, t_ref, lateral)
 
@@ -262,10 +269,15 @@ def bptt_backward(grad_spikes: torch.Tensor, spikes: torch.Tensor, u: torch.Tens
                   fire_at: float, decay_m: float, decay_s: float, t_ref: int, lateral: float, slope: float,
                   reset_grad: bool) -> torch.Tensor:
     """``∂L/∂currents`` of :func:`bptt_forward` by BPTT with the fast-sigmoid surrogate (:mod:`hm2bp.bptt`)."""
-    if _family("BPTT backward", spikes, grad_spikes, u) == "cpp":
+    family = _family("BPTT backward", spikes, grad_spikes, u)
+    if family != "torch":
         grad_currents = _BPTT_BUFFERS.get(u.shape, u)
-        torch.ops.hm2bp.bptt_backward_(grad_spikes.contiguous(), spikes.contiguous(), u.contiguous(), grad_currents,
-                                       inv_tau_s, fire_at, decay_m, decay_s, t_ref, lateral, slope, reset_grad)
+        args = (grad_spikes.contiguous(), spikes.contiguous(), u.contiguous())
+        scalars = (inv_tau_s, fire_at, decay_m, decay_s, t_ref, lateral, slope, reset_grad)
+        if family == "cpp":
+            torch.ops.hm2bp.bptt_backward_(*args, grad_currents, *scalars)
+        else:
+            backend.triton_kernels(u.device).bptt_backward(*args, *scalars, out=grad_currents)
         return grad_currents
     return torch_kernels.bptt_backward(grad_spikes, spikes, u, inv_tau_s, fire_at, decay_m, decay_s, t_ref, lateral,
                                        slope, reset_grad)

@@ -1,8 +1,10 @@
-"""Triton kernels of the engine's GPU path: the LIF scan, the Bernoulli encoder, and the sides of the HM2-BP
-contraction (pre traces, the dense post-event matrix and its anticausal traces).
+"""Triton kernels of the engine's GPU path: the LIF scan (recording the membrane for BPTT), the Bernoulli encoder,
+the sides of the HM2-BP contraction (pre traces, the dense post-event matrix and its anticausal traces), and BPTT's
+reverse-time recursion.
 
-Each kernel computes, bit for bit, what its pure-PyTorch definition computes (:func:`hm2bp.neuron.scan_core`,
-:func:`hm2bp.encoding.bernoulli_encode`), with no host synchronisation. The same source runs on CUDA tensors
+The scan and the encoder compute, bit for bit, what their pure-PyTorch definitions compute
+(:func:`hm2bp.neuron.scan_core`, :func:`hm2bp.encoding.bernoulli_encode`); the BPTT backward equals the literal
+autograd-through-time reference to 1e-10 in float64 (``tests/test_bptt.py``); none synchronises with the host. The same source runs on CUDA tensors
 (compiled) and, with ``TRITON_INTERPRET=1`` set before this module is imported, on CPU tensors: that is how the CPU
 test suite proves them (``tests/test_triton.py``), and :func:`compile_for` builds each one for an NVIDIA architecture
 without a GPU, so a compile error shows there too.
@@ -54,8 +56,8 @@ def _column_block(B, N, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _lif_scan_kernel(buf_ptr, drive_ptr, counts_ptr, params_ptr, B, N, T: tl.constexpr, SHIFT: tl.constexpr,
-                     T_REF: tl.constexpr, LATERAL: tl.constexpr, BLOCK: tl.constexpr):
+def _lif_scan_kernel(buf_ptr, drive_ptr, counts_ptr, params_ptr, u_ptr, B, N, T: tl.constexpr, SHIFT: tl.constexpr,
+                     T_REF: tl.constexpr, LATERAL: tl.constexpr, RECORD: tl.constexpr, BLOCK: tl.constexpr):
     """One program: neurons ``[pid_n·BLOCK, …)`` of sample ``pid_b``, all T steps: spikes into rows ``0..T−1`` of
     ``buf``, step t driven by row ``t − SHIFT`` of ``drive`` (``buf`` itself with ``SHIFT = 0``, the ``(T + 1, B, N)``
     work buffer of ``scan_core``; a separate ``(T, B, N)`` tensor of ``I[t]/τs`` with ``SHIFT = 1``, whose loads then
@@ -63,7 +65,8 @@ def _lif_scan_kernel(buf_ptr, drive_ptr, counts_ptr, params_ptr, B, N, T: tl.con
 
     ``params_ptr`` holds ``(fire_at, decay_m, decay_s, lateral)`` in the buffer's dtype (Python floats would reach
     the kernel as float32). Per step, as ``scan_core``: ``c ← I + decay_s·c`` (− ``lateral``·(other neurons fired
-    at t−1)), ``v ← c + decay_m·v``, held at 0 while the refractory counter runs, fire at ``v > fire_at``.
+    at t−1)), ``v ← c + decay_m·v``, held at 0 while the refractory counter runs, fire at ``v > fire_at``. With
+    ``RECORD`` the membrane before the hold (``u_t`` of :mod:`hm2bp.bptt`) goes into row t of ``u`` (row 0: 0).
     """
     mask, col, step = _column_block(B, N, BLOCK)
     ptrs = buf_ptr + col
@@ -79,6 +82,8 @@ def _lif_scan_kernel(buf_ptr, drive_ptr, counts_ptr, params_ptr, B, N, T: tl.con
     hold = tl.zeros([BLOCK], dtype=tl.int32)  # refractory steps left
     count = tl.zeros([BLOCK], dtype=dtype)
     tl.store(ptrs, prev, mask=mask)  # no spike at t = 0
+    if RECORD:
+        tl.store(u_ptr + col, prev, mask=mask)
     for t in range(1, T):
         drive = tl.load(drives + (t - SHIFT) * step, mask=mask, other=0.0)
         c = _fma(c, decay_s, drive)
@@ -86,6 +91,8 @@ def _lif_scan_kernel(buf_ptr, drive_ptr, counts_ptr, params_ptr, B, N, T: tl.con
             others = tl.sum(prev, axis=0) - prev  # exact: sums of 0/1
             c = _fma(others, -lateral, c)
         v = _fma(v, decay_m, c)
+        if RECORD:
+            tl.store(u_ptr + col + t * step, v, mask=mask)
         if T_REF > 0:
             v = tl.where(hold > 0, 0.0, v)
             hold = tl.where(hold > 0, hold - 1, hold)
@@ -99,6 +106,62 @@ def _lif_scan_kernel(buf_ptr, drive_ptr, counts_ptr, params_ptr, B, N, T: tl.con
         count += s
         prev = s
     tl.store(counts_ptr + col, count, mask=mask)
+
+
+@triton.jit
+def _bptt_backward_kernel(gs_ptr, spikes_ptr, u_ptr, out_ptr, params_ptr, B, N, T: tl.constexpr,
+                          T_REF: tl.constexpr, LATERAL: tl.constexpr, RESET_GRAD: tl.constexpr, BLOCK: tl.constexpr):
+    """One program: neurons ``[pid_n·BLOCK, …)`` of sample ``pid_b`` (all N with ``LATERAL``), the reverse-time
+    recursion of :func:`hm2bp.ops.torch_kernels.bptt_backward` from ``∂L/∂s (T, B, N)`` (``gs``), the forward's
+    spikes and ``u``: ``∂L/∂I`` into ``out (T, B, N)`` (row T−1: 0).
+
+    ``params_ptr`` holds ``(inv_tau_s, fire_at, decay_m, decay_s, lateral, slope)`` in the rasters' dtype. The
+    lateral share that step t sends to ``∂L/∂s_{t−1}`` is carried in registers to the next iteration; with
+    ``RESET_GRAD`` and a refractory period, the hold's shares to ``∂L/∂s_{t−k}`` (k ≤ T_REF) are added into ``gs``
+    itself (a scratch copy; this program alone reads and writes its neurons' rows).
+    """
+    mask, col, step = _column_block(B, N, BLOCK)
+    inv_tau_s = tl.load(params_ptr)
+    fire_at = tl.load(params_ptr + 1)
+    decay_m = tl.load(params_ptr + 2)
+    decay_s = tl.load(params_ptr + 3)
+    lateral = tl.load(params_ptr + 4)
+    slope = tl.load(params_ptr + 5)
+    dtype = out_ptr.dtype.element_ty
+    gc = tl.zeros([BLOCK], dtype=dtype)  # ∂L/∂c_t through c_{t+1}
+    gv = tl.zeros([BLOCK], dtype=dtype)  # ∂L/∂v_t through u_{t+1}
+    carry = tl.zeros([BLOCK], dtype=dtype)  # lateral share of ∂L/∂s_t from step t + 1
+    tl.store(out_ptr + (T - 1) * step + col, gc, mask=mask)  # I[T−1] drives no step
+    for i in range(T - 1):
+        t = T - 1 - i
+        g_s = tl.load(gs_ptr + t * step + col, mask=mask, other=0.0) + carry
+        u = tl.load(u_ptr + t * step + col, mask=mask, other=0.0)
+        s = tl.load(spikes_ptr + t * step + col, mask=mask, other=0.0)
+        keep = tl.full([BLOCK], 1.0, dtype)  # 1 − h_t, h_t = Σ_{k ≤ min(T_REF, t)} s_{t−k}
+        for k in range(1, T_REF + 1):
+            keep -= tl.load(spikes_ptr + (t - k) * step + col, mask=mask & (t - k >= 0), other=0.0)
+        v_hat = u * keep
+        x = 1.0 + slope * tl.abs(v_hat - fire_at)
+        sur = 1.0 / (x * x)
+        if T_REF == 0:  # v_t = v̂_t (1 − s_t)
+            if RESET_GRAD:
+                g_s = g_s - gv * v_hat
+            g_vhat = g_s * sur + gv * (1.0 - s)
+        else:  # v_t = v̂_t
+            g_vhat = g_s * sur + gv
+        g_u = g_vhat * keep
+        if RESET_GRAD and T_REF > 0:  # v̂_t = u_t (1 − Σ_k s_{t−k})
+            share = g_vhat * u
+            for k in range(1, T_REF + 1):
+                ok = mask & (t - k >= 0)
+                row = gs_ptr + (t - k) * step + col
+                tl.store(row, tl.load(row, mask=ok, other=0.0) - share, mask=ok)
+        g_c = tl.where(mask, g_u + gc, 0.0)  # lanes past N stay 0: the lateral sum reads them
+        tl.store(out_ptr + (t - 1) * step + col, g_c * inv_tau_s, mask=mask)
+        if LATERAL:  # c_t ∋ −L (Σ_m s_{t−1,m} − s_{t−1})
+            carry = -lateral * (tl.sum(g_c, axis=0) - g_c)
+        gc = decay_s * g_c
+        gv = decay_m * g_u
 
 
 @triton.jit
@@ -163,10 +226,12 @@ def _power_tables(like: torch.Tensor, decays: tuple[float, float], length: int) 
 
 
 def lif_scan(buf: torch.Tensor, fire_at: float, decay_m: float, decay_s: float, t_ref: int,
-             lateral: float, drive: torch.Tensor | None = None) -> torch.Tensor:
+             lateral: float, drive: torch.Tensor | None = None, u: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`hm2bp.neuron.scan_core` in place on a float32/float64 ``(T + 1, B, N)`` buffer, or, given ``drive``
     ``(T, B, N)`` (``I[t]/τs``, left as it is), the spikes into ``buf (T, B, N)``; returns the spike counts
-    ``(B, N)`` in the buffer's dtype. With lateral inhibition one program holds all N neurons of a sample."""
+    ``(B, N)`` in the buffer's dtype. With lateral inhibition one program holds all N neurons of a sample. Given
+    ``u`` (with ``drive``; shaped like it), the membrane before the refractory hold goes there too (BPTT records it,
+    :func:`hm2bp.ops.torch_kernels.bptt_forward`)."""
     if drive is None and (buf.dim() != 3 or buf.shape[0] < 1):
         raise ValueError(f"buf must be (T + 1, batch, neurons), got shape {tuple(buf.shape)}")
     _check("buf", buf, SCAN_DTYPES)
@@ -175,10 +240,18 @@ def lif_scan(buf: torch.Tensor, fire_at: float, decay_m: float, decay_s: float, 
         if drive.shape != buf.shape or buf.dim() != 3:
             raise ValueError(f"drive and buf must both be (T, batch, neurons), got {tuple(drive.shape)}, "
                              f"{tuple(buf.shape)}")
+    if u is not None:
+        if drive is None:
+            raise ValueError("u records the membrane of a scan from a separate drive: pass drive too")
+        _check("u", u, (buf.dtype,))
+        if u.shape != buf.shape:
+            raise ValueError(f"u must be shaped like buf {tuple(buf.shape)}, got {tuple(u.shape)}")
     rows, B, N = buf.shape
     steps = rows if drive is not None else rows - 1
     if steps <= 0 or B == 0 or N == 0:
         buf[: min(rows, 1 if drive is None else rows)].zero_()
+        if u is not None:
+            u.zero_()
         return torch.zeros(B, N, dtype=buf.dtype, device=buf.device)
     counts = torch.empty(B, N, dtype=buf.dtype, device=buf.device)  # every program writes all its counts
     block = triton.next_power_of_2(N) if lateral else min(SCAN_BLOCK, triton.next_power_of_2(N))
@@ -186,10 +259,34 @@ def lif_scan(buf: torch.Tensor, fire_at: float, decay_m: float, decay_s: float, 
         raise ValueError(f"lateral inhibition couples all {N} neurons of a sample; the Triton scan holds at most 4096")
     params = _scan_params(buf, (float(fire_at), float(decay_m), float(decay_s), float(lateral)))
     grid = (B, triton.cdiv(N, block))
-    _lif_scan_kernel[grid](buf, buf if drive is None else drive, counts, params, B, N, T=steps,
-                           SHIFT=int(drive is not None), T_REF=int(t_ref), LATERAL=bool(lateral), BLOCK=block,
-                           num_warps=_warps(block))
+    _lif_scan_kernel[grid](buf, buf if drive is None else drive, counts, params, buf if u is None else u, B, N,
+                           T=steps, SHIFT=int(drive is not None), T_REF=int(t_ref), LATERAL=bool(lateral),
+                           RECORD=u is not None, BLOCK=block, num_warps=_warps(block))
     return counts
+
+
+def bptt_backward(grad_spikes: torch.Tensor, spikes: torch.Tensor, u: torch.Tensor, inv_tau_s: float,
+                  fire_at: float, decay_m: float, decay_s: float, t_ref: int, lateral: float, slope: float,
+                  reset_grad: bool, out: torch.Tensor) -> torch.Tensor:
+    """:func:`hm2bp.ops.torch_kernels.bptt_backward` into ``out (T, B, N)``: ``∂L/∂currents`` from ``∂L/∂spikes``
+    and the spikes and ``u`` that :func:`lif_scan` recorded, all float32 or all float64 and contiguous."""
+    for name, x in (("grad_spikes", grad_spikes), ("spikes", spikes), ("u", u), ("out", out)):
+        _check(name, x, (u.dtype,) if name != "u" else SCAN_DTYPES)
+        if x.shape != u.shape or x.dim() != 3:
+            raise ValueError(f"{name} must be (T, batch, neurons) like u {tuple(u.shape)}, got {tuple(x.shape)}")
+    T, B, N = u.shape
+    if T == 0 or B == 0 or N == 0:
+        return out.zero_()
+    block = triton.next_power_of_2(N) if lateral else min(SCAN_BLOCK, triton.next_power_of_2(N))
+    if lateral and block > 4096:
+        raise ValueError(f"lateral inhibition couples all {N} neurons of a sample; Triton takes 4096 at most")
+    writes_gs = reset_grad and t_ref > 0
+    params = _scan_params(u, (float(inv_tau_s), float(fire_at), float(decay_m), float(decay_s), float(lateral),
+                              float(slope)))
+    _bptt_backward_kernel[(B, triton.cdiv(N, block))](
+        grad_spikes.clone() if writes_gs else grad_spikes, spikes, u, out, params, B, N, T=T, T_REF=int(t_ref),
+        LATERAL=bool(lateral), RESET_GRAD=bool(reset_grad), BLOCK=block, num_warps=_warps(block))
+    return out
 
 
 def bernoulli_spikes(indices: torch.Tensor, salt: int, q: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -581,7 +678,8 @@ def scaled_tf32_parts(y: torch.Tensor, coef: torch.Tensor) -> tuple[torch.Tensor
     return hi, lo
 
 
-KERNELS = {"lif_scan": _lif_scan_kernel, "bernoulli": _bernoulli_kernel, "traces": _traces_kernel,
+KERNELS = {"lif_scan": _lif_scan_kernel, "bptt_backward": _bptt_backward_kernel, "bernoulli": _bernoulli_kernel,
+           "traces": _traces_kernel,
            "post_events": _post_events_kernel, "anticausal": _anticausal_kernel,
            "scaled_tf32_parts": _scaled_tf32_parts_kernel, "post_side": _post_side_kernel}
 
@@ -605,9 +703,14 @@ def compile_for(name: str, capability: int) -> object:
                       "WINDOW": 256, "HAS_DRIVE": True, "BLOCK": block}
     elif name == "lif_scan":
         signature = {"buf_ptr": "*fp32", "drive_ptr": "*fp32", "counts_ptr": "*fp32", "params_ptr": "*fp32",
-                     "B": "i32", "N": "i32", "T": "constexpr", "SHIFT": "constexpr", "T_REF": "constexpr",
-                     "LATERAL": "constexpr", "BLOCK": "constexpr"}
-        constexprs = {"T": 400, "SHIFT": 1, "T_REF": 2, "LATERAL": True, "BLOCK": 16}
+                     "u_ptr": "*fp32", "B": "i32", "N": "i32", "T": "constexpr", "SHIFT": "constexpr",
+                     "T_REF": "constexpr", "LATERAL": "constexpr", "RECORD": "constexpr", "BLOCK": "constexpr"}
+        constexprs = {"T": 400, "SHIFT": 1, "T_REF": 2, "LATERAL": True, "RECORD": True, "BLOCK": 16}
+    elif name == "bptt_backward":
+        signature = {"gs_ptr": "*fp32", "spikes_ptr": "*fp32", "u_ptr": "*fp32", "out_ptr": "*fp32",
+                     "params_ptr": "*fp32", "B": "i32", "N": "i32", "T": "constexpr", "T_REF": "constexpr",
+                     "LATERAL": "constexpr", "RESET_GRAD": "constexpr", "BLOCK": "constexpr"}
+        constexprs = {"T": 400, "T_REF": 2, "LATERAL": True, "RESET_GRAD": True, "BLOCK": 16}
     elif name == "bernoulli":
         signature = {"index_ptr": "*i64", "salt": "i64", "q_ptr": "*fp64", "out_ptr": "*fp32", "B": "i32", "N": "i32",
                      "BLOCK": "constexpr"}
