@@ -87,19 +87,22 @@ def _triton(monkeypatch) -> None:
     monkeypatch.setattr(backend, "_backend", "triton")
 
 
+@pytest.mark.parametrize("rule", ["hm2bp", "bptt"])
 @pytest.mark.parametrize("arch, shape", [("16-4", (10,)), ("3C3-P2-4", (1, 6, 6))], ids=["mlp", "cnn"])
-def test_engine_step_on_the_triton_path_never_waits_for_the_device(arch, shape, monkeypatch):
-    """Encode, forward (lateral inhibition, silent-target patch) and HM2-BP backward (Λ, fallbacks) of a small MLP
-    and CNN under HM2BP_OPS=triton read nothing back on the host, cold or warm, and once warm make no tensor from
-    host data."""
+def test_engine_step_on_the_triton_path_never_waits_for_the_device(arch, shape, rule, monkeypatch):
+    """Encode, forward (lateral inhibition, silent-target patch) and backward (HM2-BP with Λ and fallbacks, or BPTT)
+    of a small MLP and CNN under HM2BP_OPS=triton read nothing back on the host, cold or warm, and once warm make no
+    tensor from host data."""
     from hm2bp import SpikeCountLoss, SpikingNet
+    from hm2bp.bptt import BPTTRule
     from hm2bp.encoding import bernoulli_encode
 
     n = 1
     for d in shape:
         n *= d
     torch.manual_seed(0)
-    net = SpikingNet(arch, shape, [0.8] * len(arch.split("-")), target_count=6).to(DEVICE)
+    net = SpikingNet(arch, shape, [0.8] * len(arch.split("-")), target_count=6,
+                     **({"rule": BPTTRule()} if rule == "bptt" else {})).to(DEVICE)
     pixels = torch.randint(0, 256, (3, n), generator=torch.Generator().manual_seed(5)).float().to(DEVICE)
     labels = torch.tensor([0, 3, 1], device=DEVICE)
 
