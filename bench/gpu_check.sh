@@ -20,6 +20,7 @@
 # Phases and what they write under $OUT (each file atomically, as soon as it is measured; <phase>.log each):
 #   env                       env.json: Python, torch, CUDA, triton, lightning, torchmetrics, numpy, the GPU
 #   gpu_epoch                 gpu_epoch.json: the engine alone, 784-800-10 at T 400, batch 128 (random input trains)
+#   gpu_epoch_bptt            gpu_epoch_bptt.json: the same network and data trained by BPTT (--rule bptt)
 #   app_<row>                 gpu_app_<row>.json: one row of bench/gpu_app_epoch.py through SpikeData + HM2BPModule +
 #                             Lightning, rows mnist_mlp, mnist_cnn, nmnist_mlp, emnist_mlp_400_400 (in-memory data);
 #                             gpu_app_epoch.json: every row so far, rewritten after each, with the last one the
@@ -28,8 +29,8 @@
 #   tests                     the Triton kernels, split-TF32 GEMMs, no-host-read step and ops tests on CUDA tensors
 #   summary.json              rewritten after every phase: status (ok, failed, timeout, skipped), exit code,
 #                             seconds, timeout and, for a phase that is not ok, its log's tail
-# Timed epochs stop after --max-seconds (25 s for the engine and mnist_mlp, 15 s for the other rows; the samples
-# trained so far count, and the result says "capped"). The exit code is 0 when no phase failed or timed out.
+# Timed epochs stop after --max-seconds (25 s for the engine and mnist_mlp, 15 s for BPTT and the other rows; the
+# samples trained so far count, and the result says "capped"). The exit code is 0 when no phase failed or timed out.
 # Copied to bench/results/, gpu_app_epoch.json feeds the README: python -m hm2bp.report … --gpu-timing <it>.
 
 cd "$(dirname "$0")/.." || exit 1
@@ -49,6 +50,7 @@ if [ "$MODE" = rehearsal ]; then
     DEVICE=cpu
     # slivers: the interpreter costs ~2 ms per program per time step, so batch 1 and T 8
     ENGINE_ARGS=(--samples 1 --batch 1 --steps 8)
+    BPTT_ARGS=()
     APP_ARGS=(--scale 0.00001 --steps 8 --batch 1)
     SLACK=2  # the interpreter's speed varies with the machine's load; the timeouts only bound a hang here
     TESTS=(tests/test_triton.py::test_scan_threshold_ties_do_not_fire_and_one_above_does
@@ -61,6 +63,7 @@ else
     DEVICE=cuda
     SLACK=1
     ENGINE_ARGS=(--max-seconds 25)
+    BPTT_ARGS=(--max-seconds 15)  # the later one wins
     APP_ARGS=()
     TESTS=(tests/test_triton.py tests/test_triton_path.py tests/test_host_sync.py tests/test_ops.py)
 fi
@@ -68,7 +71,7 @@ ROWS=(mnist_mlp mnist_cnn nmnist_mlp emnist_mlp_400_400)
 RUN_ID=$(date -u +%Y%m%dT%H%M%SZ)-$$
 mkdir -p "$OUT" || exit 1
 # nothing from an earlier run may pass for this one's
-rm -f "$OUT"/{env,gpu_epoch,summary}.json "$OUT"/gpu_app_*.json "$OUT"/{env,gpu_epoch,wheels,tests}.log \
+rm -f "$OUT"/{env,gpu_epoch,gpu_epoch_bptt,summary}.json "$OUT"/gpu_app_*.json "$OUT"/{env,gpu_epoch,gpu_epoch_bptt,wheels,tests}.log \
     "$OUT"/app_*.log
 SITE=$(mktemp -d)  # the carried wheels go here, not into the image's (or a dev venv's) site-packages
 trap 'rm -rf "$SITE"' EXIT
@@ -146,6 +149,8 @@ EOF
 
 phase gpu_epoch $((75 * SLACK)) "$PYTHON" bench/gpu_epoch.py --device "$DEVICE" "${ENGINE_ARGS[@]}" \
     --out "$OUT/gpu_epoch.json"
+phase gpu_epoch_bptt $((45 * SLACK)) "$PYTHON" bench/gpu_epoch.py --device "$DEVICE" --rule bptt \
+    "${ENGINE_ARGS[@]}" "${BPTT_ARGS[@]}" --out "$OUT/gpu_epoch_bptt.json"
 
 cp BENCHMARKS.md "$OUT/BENCHMARKS.md"  # the rows fill its gpu-app section, not the checkout's
 # per row: the phase's timeout, and the timed epoch's cap within it (after start-up, data, warm-up and compilation)

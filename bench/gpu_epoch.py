@@ -1,10 +1,11 @@
 """Time one training epoch of MNIST-sized synthetic data: 784-800-10, T = 400, batch 128 (default 60,000 samples).
 
-    python bench/gpu_epoch.py [--device cuda] [--samples 60000] [--batch 128] [--max-seconds S]
+    python bench/gpu_epoch.py [--device cuda] [--samples 60000] [--batch 128] [--max-seconds S] [--rule bptt]
                               [--out bench/results/gpu_epoch.json]
 
 Inputs are Bernoulli trains at MNIST-like rates drawn on the device per batch; labels are random. Reports seconds
 per epoch and samples/s (the authors' CUDA code: 600–780 s per MNIST epoch on a Titan Xp, docs/algorithm.md §7).
+``--rule bptt`` trains the same network by BPTT (:class:`hm2bp.bptt.BPTTRule`, its defaults) instead of HM2-BP.
 ``--max-seconds`` ends the epoch early: the batches trained so far are timed, and the result says ``capped``.
 """
 
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 
 from hm2bp import SpikeCountLoss, SpikingMLP, backend
+from hm2bp.bptt import BPTTRule
 from hm2bp.io import atomic_write_json
 from hm2bp.loss import DESIRED_LEVEL, MARGIN, UNDESIRED_LEVEL
 
@@ -28,12 +30,14 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--max-seconds", type=float, help="stop after the batch that passes this many seconds")
+    ap.add_argument("--rule", choices=["hm2bp", "bptt"], default="hm2bp")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "gpu_epoch.json")
     args = ap.parse_args()
     dev = torch.device(args.device)
     torch.manual_seed(0)
     k = args.steps / 400  # the count targets are the paper's at T 400: a shorter T (a rehearsal) scales them down
-    net = SpikingMLP([784, 800, 10], [20.0, 8.0], target_count=max(1, round(DESIRED_LEVEL * k))).to(dev)
+    net = SpikingMLP([784, 800, 10], [20.0, 8.0], target_count=max(1, round(DESIRED_LEVEL * k)),
+                     rule=BPTTRule() if args.rule == "bptt" else None).to(dev)
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
     loss_fn = SpikeCountLoss(DESIRED_LEVEL * k, UNDESIRED_LEVEL * k, MARGIN * k)
     rate = torch.rand(784, device=dev) * 0.06  # mean ~0.03 spikes/step per pixel, like MNIST's q
@@ -64,7 +68,8 @@ def main() -> None:
     sync()
     seconds = time.perf_counter() - start
     result = {"device": str(dev), "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
-              "torch": torch.__version__, "ops_backend": backend.get_backend(), "samples": batches * args.batch,
+              "torch": torch.__version__, "ops_backend": backend.get_backend(), "rule": args.rule,
+              "samples": batches * args.batch,
               "batch": args.batch, "steps": args.steps, "epoch_seconds": seconds,
               "samples_per_second": batches * args.batch / seconds,
               "capped": batches < planned}

@@ -21,7 +21,7 @@ from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parent.parent
 ROWS = ["mnist_mlp", "mnist_cnn", "nmnist_mlp", "emnist_mlp_400_400"]
-PHASES = ["env", "gpu_epoch", *(f"app_{r}" for r in ROWS), "wheels", "tests"]
+PHASES = ["env", "gpu_epoch", "gpu_epoch_bptt", *(f"app_{r}" for r in ROWS), "wheels", "tests"]
 # What the GPU image holds (Python 3.12, torch, triton, lightning, torchmetrics, numpy and their own requirements)
 IMAGE = {"torch", "triton", "lightning", "torchmetrics", "numpy"}
 # Installed here, absent there: a rehearsal that imports one of them would pass here and fail on the GPU machine.
@@ -81,9 +81,11 @@ def test_rehearsal_writes_every_result_with_the_image_packages_blocked(tmp_path)
 
     info = json.loads((out / "env.json").read_text())
     assert info["torch"] == torch.__version__ and info["cuda_available"] is False and info["triton"]
-    engine = json.loads((out / "gpu_epoch.json").read_text())
-    assert engine["ops_backend"] == "triton" and engine["samples"] > 0 and engine["epoch_seconds"] > 0
-    assert engine["samples_per_second"] == pytest.approx(engine["samples"] / engine["epoch_seconds"])
+    for name, rule in (("gpu_epoch", "hm2bp"), ("gpu_epoch_bptt", "bptt")):
+        engine = json.loads((out / f"{name}.json").read_text())
+        assert engine["ops_backend"] == "triton" and engine["rule"] == rule
+        assert engine["samples"] > 0 and engine["epoch_seconds"] > 0
+        assert engine["samples_per_second"] == pytest.approx(engine["samples"] / engine["epoch_seconds"])
     combined = json.loads((out / "gpu_app_epoch.json").read_text())
     assert list(combined["rows"]) == ROWS and combined["kernels"] == "triton"
     assert combined["run_id"] == summary["run_id"] and combined["total_gpu_hours"] > 0

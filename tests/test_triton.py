@@ -88,6 +88,39 @@ def test_scan_degenerate_shapes_and_bad_input():
         tk.lif_scan(torch.zeros(3, 4), 0.5, 0.9, 0.8, 2, 0.0)
 
 
+@pytest.mark.parametrize("reset_grad", [False, True])
+@pytest.mark.parametrize("lateral_w0", [0.0, 1.0])
+@pytest.mark.parametrize("t_ref", [0, 2])
+def test_bptt_kernels_equal_the_pure_pytorch_recursion(t_ref, lateral_w0, reset_grad):
+    """The scan recording ``u`` and the reverse-time BPTT kernel on float64 rasters: spikes as the PyTorch path's
+    exactly, ``u`` and ``∂L/∂I`` to 1e-12, every element of their outputs written (NaN-filled), ``∂L/∂s`` untouched;
+    130 neurons without lateral inhibition: two programs and a masked tail (hm2bp.bptt has the equations)."""
+    from hm2bp.ops import torch_kernels
+
+    T, B, N = 30, 2, 7 if lateral_w0 else 130
+    g = torch.Generator().manual_seed(t_ref + 3 * int(lateral_w0) + 7 * int(reset_grad))
+    currents = torch.randn(T, B, N, generator=g, dtype=torch.float64) * 2.4 + 0.6
+    currents[-4:, 1] += 20.0  # spikes and holds at the last steps
+    grad_spikes = torch.randn(T, B, N, generator=g, dtype=torch.float64)
+    args = (0.25, *LIFParams(threshold=1.0, tau_m=16.0, tau_s=4.0, t_ref=t_ref).scan_args(lateral_w0))
+    ref_spikes, ref_u = torch_kernels.bptt_forward(currents, *args)
+    expected = torch_kernels.bptt_backward(grad_spikes, ref_spikes, ref_u, *args, 5.0, reset_grad)
+
+    spikes, u = (torch.full((T, B, N), float("nan"), dtype=torch.float64, device=DEVICE) for _ in range(2))
+    drive = (currents * args[0]).to(DEVICE)
+    tk.lif_scan(spikes, *args[1:], drive=drive, u=u)
+    gs = grad_spikes.clone().to(DEVICE)
+    out = torch.full_like(u, float("nan"))
+    tk.bptt_backward(gs, spikes, u, *args, 5.0, reset_grad, out=out)
+    assert torch.equal(spikes.cpu(), ref_spikes) and ref_spikes.sum() > 0 and ref_spikes[-3:, 1].sum() > 0
+    torch.testing.assert_close(u.cpu(), ref_u, rtol=0, atol=1e-12)
+    torch.testing.assert_close(out.cpu(), expected, rtol=0, atol=1e-12)
+    assert torch.equal(gs.cpu(), grad_spikes) and expected.abs().max() > 1e-3
+    with pytest.raises(ValueError, match="u records the membrane of a scan from a separate drive"):
+        tk.lif_scan(spikes, *args[1:], u=u)
+    with pytest.raises(TypeError, match="out must be one of"):
+        tk.bptt_backward(gs, spikes, u, *args, 5.0, reset_grad, out=out.float())
+
 @pytest.mark.parametrize("epoch", [0, 3])
 def test_bernoulli_equals_the_cpu_encoder_bit_for_bit(epoch):
     rng = torch.Generator().manual_seed(epoch)

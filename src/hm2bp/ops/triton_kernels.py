@@ -4,10 +4,10 @@ reverse-time recursion.
 
 The scan and the encoder compute, bit for bit, what their pure-PyTorch definitions compute
 (:func:`hm2bp.neuron.scan_core`, :func:`hm2bp.encoding.bernoulli_encode`); the BPTT backward equals the literal
-autograd-through-time reference to 1e-10 in float64 (``tests/test_bptt.py``); none synchronises with the host. The same source runs on CUDA tensors
-(compiled) and, with ``TRITON_INTERPRET=1`` set before this module is imported, on CPU tensors: that is how the CPU
-test suite proves them (``tests/test_triton.py``), and :func:`compile_for` builds each one for an NVIDIA architecture
-without a GPU, so a compile error shows there too.
+autograd-through-time reference to 1e-10 in float64 (``tests/test_bptt.py``); none synchronises with the host. The same
+source runs on CUDA tensors (compiled) and, with ``TRITON_INTERPRET=1`` set before this module is imported, on CPU
+tensors: that is how the CPU test suite proves them (``tests/test_triton.py``), and :func:`compile_for` builds each one
+for an NVIDIA architecture without a GPU, so a compile error shows there too.
 
 Loop bounds are compile-time constants (``tl.constexpr``): one compiled variant per T, which also keeps Triton 3.6's
 interpreter working beside NumPy ≥ 2.4. Element offsets are int64 (a ``(2T, B, N)`` tensor passes 2³¹ elements at
