@@ -117,6 +117,16 @@ def test_nir_dynamics_at_dt_1_are_our_forward_pass(kind):
     assert all(np.array_equal(a, b) for a, b in zip(theirs, ours, strict=True))
 
 
+def test_metadata_only_names_what_the_network_has():
+    from hm2bp.export import metadata_only
+
+    plain = SpikingMLP([5, 4, 3], [1.0, 1.0], t_ref=0, lateral_w0=0.0)
+    assert metadata_only(plain) == ("NIR cannot express the one-step synaptic delay: it travels as node metadata "
+                                    "only, which a simulator ignores unless it reads it (docs/nir.md)")
+    assert metadata_only(SpikingNet("4-3", (5,), [1.0, 1.0], t_ref=3)).startswith(
+        "NIR cannot express the refractory period (3 steps), the output layer's lateral inhibition (w0 = ")
+
+
 def test_export_command_writes_the_runs_weights_and_names_bad_input(tmp_path):
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     subprocess.run([sys.executable, str(ROOT / "src" / "run.py"), "trainer.limit_train_batches=2",
@@ -127,6 +137,10 @@ def test_export_command_writes_the_runs_weights_and_names_bad_input(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "hm2bp.export", str(run), str(out)], capture_output=True, text=True,
                           env=env, check=True)
     assert proc.stdout.startswith(f"wrote {out}: 800-10")
+    assert proc.stdout.splitlines()[1] == (
+        "note: NIR cannot express the refractory period (2 steps), the output layer's lateral inhibition (w0 = 1) "
+        "and the one-step synaptic delay: they travel as node metadata only, which a simulator ignores unless it "
+        "reads it (docs/nir.md)")
     graph = nir.read(out)
     state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert np.array_equal(graph.nodes["fc0"].weight, state["net.layers.0.weight"].double().numpy())

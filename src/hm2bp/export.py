@@ -101,6 +101,23 @@ def to_nir(net: SpikingNet, dt: float = DEFAULT_DT) -> nir.NIRGraph:
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta)
 
 
+def metadata_only(net: SpikingNet) -> str:
+    """One line naming what of ``net``'s dynamics the graph carries as node metadata only (module docstring): a
+    simulator that reads the graph runs without them unless it reads that metadata."""
+    refractory = sorted({int(layer.setup.lif.t_ref) for layer in net.layers} - {0})
+    lateral = sorted({float(layer.setup.lateral_w0) for layer in net.layers} - {0.0})
+    parts = []
+    if refractory:
+        parts.append(f"the refractory period ({'/'.join(map(str, refractory))} steps)")
+    if lateral:
+        parts.append(f"the output layer's lateral inhibition (w0 = {'/'.join(f'{w:g}' for w in lateral)})")
+    parts.append("the one-step synaptic delay")
+    listed = ", ".join(parts[:-1]) + (" and " if len(parts) > 1 else "") + parts[-1]
+    travel = "they travel" if len(parts) > 1 else "it travels"
+    return (f"NIR cannot express {listed}: {travel} as node metadata only, which a simulator ignores unless it reads "
+            f"it (docs/nir.md)")
+
+
 class ExportError(ValueError):
     """A run directory or checkpoint that cannot be exported (one line, for the command line)."""
 
@@ -152,6 +169,7 @@ def main(argv: list[str] | None = None) -> Path:
         raise SystemExit(1) from None
     out = write(to_nir(net), args.out)
     print(f"wrote {out}: {net.arch} on {'×'.join(map(str, net.input_shape))} inputs")
+    print(f"note: {metadata_only(net)}")
     return out
 
 
