@@ -90,8 +90,7 @@ def test_unknown_group_option_and_misspelled_key(tmp_path):
                            f"{options}\n")
     proc = _run(["trainer.max_epoch=3", f"output_root={tmp_path}"], tmp_path, check=False)
     assert proc.returncode == 1
-    assert proc.stderr == ("error: Could not override 'trainer.max_epoch'; To append to your config use "
-                           "+trainer.max_epoch=3; Key 'max_epoch' is not in struct\n")
+    assert proc.stderr == "error: unknown key trainer.max_epoch; did you mean trainer.max_epochs?\n"
     proc = _run(["trainer.lr=[", f"output_root={tmp_path}"], tmp_path, check=False)
     assert proc.returncode == 1 and proc.stderr.startswith("error: ") and len(proc.stderr.splitlines()) == 1
     assert not any(tmp_path.rglob("metrics.json"))

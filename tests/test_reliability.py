@@ -131,7 +131,7 @@ def test_unwritable_output_is_the_apps_own_one_line_error(tmp_path, monkeypatch,
         key = "sweep" if multirun else "run"
         start = cli.Preflight().on_multirun_start if multirun else cli.Preflight().on_run_start
         with pytest.raises(SystemExit) as exit_:
-            start(OmegaConf.create({"hydra": {key: {"dir": f"{read_only}/sub"}}}))
+            start(OmegaConf.create({"output_root": str(read_only), "hydra": {key: {"dir": "${output_root}/sub"}}}))
     finally:
         read_only.chmod(0o700)
     assert exit_.value.code == 1 and not (read_only / "sub").exists()

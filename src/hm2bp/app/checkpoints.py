@@ -23,9 +23,11 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback
 
+from hm2bp.io import fsync_dir
 from hm2bp.metrics import differences
 
 FINGERPRINT_KEY, CONFIG_KEY, MID_EPOCH_KEY = "hm2bp_fingerprint", "hm2bp_config", "hm2bp_mid_epoch"
+WANDB_ID_KEY = "hm2bp_wandb_id"  # the wandb run the training so far was logged to: a resume continues it
 REQUEUE_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)  # Lightning's and submitit's SLURM pre-timeout signals
 DDP_AGREE_EVERY = 10  # under DDP a noted signal (or a timed save) is acted on after a batch index divisible by this
 
@@ -85,11 +87,18 @@ def move_aside(path: Path) -> Path:
 
 
 def atomic_save(trainer, path: Path) -> None:
-    """``trainer.save_checkpoint`` to a temp file beside ``path``, then rename: readers see the old or new file."""
+    """``trainer.save_checkpoint`` to a temp file beside ``path``, fsync, then rename and fsync the folder: readers
+    see the old or new file, and a machine crash after this returns still finds the new one."""
     tmp = path.with_name(f".{path.name}.tmp")
     trainer.save_checkpoint(tmp, weights_only=False)
     if trainer.is_global_zero:
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     trainer.strategy.barrier("hm2bp_checkpoint")
 
 
@@ -97,12 +106,12 @@ class RunCheckpoint(Callback):
     """Writes ``path`` (``last.ckpt``) atomically at every epoch end, every ``every_minutes`` of training when set,
     and after the current batch when SIGTERM, SIGINT (Ctrl-C) or, under SLURM, a requeue signal arrives; then it
     stops training with :class:`RunInterrupted` (after ``scontrol requeue`` for a requeue signal). A second Ctrl-C
-    stops at once. Every checkpoint records the run's fingerprint and config. ``clock`` (seconds) times the
-    timed saves; tests pass a fake one."""
+    stops at once. Every checkpoint records the run's fingerprint and config, and ``wandb_id`` (the wandb run it
+    logs to) when set. ``clock`` (seconds) times the timed saves; tests pass a fake one."""
 
     def __init__(self, path: Path, fingerprint: str, config: dict, every_minutes: float | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.path, self.fingerprint, self.config = Path(path), fingerprint, config
+                 clock: Callable[[], float] = time.monotonic, wandb_id: str | None = None) -> None:
+        self.path, self.fingerprint, self.config, self.wandb_id = Path(path), fingerprint, config, wandb_id
         self.every_seconds = None if every_minutes is None else 60.0 * float(every_minutes)
         self.clock = clock
         self.received: int | None = None
@@ -170,6 +179,8 @@ class RunCheckpoint(Callback):
         checkpoint[FINGERPRINT_KEY] = self.fingerprint
         checkpoint[CONFIG_KEY] = self.config
         checkpoint[MID_EPOCH_KEY] = self._mid_epoch
+        if self.wandb_id is not None:
+            checkpoint[WANDB_ID_KEY] = self.wandb_id
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         if checkpoint.get(MID_EPOCH_KEY) and trainer.datamodule is not None:

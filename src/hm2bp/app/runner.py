@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import string
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from hm2bp import backend
-from hm2bp.app.checkpoints import ForeignCheckpoint, RunCheckpoint, check_resumable, move_aside
+from hm2bp.app.checkpoints import WANDB_ID_KEY, ForeignCheckpoint, RunCheckpoint, check_resumable, move_aside
 from hm2bp.app.cli import quiet_library_noise
 from hm2bp.app.config import ConfigError, model_arch, validate
 from hm2bp.app.identity import fingerprint, run_config
@@ -24,7 +26,7 @@ from hm2bp.io import atomic_write_json
 from hm2bp.metrics import differences, metrics_complete, rule_of
 
 
-def _wandb_logger(cfg: DictConfig, run_dir: Path, name: str, group: str):
+def _wandb_logger(cfg: DictConfig, run_dir: Path, name: str, group: str, run_id: str | None):
     from lightning.pytorch.loggers import WandbLogger
 
     mode = cfg.logger.mode
@@ -36,8 +38,9 @@ def _wandb_logger(cfg: DictConfig, run_dir: Path, name: str, group: str):
         print("wandb: no API key found, logging offline as logger.fallback_offline=true asks", flush=True)
         mode = "offline"
     os.environ.setdefault("WANDB_SILENT", "true")
-    logger = WandbLogger(project=cfg.logger.project, entity=cfg.logger.entity, group=group,
-                         name=name, save_dir=str(run_dir), mode=mode, job_type="train",
+    # id + resume="allow": a resumed training continues its wandb run instead of opening a second one
+    logger = WandbLogger(project=cfg.logger.project, entity=cfg.logger.entity, group=group, id=run_id,
+                         resume="allow", name=name, save_dir=str(run_dir), mode=mode, job_type="train",
                          config=OmegaConf.to_container(cfg, resolve=True), settings={"init_timeout": 60})
     # Lightning 2.6 always passes anonymous=None to wandb.init, which current wandb warns about; we never set it
     logger._wandb_init.pop("anonymous", None)
@@ -51,12 +54,27 @@ def _wandb_credentials() -> bool:
     return netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore")
 
 
-def make_loggers(cfg: DictConfig, run_dir: Path, name: str, group: str) -> list:
-    """The loggers ``cfg.logger`` asks for; wandb runs of one config (``group``: its seeds) are grouped."""
+def uses_wandb(cfg: DictConfig) -> bool:
+    """Whether ``cfg.logger`` logs to wandb (online or offline)."""
+    return cfg.logger.name == "wandb" and cfg.logger.mode != "disabled"
+
+
+def wandb_run_id(previous: str | None) -> str:
+    """The wandb run id to log to: ``previous``, the one the resumed checkpoint recorded, so all launches of one
+    training are one wandb run; a new one for a training that starts over (its steps would clash with the old
+    run's)."""
+    if previous:
+        return previous
+    return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))  # as wandb's own ids
+
+
+def make_loggers(cfg: DictConfig, run_dir: Path, name: str, group: str, wandb_id: str | None = None) -> list:
+    """The loggers ``cfg.logger`` asks for; wandb runs of one config (``group``: its seeds) are grouped, and a wandb
+    run continues the run ``wandb_id`` (:func:`wandb_run_id`) or, for None, is a new one."""
     from lightning.pytorch.loggers import CSVLogger
 
-    if cfg.logger.name == "wandb" and cfg.logger.mode != "disabled":
-        return [_wandb_logger(cfg, run_dir, name, group)]
+    if uses_wandb(cfg):
+        return [_wandb_logger(cfg, run_dir, name, group, wandb_id)]
     if cfg.logger.name == "csv":
         return [CSVLogger(save_dir=str(run_dir), name="csv", version="")]
     return []
@@ -86,12 +104,12 @@ def finished_metrics(metrics_path: Path, fp: str, config: dict) -> dict | None:
                       f"overwritten: choose another output folder")
 
 
-def resume_path(last: Path, resume: bool | str, fp: str, config: dict) -> Path | None:
-    """The checkpoint to resume (``last`` if it exists and belongs to this config), after ``resume``'s rule:
-    ``true`` refuses a checkpoint of another config, ``false`` moves any old one aside, ``"auto"`` moves aside only
-    one of another config. A moved checkpoint is named in the log."""
+def resume_path(last: Path, resume: bool | str, fp: str, config: dict) -> tuple[Path | None, dict]:
+    """The checkpoint to resume (``last`` if it exists and belongs to this config) and its contents (``{}`` for
+    none), after ``resume``'s rule: ``true`` refuses a checkpoint of another config, ``false`` moves any old one
+    aside, ``"auto"`` moves aside only one of another config. A moved checkpoint is named in the log."""
     if not last.exists():
-        return None
+        return None, {}
     if resume is not False:
         try:
             state = check_resumable(last, fp, config)
@@ -101,11 +119,11 @@ def resume_path(last: Path, resume: bool | str, fp: str, config: dict) -> Path |
         else:
             print(f"resuming from {last} (saved {'during' if state.get('hm2bp_mid_epoch') else 'at the end of'} "
                   f"epoch {state.get('epoch')})", flush=True)
-            return last
+            return last, state
     moved = move_aside(last)
     why = "resume=false" if resume is False else "resume=auto: it belongs to another config"
     print(f"{why}: moved the old checkpoint {last} aside to {moved}; starting over", flush=True)
-    return None
+    return None, {}
 
 
 def build_module(cfg: DictConfig, input_shape: tuple[int, ...], n_train: int):
@@ -133,7 +151,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         return done
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"
-    ckpt_path = resume_path(last, cfg.resume, fp, config)
+    ckpt_path, resumed = resume_path(last, cfg.resume, fp, config)
+    previous_wandb_id = resumed.get(WANDB_ID_KEY)
+    del resumed  # the weights inside: Lightning reads the checkpoint itself
 
     import lightning as L
 
@@ -157,8 +177,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     data.setup()  # loads the files now: a missing or corrupt file fails here, before any training
     module = build_module(cfg, data.info.shape, data.n_train)
     name = f"{cfg.experiment_name}-seed{cfg.seed}"
-    loggers = make_loggers(cfg, run_dir, name, f"{cfg.dataset.name}-{cfg.model.name}-{fp}")
-    checkpoint = RunCheckpoint(last, fp, config, tr.get("checkpoint_every_minutes"))
+    # kept through launches without wandb too, so a later wandb launch still continues the same run
+    wandb_id = wandb_run_id(previous_wandb_id) if uses_wandb(cfg) else previous_wandb_id
+    loggers = make_loggers(cfg, run_dir, name, f"{cfg.dataset.name}-{cfg.model.name}-{fp}", wandb_id)
+    checkpoint = RunCheckpoint(last, fp, config, tr.get("checkpoint_every_minutes"), wandb_id=wandb_id)
     limits = {k: tr[k] for k in ("limit_train_batches", "limit_val_batches") if tr[k] is not None}
     # use_distributed_sampler=False: under DDP our samplers shard the seeded order themselves (SpikeData)
     trainer = L.Trainer(max_epochs=tr.max_epochs, accelerator=tr.accelerator, devices=tr.devices,
