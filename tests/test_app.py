@@ -288,8 +288,9 @@ def test_faithful_preset_sets_every_authors_behaviour_on_top_of_any_row(base):
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_rule_bptt_composes_with_every_experiment_and_preset(experiment):
-    """rule=bptt on any row (and with preset=faithful): model.bptt holds the engine's BPTTRule defaults, and the
-    module the app builds learns by BPTT in every layer; without it, by HM2-BP."""
+    """rule=bptt on any row (and with preset=faithful): model.bptt holds the engine's BPTTRule defaults (the *_bptt
+    presets: their wider surrogate), and the module the app builds learns by BPTT in every layer; without it, by
+    HM2-BP."""
     from dataclasses import asdict
 
     from hm2bp.app.runner import build_module
@@ -303,7 +304,7 @@ def test_rule_bptt_composes_with_every_experiment_and_preset(experiment):
     for preset in ([], ["preset=faithful"]):
         cfg = _compose([f"experiment={experiment}", "rule=bptt", *preset])
         validate(cfg)
-        assert dict(cfg.model.bptt) == asdict(BPTTRule())
+        assert dict(cfg.model.bptt) == asdict(BPTTRule(slope=5.0) if partner else BPTTRule())
         shape = DATASETS[cfg.dataset.name].shape
         assert {type(layer.setup.rule) for layer in build_module(cfg, shape, n_train=4).net.layers} == {BPTTRule}
     assert {type(layer.setup.rule) for layer in build_module(plain, shape, n_train=4).net.layers} == {
