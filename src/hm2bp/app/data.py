@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import NamedTuple
 
@@ -40,7 +41,8 @@ class SpikeData(L.LightningDataModule):
     uint8 where they are whole numbers; bool rasters for event datasets), about T times less than float trains,
     and :meth:`on_after_batch_transfer` encodes them on the device with the same hash, so the spikes equal the CPU
     path's. ``num_workers`` and ``pin_memory`` go to the data loaders. ``shuffle`` orders the training samples:
-    ``"permutation"`` or the authors' ``"swaps"`` (:mod:`hm2bp.data.order`).
+    ``"permutation"`` or the authors' ``"swaps"`` (:mod:`hm2bp.data.order`). ``url`` is where ``download`` fetches
+    a dataset's files from instead of its default source (``dataset.url``: a mirror; mnist and emnist).
     ``splits``, when given, replaces the registered loader's files: what that loader returns (``(x_train,
     y_train, x_test, y_test)`` pixel tensors of a static dataset, ``(train, test)`` :class:`EventSplit` s of an event
     dataset), held in memory (the GPU benchmark's synthetic data).
@@ -49,12 +51,16 @@ class SpikeData(L.LightningDataModule):
     def __init__(self, name: str, data_dir: str | Path, steps: int, batch_size: int, seed: int,
                  fixed_trains: bool = True, download: bool = False, options: dict | None = None,
                  augment: dict | None = None, device_encoding: bool = False, num_workers: int = 0,
-                 pin_memory: bool = False, shuffle: str = "permutation", splits: tuple | None = None) -> None:
+                 pin_memory: bool = False, shuffle: str = "permutation", url: str | None = None,
+                 splits: tuple | None = None) -> None:
         super().__init__()
         if shuffle not in SHUFFLES:
             raise ValueError(f"shuffle must be one of {SHUFFLES}, got {shuffle!r}")
         self.shuffle = shuffle
         self.info = get_dataset(name)
+        if url is not None and "url" not in inspect.signature(self.info.load).parameters:
+            raise ValueError(f"url={url!r} does not apply to dataset {name!r}: its loader takes no download URL")
+        self._source = {} if url is None else {"url": url}
         if augment is not None and self.info.kind != "static":
             raise ValueError(f"augmentation applies to static image datasets only, not {name!r}")
         self.augment = None if augment is None else Augmentation(**{"seed": seed, **augment})  # run seed by default
@@ -78,7 +84,7 @@ class SpikeData(L.LightningDataModule):
             self.train, self.test = self._splits or self.info.load(self.data_dir, self.download, steps=self.steps,
                                                                    **self.options)
             return
-        x_tr, y_tr, x_te, y_te = self._splits or self.info.load(self.data_dir, self.download)
+        x_tr, y_tr, x_te, y_te = self._splits or self.info.load(self.data_dir, self.download, **self._source)
         # fixed_trains is about training trains: test trains are always drawn once, so every epoch's test accuracy
         # is measured on the same inputs.
         train_encoder = Encoder(self.steps, seed=self.seed, fixed=self.fixed_trains)

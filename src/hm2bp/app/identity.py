@@ -25,7 +25,8 @@ from omegaconf import DictConfig, OmegaConf
 # Top-level keys and dotted paths that never change what a run computes.
 EXCLUDED = frozenset({
     "seed", "experiment_name", "output_root", "data_dir", "resume", "logger", "hydra",
-    "dataset.download", "trainer.progress_bar", "trainer.num_threads", "trainer.checkpoint_every_minutes",
+    "dataset.download", "dataset.url",  # where files come from: they are checked against their MD5 sums
+    "trainer.progress_bar", "trainer.num_threads", "trainer.checkpoint_every_minutes",
     "trainer.device_encoding", "trainer.num_workers", "trainer.pin_memory",  # same spikes wherever they are made
     "trainer.strategy",  # how the processes are started; trainer.devices (in the fingerprint) sets how many
     "trainer.contraction",  # the same gradients up to rounding, like the kernels the backend picks

@@ -46,7 +46,8 @@ def load_splits(info: DatasetInfo, cfg: DictConfig) -> tuple[list[torch.Tensor],
         train, test = info.load(data_dir, download, steps=ds.steps, **options)
         arrays = [a for s in (train, test) for a in (s.times, s.channels, s.offsets, s.labels)]
         return arrays, len(train), len(test)
-    x_tr, y_tr, x_te, y_te = info.load(data_dir, download)
+    url = ds.get("url")  # mnist and emnist only: where download fetches from
+    x_tr, y_tr, x_te, y_te = info.load(data_dir, download, **({} if url is None else {"url": url}))
     return [x_tr, y_tr, x_te, y_te], len(y_tr), len(y_te)
 
 

@@ -173,7 +173,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                      cfg.dataset.get("fixed_trains", True), cfg.dataset.get("download", False),
                      cfg.dataset.get("options", None), None if augment is None else OmegaConf.to_container(augment),
                      device_encoding=device_encoding(tr), num_workers=int(tr.get("num_workers") or 0),
-                     pin_memory=bool(tr.get("pin_memory", False)), shuffle=tr.shuffle)
+                     pin_memory=bool(tr.get("pin_memory", False)), shuffle=tr.shuffle,
+                     url=cfg.dataset.get("url"))
     data.setup()  # loads the files now: a missing or corrupt file fails here, before any training
     module = build_module(cfg, data.info.shape, data.n_train)
     name = f"{cfg.experiment_name}-seed{cfg.seed}"

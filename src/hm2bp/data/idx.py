@@ -7,17 +7,14 @@ Layout under ``data_dir``::
     emnist/emnist-balanced-{train,test}-{images-idx3,labels-idx1}-ubyte[.gz]
 
 EMNIST stores every image transposed (column-major); :func:`load_emnist_balanced` transposes them back so digits and
-letters are upright like MNIST. With ``download=True`` missing files are fetched and checked against their MD5 sums
-before use; otherwise a missing file is a clear error naming what is expected and where to get it.
+letters are upright like MNIST. With ``download=True`` missing files are fetched (from ``url`` when given: a mirror)
+by :mod:`hm2bp.data.download`, with progress on stderr, and checked against their MD5 sums before they get their
+final names; otherwise a missing file is a clear error naming what is expected and where to get it.
 """
 
 from __future__ import annotations
 
 import gzip
-import hashlib
-import shutil
-import urllib.request
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -89,29 +86,6 @@ def _find(folder: Path, stem: str) -> Path | None:
     return None
 
 
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _fetch(url: str, dest: Path, md5: str) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_suffix(dest.suffix + ".part")
-    try:
-        with urllib.request.urlopen(url, timeout=60) as r, tmp.open("wb") as f:
-            shutil.copyfileobj(r, f)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise DatasetFileError(f"download of {url} failed ({err}); fetch it by hand into {dest.parent}") from err
-    if _md5(tmp) != md5:
-        tmp.unlink()
-        raise DatasetFileError(f"download of {url} has the wrong MD5 checksum (expected {md5}); nothing was kept")
-    tmp.replace(dest)
-
-
 def _require(folder: Path, stems: list[str], what: str, source: str) -> list[Path]:
     found = [_find(folder, s) for s in stems]
     missing = [s for s, f in zip(stems, found, strict=True) if f is None]
@@ -130,32 +104,43 @@ def _images_labels(images: Path, labels: Path) -> tuple[torch.Tensor, torch.Tens
     return torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y.astype(np.int64))
 
 
-def load_mnist(data_dir: str | Path, download: bool = False) -> tuple[torch.Tensor, ...]:
-    """``(x_train (60000, 784), y_train, x_test (10000, 784), y_test)``; pixels 0–255 as float32."""
+def load_mnist(data_dir: str | Path, download: bool = False, url: str | None = None) -> tuple[torch.Tensor, ...]:
+    """``(x_train (60000, 784), y_train, x_test (10000, 784), y_test)``; pixels 0–255 as float32. ``download``
+    fetches missing files from ``url`` (a folder URL holding the four ``.gz`` files, e.g. a mirror; default
+    :data:`MNIST_URL`), each checked against its MD5 sum."""
+    from hm2bp.data.download import check_url, fetch, folder_lock  # imported here: it imports DatasetFileError
+
     folder = Path(data_dir) / "mnist"
+    base = (MNIST_URL if url is None else check_url(url)).rstrip("/") + "/"
     stems = list(MNIST_FILES)
-    if download:
-        for stem, md5 in MNIST_FILES.items():
-            if _find(folder, stem) is None:
-                _fetch(MNIST_URL + stem + ".gz", folder / (stem + ".gz"), md5)
-    f = _require(folder, stems, "MNIST", "http://yann.lecun.com/exdb/mnist/ (or " + MNIST_URL + ")")
+    if download and any(_find(folder, s) is None for s in stems):
+        with folder_lock(folder):  # another process may have fetched them while this one waited
+            for stem, md5 in MNIST_FILES.items():
+                if _find(folder, stem) is None:
+                    fetch(base + stem + ".gz", folder / (stem + ".gz"), md5)
+    f = _require(folder, stems, "MNIST", "http://yann.lecun.com/exdb/mnist/ (or " + base + ")")
     x_tr, y_tr = _images_labels(f[0], f[1])
     x_te, y_te = _images_labels(f[2], f[3])
     return x_tr.flatten(1), y_tr, x_te.flatten(1), y_te
 
 
-def load_emnist_balanced(data_dir: str | Path, download: bool = False) -> tuple[torch.Tensor, ...]:
-    """EMNIST-balanced (47 classes): ``(x_train (112800, 784), y_train, x_test (18800, 784), y_test)``, upright."""
+def load_emnist_balanced(data_dir: str | Path, download: bool = False,
+                         url: str | None = None) -> tuple[torch.Tensor, ...]:
+    """EMNIST-balanced (47 classes): ``(x_train (112800, 784), y_train, x_test (18800, 784), y_test)``, upright.
+    ``download`` fetches the NIST archive from ``url`` (the ``gzip.zip`` file, e.g. on a mirror; default
+    :data:`EMNIST_URL`), checks its MD5 sum, keeps it as ``gzip.zip`` and extracts the missing files from it."""
+    from hm2bp.data.download import check_url, extract, fetch, folder_lock  # here: it imports DatasetFileError
+
     folder = Path(data_dir) / "emnist"
+    source = EMNIST_URL if url is None else check_url(url)
     if download and any(_find(folder, s) is None for s in EMNIST_FILES):
-        archive = folder / "gzip.zip"
-        if not archive.exists():
-            _fetch(EMNIST_URL, archive, EMNIST_ZIP_MD5)
-        with zipfile.ZipFile(archive) as z:
-            for stem in EMNIST_FILES:
-                with z.open(f"gzip/{stem}.gz") as src, (folder / f"{stem}.gz").open("wb") as dst:
-                    shutil.copyfileobj(src, dst)
-    f = _require(folder, EMNIST_FILES, "EMNIST-balanced", EMNIST_URL + " (the gzip/ folder of the archive)")
+        with folder_lock(folder):  # another process may have fetched them while this one waited
+            missing = [s for s in EMNIST_FILES if _find(folder, s) is None]
+            archive = folder / "gzip.zip"
+            if missing and not archive.exists():
+                fetch(source, archive, EMNIST_ZIP_MD5)
+            extract(archive, {f"gzip/{stem}.gz": folder / f"{stem}.gz" for stem in missing})
+    f = _require(folder, EMNIST_FILES, "EMNIST-balanced", source + " (the gzip/ folder of the archive)")
     x_tr, y_tr = _images_labels(f[0], f[1])
     x_te, y_te = _images_labels(f[2], f[3])
     # EMNIST images are stored transposed: swap rows and columns so they read like MNIST

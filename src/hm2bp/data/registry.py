@@ -21,7 +21,8 @@ class DatasetInfo:
     shape: tuple[int, ...]  # one sample's input layout: (C, H, W) images (flattened channel-major) or (N,)
     n_classes: int
     kind: str  # "static": pixel intensities in [0, 255], Bernoulli-encoded; "events": spike trains
-    load: Callable[..., Any]  # (data_dir, download) → Splits (static) or (train, test) EventSplits
+    # (data_dir, download) → Splits (static) or (train, test) EventSplits; mnist and emnist also take url=
+    load: Callable[..., Any]
     source: str  # where the files come from (shown in errors)
 
     @property
@@ -41,16 +42,16 @@ def _mnist5k(_: Path, __: bool) -> Splits:
     return load_mnist5k_split()
 
 
-def _mnist(data_dir: Path, download: bool) -> Splits:
+def _mnist(data_dir: Path, download: bool, url: str | None = None) -> Splits:
     from hm2bp.data.idx import load_mnist
 
-    return load_mnist(data_dir, download)
+    return load_mnist(data_dir, download, url)
 
 
-def _emnist(data_dir: Path, download: bool) -> Splits:
+def _emnist(data_dir: Path, download: bool, url: str | None = None) -> Splits:
     from hm2bp.data.idx import load_emnist_balanced
 
-    return load_emnist_balanced(data_dir, download)
+    return load_emnist_balanced(data_dir, download, url)
 
 
 def _nmnist(data_dir: Path, download: bool, stabilize: bool = True, steps: int = 540):
