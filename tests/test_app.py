@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from conftest import nonempty, run_dir, trained
+from conftest import compose_app, nonempty, run_dir, trained
 from hm2bp.app.config import ConfigError, validate
 from hm2bp.data.order import EpochPermutation, SwapShuffle
 from hm2bp.metrics import METRICS_KEYS
@@ -24,11 +23,6 @@ EXPERIMENTS = nonempty(sorted(p.stem for p in (CONF / "experiment").glob("*.yaml
 # A short but real budget: 2 training batches of 32 and one test batch per epoch, T = 400.
 SMOKE = ["trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.batch_size=32",
          "trainer.progress_bar=false"]
-
-
-def _compose(overrides: list[str], hydra_config: bool = False):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides, return_hydra_config=hydra_config)
 
 
 def _run(args: list[str], cwd: Path, check: bool = True, **kw) -> subprocess.CompletedProcess:
@@ -42,7 +36,7 @@ def _run(args: list[str], cwd: Path, check: bool = True, **kw) -> subprocess.Com
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes_and_validates(experiment):
-    cfg = _compose([f"experiment={experiment}"])
+    cfg = compose_app([f"experiment={experiment}"])
     validate(cfg)
     # a *_bptt preset is its partner row trained by BPTT, under the partner's name (the report adds the rule)
     assert cfg.experiment_name == experiment.removesuffix("_bptt")
@@ -52,7 +46,7 @@ def test_every_experiment_composes_and_validates(experiment):
 
 @pytest.mark.parametrize("launcher", ["basic", "joblib", "slurm"])
 def test_launchers_compose(launcher):
-    cfg = _compose([f"hydra/launcher={launcher}"], hydra_config=True)
+    cfg = compose_app([f"hydra/launcher={launcher}"], hydra_config=True)
     assert cfg.hydra.launcher._target_
 
 
@@ -79,7 +73,7 @@ def test_launchers_compose(launcher):
 ])
 def test_bad_values_are_named(override, message):
     with pytest.raises(ConfigError, match=message):
-        validate(_compose(override))
+        validate(compose_app(override))
 
 
 def test_unknown_group_option_and_misspelled_key(tmp_path):
@@ -262,7 +256,7 @@ def test_faithful_preset_sets_every_authors_behaviour_on_top_of_any_row(base):
     from hm2bp.data.registry import DATASETS
     from hm2bp.functional import HM2BPRule
 
-    plain, faithful = _compose(base), _compose([*base, "preset=faithful"])
+    plain, faithful = compose_app(base), compose_app([*base, "preset=faithful"])
     validate(faithful)
     assert (faithful.trainer.batch_size, faithful.trainer.lr, faithful.trainer.shuffle) == (1, 1e-3, "swaps")
     assert faithful.dataset.fixed_trains
@@ -298,11 +292,11 @@ def test_rule_bptt_composes_with_every_experiment_and_preset(experiment):
     from hm2bp.data.registry import DATASETS
     from hm2bp.functional import HM2BPRule
 
-    plain = _compose([f"experiment={experiment}"])
+    plain = compose_app([f"experiment={experiment}"])
     partner = experiment.endswith("_bptt")  # a *_bptt preset already sets rule=bptt
     assert ("bptt" in plain.model) == partner
     for preset in ([], ["preset=faithful"]):
-        cfg = _compose([f"experiment={experiment}", "rule=bptt", *preset])
+        cfg = compose_app([f"experiment={experiment}", "rule=bptt", *preset])
         validate(cfg)
         assert dict(cfg.model.bptt) == asdict(BPTTRule(slope=5.0) if partner else BPTTRule())
         shape = DATASETS[cfg.dataset.name].shape

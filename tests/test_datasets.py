@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
-from conftest import nonempty
+from conftest import compose_app, nonempty
 from hm2bp.app.config import validate
 from hm2bp.app.identity import run_config
 from hm2bp.data.registry import DATASETS
@@ -30,11 +29,6 @@ BRINGS = {"digits": ("mlp64-800-10", None), "mnist": ("mlp784-800-10", "mnist_ml
 ONE_STEP = ["trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
             "trainer.accelerator=cpu", "trainer.progress_bar=false", "logger=none"]
 ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-
-
-def _compose(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
 
 
 def _speech_corpus(root: Path, n_words: int) -> None:
@@ -80,12 +74,12 @@ def test_every_dataset_config_is_covered():
 
 @pytest.mark.parametrize("name", DATASET_CONFIGS)
 def test_dataset_alone_composes_validates_and_brings_its_network(name):
-    cfg = _compose([f"dataset={name}"])
+    cfg = compose_app([f"dataset={name}"])
     validate(cfg)
     network, row = BRINGS[name]
     assert cfg.model.name == network and cfg.model.sizes[-1] == DATASETS[name].n_classes
     if row is not None:  # the dataset alone trains exactly its paper row (the name aside)
-        assert run_config(cfg) == run_config(_compose([f"experiment={row}"]))
+        assert run_config(cfg) == run_config(compose_app([f"experiment={row}"]))
 
 
 @pytest.mark.parametrize("name", DATASET_CONFIGS)
@@ -97,8 +91,8 @@ def test_dataset_alone_trains_one_step_on_fixture_files(tmp_path, name):
 
 
 def test_explicit_model_still_wins_and_contradicting_sizes_fail_clearly(tmp_path):
-    assert _compose(["dataset=mnist", "model=mnist_cnn"]).model.name == "cnn15c5-p2-40c5-p2-300-10"
-    assert _compose(["experiment=emnist_mlp_200_200"]).model.name == "mlp784-200-200-47"
+    assert compose_app(["dataset=mnist", "model=mnist_cnn"]).model.name == "cnn15c5-p2-40c5-p2-300-10"
+    assert compose_app(["experiment=emnist_mlp_200_200"]).model.name == "mlp784-200-200-47"
     proc = _run(["dataset=mnist", "model=digits_mlp", f"output_root={tmp_path}"], tmp_path, check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip() == "error: model.sizes[0]=64 does not match dataset 'mnist', which has 784 inputs"

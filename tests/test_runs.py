@@ -13,16 +13,14 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
-from conftest import run_dir, trained
+from conftest import compose_app, run_dir, trained
 from hm2bp.app.checkpoints import FINGERPRINT_KEY, MID_EPOCH_KEY, RunCheckpoint
 from hm2bp.app.data import SpikeData
 from hm2bp.app.identity import COMMANDS_FILE, fingerprint, run_config
 from hm2bp.app.module import HM2BPModule
 
 ROOT = Path(__file__).resolve().parent.parent
-CONF = ROOT / "conf"
 EXPERIMENT = "digits-mlp64-800-10"
 # 12 epochs of 12 training batches (~0.6 s each here) and one test batch: long enough to stop mid-epoch.
 ARGS = ["trainer.max_epochs=12", "trainer.limit_train_batches=12", "trainer.limit_val_batches=1",
@@ -171,14 +169,9 @@ def test_checkpoints_every_n_minutes_within_an_epoch(tmp_path, monkeypatch):
     assert saved == [(0, 2, True), (0, 4, True), (0, 5, False), (1, 7, True), (1, 9, True), (1, 10, False)]
 
 
-def _compose(overrides: list[str], hydra_config: bool = False):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides, return_hydra_config=hydra_config)
-
-
 def test_fingerprint_covers_what_changes_results_only():
     def fp(*overrides: str) -> str:
-        return fingerprint(run_config(_compose(list(overrides))))
+        return fingerprint(run_config(compose_app(list(overrides))))
 
     base = fp()
     assert len(base) == 12 and int(base, 16) >= 0
@@ -190,7 +183,7 @@ def test_fingerprint_covers_what_changes_results_only():
                                "trainer.limit_train_batches=2", "model.rule.convention=exact",
                                "trainer.boosting=false")}
     assert len(changed) == 6 and base not in changed
-    config = run_config(_compose([]))
+    config = run_config(compose_app([]))
     text = json.dumps(config)
     one_byte = json.loads(text.replace('"lr": 0.01', '"lr": 0.02'))
     assert one_byte != config and fingerprint(one_byte) != fingerprint(config)
@@ -209,13 +202,13 @@ def test_equivalent_commands_share_one_run_dir(one, other):
     extra = ["seed=2", "output_root=x", "logger=none", "trainer.num_threads=1"]
 
     def where(overrides: list[str]) -> tuple[str, str, str]:
-        cfg = _compose([*overrides, *extra], hydra_config=True)
-        return fingerprint(run_config(_compose([*overrides, *extra]))), cfg.hydra.run.dir, cfg.hydra.sweep.subdir
+        cfg = compose_app([*overrides, *extra], hydra_config=True)
+        return fingerprint(run_config(compose_app([*overrides, *extra]))), cfg.hydra.run.dir, cfg.hydra.sweep.subdir
 
     fp, run, subdir = where(one)
     assert where(other)[0] == fp  # the premise: one config
     assert where(other)[1:] == (run, subdir)
-    cfg = _compose(one)
+    cfg = compose_app(one)
     assert run == f"x/{cfg.dataset.name}-{cfg.model.name}/{fp}/seed2" and subdir == run.removeprefix("x/")
     assert where([*other, "trainer.lr=0.0123"])[1] != run
 
