@@ -1,26 +1,51 @@
 # Two commands on a fresh machine: `make run` (the main job) and `make test` (the test suite).
-# Both create .venv on first use. On a machine without torch, the CPU wheel torch==2.13.0 is installed first;
-# a GPU user who already has a CUDA build of torch (2.11–2.13) in the active environment keeps it (see README).
+# Both create .venv on first use (an existing .venv is kept, e.g. one made with --system-site-packages to reuse a
+# system-wide CUDA torch). On a machine without torch, the CPU wheel torch==2.13.0 is installed first; a GPU user who
+# already has a CUDA build of torch (2.11–2.13) in the environment keeps it (see README).
+# One stamp per level: `make run` installs what training needs, then compiles the CPU kernels once; `make test`,
+# `make lint` and `make install` add the dev extra (test and lint tools) on top.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed
+# uv installs the dependencies in seconds where pip takes a minute (BENCHMARKS.md, first-run); pip installs uv into
+# the venv first. pip itself where asked (INSTALLER=pip), where uv fails (e.g. an index that only pip.conf names),
+# and in a venv that includes the system site-packages: uv does not see those, so it would download a second torch.
+INSTALLER ?= uv
+# Extra arguments for `make run` (Hydra overrides), e.g. make run ARGS="dataset=mnist5k trainer.max_epochs=2".
+ARGS :=
 
 export WANDB_MODE ?= offline
 export DVC_NO_ANALYTICS = 1
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev]"
-	touch $(STAMP)
+# $(call install_with,ARGS): install ARGS (pip syntax) into the venv, with uv where it can, else pip.
+install_with = if [ "$(INSTALLER)" = uv ] && ! grep -qs '^include-system-site-packages *= *true' $(VENV)/pyvenv.cfg \
+	&& { [ -x $(BIN)/uv ] || $(BIN)/pip install --quiet uv; }; then \
+	$(BIN)/uv pip install --quiet --python $(BIN)/python $(1) \
+	|| { echo "uv could not install; trying pip"; $(BIN)/pip install --quiet $(1); }; \
+	else $(BIN)/pip install --quiet $(1); fi
+
+$(RUN_STAMP): pyproject.toml
+	@echo "installing hm2bp and what training needs into $(VENV) (once; ~25 s with uv, 1–2 min with pip) …"
+	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet torch==2.13.0
+	@$(call install_with,-e .)
+	@# Prints its own line when it compiles, nothing when the kernels are already built for this checkout.
+	@$(BIN)/python -c "from hm2bp.backend import load_extension; load_extension('cpu')"
+	@touch $@
+
+$(STAMP): $(RUN_STAMP) pyproject.toml
+	@echo "installing the test and lint tools (the dev extra) …"
+	@$(call install_with,-e ".[dev]")
+	@touch $@
 
 .PHONY: install run test test-slow lint gpu-wheels
 install: $(STAMP)
 
-run: $(STAMP)
-	$(BIN)/python src/run.py
+run: $(RUN_STAMP)
+	@echo "training: python src/run.py$(if $(ARGS), $(ARGS)) …"
+	@$(BIN)/python src/run.py $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -25,15 +25,22 @@ backend it is a speed setting: every choice gives the same gradients up to round
 check or early exit) only where the Triton path does not run, whose training step never waits for the device.
 
 The C++ kernels are compiled on first use (:func:`load_extension`, cached under ``$HM2BP_EXTENSIONS_DIR``, default
-``~/.cache/hm2bp/extensions``); nothing here builds them unless a CPU tensor's kernels are asked for.
+``~/.cache/hm2bp/extensions``, in one folder per torch version, checkout, interpreter and compiler flags); nothing
+here builds them unless a CPU tensor's kernels are asked for. A build prints one line to stderr first.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import os
+import shutil
+import subprocess
 import sys
+import sysconfig
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Literal
@@ -81,9 +88,77 @@ def get_strategy() -> str:
     return _strategy
 
 
-def _build_dir() -> Path:
+SOURCES = ("bindings.cpp", "lif_scan.cpp", "linear.cpp", "encode.cpp", "bptt.cpp")
+# A build's CPU time (from ninja's log of a build on 2 cores, GCC 12, -O3): ~80 CPU-seconds in all, of which
+# bindings.cpp (the whole torch extension API) takes ~30 on its own, so more cores stop helping at about that. Only
+# the estimate on screen comes from these.
+_BUILD_CPU_SECONDS, _LONGEST_SOURCE_SECONDS = 80, 30
+
+
+def _cpu_flags() -> tuple[list[str], list[str]]:
+    """Compiler and linker flags of the CPU extension."""
+    # PyTorch's vectorised add-with-alpha uses fused multiply-adds on AVX2/AVX-512 CPUs; the kernel must too
+    # (in hardware: without -mfma, std::fma is a slow library call) to give the same spikes. -fno-trapping-math
+    # changes no value; it lets GCC turn the scan's selects into vector blends (without it no loop vectorises).
+    fma = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+    flags = ["-O3", "-fno-trapping-math", *(["-mfma", "-mavx2", "-DHM2BP_FMA=1"] if fma else ["-DHM2BP_FMA=0"])]
+    # at::parallel_for is OpenMP compiled into the caller: without -fopenmp the kernels run on one thread. The
+    # library resolves to the libgomp that torch itself loaded (same soname), so there is one OpenMP runtime.
+    openmp = ["-fopenmp"] if sys.platform.startswith("linux") and torch.backends.openmp.is_available() else []
+    return flags + openmp, openmp
+
+
+def _build_dir(device: str, cflags: list[str]) -> Path:
+    """The extension's build folder: one per torch version, and within it one per set of inputs that go into its
+    build file (sources' folder, torch and Python headers, flags, compiler). Checkouts or environments that shared a
+    folder would each rewrite the build file and recompile everything whenever the other had run (and could replace
+    the library under a running process)."""
     root = Path(os.environ.get("HM2BP_EXTENSIONS_DIR", DEFAULT_EXTENSIONS_DIR))
-    return root / torch.__version__.replace("+", "_")
+    inputs = (str(CSRC), str(Path(torch.__file__).parent), sysconfig.get_paths()["include"], cflags,
+              os.environ.get("CXX", ""))
+    key = hashlib.sha256(repr(inputs).encode()).hexdigest()[:12]
+    return root / torch.__version__.replace("+", "_") / f"{device}-{key}"
+
+
+def _package_ninja() -> Path | None:
+    """The folder of the ``ninja`` package's binary (a dependency of hm2bp), or None where it is not installed."""
+    try:
+        import ninja
+    except ImportError:
+        return None
+    folder = getattr(ninja, "BIN_DIR", None)
+    return Path(folder) if folder and shutil.which("ninja", path=folder) else None
+
+
+@contextlib.contextmanager
+def _ninja_first_on_path() -> Iterator[str | None]:
+    """Put the ``ninja`` package's binary first on PATH while the extension builds; yields the ninja that builds (None:
+    none found). torch.utils.cpp_extension runs whichever ``ninja`` PATH finds, and ninja releases write build logs
+    the others cannot read (1.13 writes v7, 1.11 v5): each then takes all objects as stale. A shell with the venv
+    activated finds the package's ninja, ``make`` (which runs .venv/bin/python without the venv on PATH) the system
+    one, so every switch between the two recompiled everything. Build with one ninja, whatever PATH says."""
+    folder = _package_ninja()
+    if folder is None:
+        yield shutil.which("ninja")
+        return
+    old = os.environ.get("PATH")
+    os.environ["PATH"] = str(folder) + (os.pathsep + old if old else "")
+    try:
+        yield shutil.which("ninja", path=str(folder))
+    finally:
+        if old is None:
+            del os.environ["PATH"]
+        else:
+            os.environ["PATH"] = old
+
+
+def _needs_build(build: Path, name: str, ninja: str) -> bool:
+    """Whether loading the extension from ``build`` will compile: no library yet, or ``ninja`` has work to do (a dry
+    run of the build file the last build wrote; the folder is keyed on everything that changes that file)."""
+    if not (build / f"{name}.so").exists() or not (build / "build.ninja").exists():
+        return True
+    dry = subprocess.run([ninja, "-n"], cwd=build, capture_output=True, text=True)
+    return dry.returncode != 0 or "no work to do" not in dry.stdout
 
 
 def load_extension(device: str) -> ModuleType | None:
@@ -96,23 +171,22 @@ def load_extension(device: str) -> ModuleType | None:
             return _built[device]
         from torch.utils import cpp_extension
 
-        build = _build_dir() / device
+        cflags, ldflags = _cpu_flags()
+        build = _build_dir(device, cflags)
         build.mkdir(parents=True, exist_ok=True)
-        names = ("bindings.cpp", "lif_scan.cpp", "linear.cpp", "encode.cpp", "bptt.cpp")
-        sources = [str(CSRC / name) for name in names]
-        # PyTorch's vectorised add-with-alpha uses fused multiply-adds on AVX2/AVX-512 CPUs; the kernel must too
-        # (in hardware: without -mfma, std::fma is a slow library call) to give the same spikes. -fno-trapping-math
-        # changes no value; it lets GCC turn the scan's selects into vector blends (without it no loop vectorises).
-        fma = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
-        flags = ["-O3", "-fno-trapping-math", *(["-mfma", "-mavx2", "-DHM2BP_FMA=1"] if fma else ["-DHM2BP_FMA=0"])]
-        # at::parallel_for is OpenMP compiled into the caller: without -fopenmp the kernels run on one thread. The
-        # library resolves to the libgomp that torch itself loaded (same soname), so there is one OpenMP runtime.
-        openmp = ["-fopenmp"] if sys.platform.startswith("linux") and torch.backends.openmp.is_available() else []
-        flags += openmp
+        name = f"hm2bp_ops_{device}"
         try:
-            module = cpp_extension.load(name=f"hm2bp_ops_{device}", sources=sources, extra_cflags=flags,
-                                        extra_ldflags=openmp, extra_include_paths=[str(CSRC)],
-                                        build_directory=str(build), verbose=False)
+            with _ninja_first_on_path() as ninja:
+                if ninja is not None and _needs_build(build, name, ninja):  # else the load fails just below
+                    cores = os.cpu_count() or 1
+                    estimate = max(_LONGEST_SOURCE_SECONDS, _BUILD_CPU_SECONDS // min(cores, len(SOURCES)))
+                    # A print, not a log record: nothing else is on screen for this long, and without logging set
+                    # up (a plain script) an INFO record would not show.
+                    print(f"hm2bp: compiling the CPU kernels once (~{estimate} s on {cores} cores; cached in {build})"
+                          " …", file=sys.stderr, flush=True)
+                module = cpp_extension.load(name=name, sources=[str(CSRC / s) for s in SOURCES], extra_cflags=cflags,
+                                            extra_ldflags=ldflags, extra_include_paths=[str(CSRC)],
+                                            build_directory=str(build), verbose=False)
         except Exception as err:
             log.warning("hm2bp: compiled kernels for %s unavailable (%s: %s); using the pure-PyTorch path",
                         device, type(err).__name__, str(err).splitlines()[0] if str(err) else "")
