@@ -40,7 +40,7 @@ $(STAMP): $(RUN_STAMP) pyproject.toml
 	@$(call install_with,-e ".[dev]")
 	@touch $@
 
-.PHONY: install run test test-slow lint gpu-wheels
+.PHONY: install run test test-slow lint gpu-wheels docs
 install: $(STAMP)
 
 run: $(RUN_STAMP)
@@ -60,3 +60,15 @@ lint: $(STAMP)
 gpu-wheels: $(STAMP)
 	$(BIN)/pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 -d bench/wheels -r bench/wheels.txt
 	du -sh bench/wheels
+
+# The documentation site (mkdocs.yml over docs/) into site/: the docs extra (MkDocs Material, mkdocstrings,
+# markdown-exec) on top of what training needs, since the tutorials train during the build. --strict: a broken link
+# or reference, a docstring griffe cannot read, or a failing tutorial fails it.
+DOCS_STAMP := $(VENV)/.installed-docs
+$(DOCS_STAMP): $(RUN_STAMP) pyproject.toml
+	@echo "installing the documentation tools (the docs extra) …"
+	@$(call install_with,-e ".[docs]")
+	@touch $@
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict

@@ -90,14 +90,16 @@ def test_equivalent_commands_sharing_a_folder_make_one_row(tmp_path):
     assert summary["emnist_mlp_400_400"]["paper"] == vars(PAPER["emnist_mlp_400_400"])
 
 
-def test_every_test_the_readme_names_exists():
-    """README rows cite `tests/<file>.py::<test>` (later cells `::<test>` of the same file): each must exist."""
+def test_every_test_the_docs_name_exists():
+    """README and docs/ rows (docs/reliability.md above all) cite `tests/<file>.py::<test>` (later cells `::<test>`
+    of the same file): each must exist."""
     import re
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
     cited: list[tuple[str, str, str]] = []
-    for line in (root / "README.md").read_text().splitlines():
+    pages = [root / "README.md", *sorted((root / "docs").rglob("*.md"))]
+    for line in (line for page in pages for line in page.read_text().splitlines()):
         current = None
         for file, name, star in re.findall(r"`(tests/test_\w+\.py)?::(\w+)(\*?)", line):
             current = file or current

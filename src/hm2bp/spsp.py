@@ -490,9 +490,11 @@ def spsp(pre: torch.Tensor, post: torch.Tensor, *, tau_m: float = TAU_M, tau_s: 
     Args:
         pre: ``(B, T, N_in)`` 0/1 pre-synaptic spike trains.
         post: ``(B, T, N_out)`` 0/1 post-synaptic spike trains; inter-spike intervals must exceed ``t_ref``.
-        tau_m, tau_s, t_ref: neuron constants (steps).
+        tau_m: membrane time constant (steps).
+        tau_s: synaptic time constant (steps).
+        t_ref: refractory period (steps).
         convention: ``"original"`` (authors' kernel, docs/algorithm.md §4) or ``"exact"`` (discrete forward pass,
-        docs/algorithm.md §13).
+            docs/algorithm.md §13).
         window_taus: original convention only: pre spikes older than ``window_taus·τm`` steps before a post spike
             are ignored (authors: 4); ``None`` disables the window.
 
