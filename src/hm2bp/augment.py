@@ -12,9 +12,9 @@ and each output pixel reads the input bilinearly at ``(row − d_v, col − d_h)
 frame become 0 (a neighbour of weight 0 may lie outside, so no displacement is the identity). Draws are a pure
 function of ``(seed, epoch, sample key)``, so runs are reproducible and resumable.
 
-Departure (documented in the README): the authors' kernel clamps the scaling draws to ≥ 0 whenever rotation is on
-(so images only shrink) and reuses the elastic noise as the scale/rotation draws; we draw them independently and
-scale both ways, as docs/algorithm.md §2's "scale ±12 %" reads.
+Departure (docs/fidelity.md, "Deliberate departures"): the authors' kernel clamps the scaling draws to ≥ 0 whenever
+rotation is on (so images only shrink) and reuses the elastic noise as the scale/rotation draws; we draw them
+independently and scale both ways, as docs/algorithm.md §2's "scale ±12 %" reads.
 """
 
 from __future__ import annotations
