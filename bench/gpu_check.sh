@@ -8,7 +8,8 @@
 #   bash bench/gpu_check.sh              on the GPU machine (OUT defaults to bench/results)
 #   bash bench/gpu_check.sh --rehearse   the same flow on CPU tensors through Triton's interpreter, at sliver sizes,
 #                                        a few selected tests; 1-1.5 minutes on 2 cores (tests/test_gpu_check.py
-#                                        runs it with the packages the image lacks blocked). OUT defaults to
+#                                        runs it with the packages the image lacks blocked; a slow test: run it
+#                                        with `pytest -m slow tests/test_gpu_check.py` before spending GPU time). OUT defaults to
 #                                        ${TMPDIR:-/tmp}/hm2bp_gpu_rehearsal, so real results are never overwritten.
 #
 # Carry exactly: carry: ["bench/wheels"] (git-ignored, 1.8 MB). Fill it here first with `make gpu-wheels`, which

@@ -60,6 +60,7 @@ def _image_env(tmp_path: Path) -> dict[str, str]:
     return {**env, "PYTHONPATH": str(site), "PYTHON": sys.executable, "OUT": str(tmp_path / "out")}
 
 
+@pytest.mark.slow  # ~90 s: run before a session spends GPU time (make test-slow, or pytest -m slow this file)
 def test_rehearsal_writes_every_result_with_the_image_packages_blocked(tmp_path):
     env = _image_env(tmp_path)
     probe = ("import importlib.metadata as m, importlib.util as u; assert u.find_spec('scipy') is None; "
