@@ -1,9 +1,10 @@
-"""The README's measured figures, from fresh runs: ``python bench/readme_figures.py [--suite]``.
+"""The README's measured figures, from fresh runs: ``python bench/readme_figures.py [--suite | --kernels]``.
 
 Runs the default job exactly as ``make run`` does (``python src/run.py``, into a temporary output folder so no
 earlier run is skipped), times it from the command to the figures, copies its two figures to ``docs/figures/`` and
 rewrites the README's ``default-job`` block with its numbers and settings. ``--suite`` also times a from-scratch
-build of the CPU kernels and the default test suite (``python -m pytest``) and rewrites the ``timings`` block.
+build of the CPU kernels and the default test suite (``python -m pytest``) and rewrites the ``timings`` block;
+``--kernels`` re-times only the kernel build (after a kernel change) and keeps the other timings of the last results.
 Results: ``bench/results/readme_figures.json``. Run it alone on the machine: the figures are wall-clock times.
 """
 
@@ -74,21 +75,30 @@ def describe(job: dict) -> str:
             f"(`bench/readme_figures.py`):")
 
 
+def timings(result: dict) -> str:
+    return (f"Measured on {result['machine']['cores']} cores (`bench/readme_figures.py --suite`): `make run` "
+            f"{result['default_job_seconds']:.0f} s once installed, plus {result['kernel_build_seconds']:.0f} s the "
+            f"first time to compile the CPU kernels; `make test` {result['suite_seconds'] / 60:.0f} minutes.")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--suite", action="store_true", help="also time the default test suite")
+    what = ap.add_mutually_exclusive_group()
+    what.add_argument("--suite", action="store_true", help="also time the kernel build and the default test suite")
+    what.add_argument("--kernels", action="store_true", help="only re-time the kernel build")
     args = ap.parse_args()
-    job = default_job()
-    result = {"machine": machine(), "default_job_seconds": job["seconds"],
-              "default_job": {k: job["metrics"][k] for k in ("seed", "test_acc", "best_test_acc",
-                                                               "last10_test_acc", "epochs", "fingerprint")}}
-    update_section("default-job", describe(job), README)
-    if args.suite:
-        build, seconds = kernel_build(), suite()
-        result.update(kernel_build_seconds=build, suite_seconds=seconds)
-        update_section("timings", f"Measured on {machine()['cores']} cores (`bench/readme_figures.py --suite`): "
-                                  f"`make run` {job['seconds']:.0f} s once installed, plus {build:.0f} s the first "
-                                  f"time to compile the CPU kernels; `make test` {seconds / 60:.0f} minutes.", README)
+    if args.kernels:
+        result = {**json.loads((RESULTS / "readme_figures.json").read_text()), "kernel_build_seconds": kernel_build()}
+    else:
+        job = default_job()
+        result = {"machine": machine(), "default_job_seconds": job["seconds"],
+                  "default_job": {k: job["metrics"][k] for k in ("seed", "test_acc", "best_test_acc",
+                                                                   "last10_test_acc", "epochs", "fingerprint")}}
+        update_section("default-job", describe(job), README)
+        if args.suite:
+            result.update(kernel_build_seconds=kernel_build(), suite_seconds=suite())
+    if "suite_seconds" in result:
+        update_section("timings", timings(result), README)
     atomic_write_json(RESULTS / "readme_figures.json", result)
     print(json.dumps(result, indent=2))
 
