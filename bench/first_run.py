@@ -113,7 +113,8 @@ uv caches, its output lines timed as they arrive (one epoch: `ARGS=trainer.max_e
 from the `installing …` line to the `compiling …` line (venv, torch, hm2bp and its runtime dependencies; the dev
 extra is `make test`'s); kernel build: from there to `training: …`; first training step: from the command's start
 to hm2bp's `kernels run on the compiled CPU path` line, logged at the first kernel call. Wall-clock seconds on
-{m['cores']} cores shared with other work at the time, and over the network (PyPI) except for torch: the CPU wheel
+{m['cores']} cores (the script run alone: other work on the machine slows every phase), and over the network
+(PyPI) except for torch: the CPU wheel
 `torch==2.13.0` lay on this machine's disk, where pip finds it; elsewhere pip downloads it (about 190 MB), which
 these numbers leave out. Noisy: a second run can differ by tens of seconds.
 
