@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -94,15 +93,3 @@ def trained(history: list[dict]) -> list[dict]:
 
     return [{k: v for k, v in row.items() if k not in MACHINE_KEYS} for row in history]
 
-
-def compose_app(overrides: list[str], hydra_config: bool = False):
-    """The app's config (``conf/config.yaml``) composed with ``overrides``, as ``src/run.py`` composes it: the
-    engine's default nodes (``engine/…``, :mod:`hm2bp.app.schema`) registered first, so any test file composes alone."""
-    from hydra import compose, initialize_config_dir
-
-    from hm2bp.app import schema
-
-    schema.register()
-    conf = Path(__file__).resolve().parent.parent / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides, return_hydra_config=hydra_config)

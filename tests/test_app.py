@@ -12,7 +12,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import compose_app, nonempty, run_dir, trained
+from appconf import compose_app
+from conftest import nonempty, run_dir, trained
 from hm2bp.app.config import ConfigError, validate
 from hm2bp.data.order import EpochPermutation, SwapShuffle
 from hm2bp.metrics import METRICS_KEYS

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import compose_app, nonempty
+from appconf import compose_app
+from conftest import nonempty
 from hm2bp.app.config import validate
 from hm2bp.app.identity import run_config
 from hm2bp.data.registry import DATASETS

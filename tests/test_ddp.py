@@ -122,6 +122,7 @@ def test_ranks_take_disjoint_shards_of_one_seeded_order(kind):
         kind(n, seed=4, rank=3, world=3)
 
 
+@pytest.mark.slow  # ~30 s; test_killed_ddp_run_resumes stays in the default run
 def test_sigterm_stops_both_processes_mid_epoch_and_the_run_resumes_exactly(tmp_path):
     """SIGTERM to the job (as SLURM or a scheduler sends it): the processes agree to save after the same batch,
     each process's part of the epoch goes into the checkpoint, and the resumed run's history is the uninterrupted

@@ -130,6 +130,7 @@ def _repo(tmp_path: Path) -> Path:
     return repo
 
 
+@pytest.mark.slow  # ~50 s
 def test_tiny_pipeline_missing_dataset_keeps_going_then_aggregates(tmp_path):
     """The repo's dvc.yaml on a tiny profile: digits trains (2 seeds) while MNIST's prepare fails with the loader's
     message; then the digits-only pipeline reuses both runs and aggregates them."""

@@ -14,7 +14,8 @@ import lightning as L
 import pytest
 import torch
 
-from conftest import compose_app, run_dir, trained
+from appconf import compose_app
+from conftest import run_dir, trained
 from hm2bp.app.checkpoints import FINGERPRINT_KEY, MID_EPOCH_KEY, RunCheckpoint
 from hm2bp.app.data import SpikeData
 from hm2bp.app.identity import COMMANDS_FILE, fingerprint, run_config
