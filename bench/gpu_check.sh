@@ -20,8 +20,10 @@
 #
 # Phases and what they write under $OUT (each file atomically, as soon as it is measured; <phase>.log each):
 #   env                       env.json: Python, torch, CUDA, triton, lightning, torchmetrics, numpy, the GPU
-#   gpu_epoch                 gpu_epoch.json: the engine alone, 784-800-10 at T 400, batch 128 (random input trains)
-#   gpu_epoch_bptt            gpu_epoch_bptt.json: the same network and data trained by BPTT (--rule bptt)
+#   gpu_epoch                 gpu_epoch.json: the engine alone, 784-800-10 at T 400, batch 128 (random input trains);
+#                             gpu_epoch_profile.txt: torch.profiler's table of 3 more steps (where the time goes)
+#   gpu_epoch_bptt            gpu_epoch_bptt.json, gpu_epoch_bptt_profile.txt: the same network and data trained by
+#                             BPTT (--rule bptt)
 #   app_<row>                 gpu_app_<row>.json: one row of bench/gpu_app_epoch.py through SpikeData + HM2BPModule +
 #                             Lightning, rows mnist_mlp, mnist_cnn, nmnist_mlp, emnist_mlp_400_400 (in-memory data);
 #                             gpu_app_epoch.json: every row so far, rewritten after each, with the last one the
@@ -73,7 +75,7 @@ RUN_ID=$(date -u +%Y%m%dT%H%M%SZ)-$$
 mkdir -p "$OUT" || exit 1
 # nothing from an earlier run may pass for this one's
 rm -f "$OUT"/{env,gpu_epoch,gpu_epoch_bptt,summary}.json "$OUT"/gpu_app_*.json "$OUT"/{env,gpu_epoch,gpu_epoch_bptt,wheels,tests}.log \
-    "$OUT"/app_*.log
+    "$OUT"/app_*.log "$OUT"/gpu_epoch{,_bptt}_profile.txt
 SITE=$(mktemp -d)  # the carried wheels go here, not into the image's (or a dev venv's) site-packages
 trap 'rm -rf "$SITE"' EXIT
 # integer milliseconds: bash arithmetic, as the image may lack bc
@@ -149,9 +151,9 @@ if sys.argv[2] == "gpu":
 EOF
 
 phase gpu_epoch $((75 * SLACK)) "$PYTHON" bench/gpu_epoch.py --device "$DEVICE" "${ENGINE_ARGS[@]}" \
-    --out "$OUT/gpu_epoch.json"
+    --out "$OUT/gpu_epoch.json" --profile "$OUT/gpu_epoch_profile.txt"
 phase gpu_epoch_bptt $((45 * SLACK)) "$PYTHON" bench/gpu_epoch.py --device "$DEVICE" --rule bptt \
-    "${ENGINE_ARGS[@]}" "${BPTT_ARGS[@]}" --out "$OUT/gpu_epoch_bptt.json"
+    "${ENGINE_ARGS[@]}" "${BPTT_ARGS[@]}" --out "$OUT/gpu_epoch_bptt.json" --profile "$OUT/gpu_epoch_bptt_profile.txt"
 
 cp BENCHMARKS.md "$OUT/BENCHMARKS.md"  # the rows fill its gpu-app section, not the checkout's
 # per row: the phase's timeout, and the timed epoch's cap within it (after start-up, data, warm-up and compilation)

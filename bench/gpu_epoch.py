@@ -1,12 +1,14 @@
 """Time one training epoch of MNIST-sized synthetic data: 784-800-10, T = 400, batch 128 (default 60,000 samples).
 
     python bench/gpu_epoch.py [--device cuda] [--samples 60000] [--batch 128] [--max-seconds S] [--rule bptt]
-                              [--out bench/results/gpu_epoch.json]
+                              [--out bench/results/gpu_epoch.json] [--profile FILE]
 
 Inputs are Bernoulli trains at MNIST-like rates drawn on the device per batch; labels are random. Reports seconds
 per epoch and samples/s (the authors' CUDA code: 600–780 s per MNIST epoch on a Titan Xp, docs/algorithm.md §7).
 ``--rule bptt`` trains the same network by BPTT (:class:`hm2bp.bptt.BPTTRule`, its defaults) instead of HM2-BP.
 ``--max-seconds`` ends the epoch early: the batches trained so far are timed, and the result says ``capped``.
+``--profile FILE`` then traces 3 more steps with torch.profiler and writes its table of the operators and kernels
+with the most device time (where the step's time goes; on CPU tensors, the CPU time).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 
 from hm2bp import SpikeCountLoss, SpikingMLP, backend
 from hm2bp.bptt import BPTTRule
-from hm2bp.io import atomic_write_json
+from hm2bp.io import atomic_write_bytes, atomic_write_json
 from hm2bp.loss import DESIRED_LEVEL, MARGIN, UNDESIRED_LEVEL
 
 
@@ -32,6 +34,7 @@ def main() -> None:
     ap.add_argument("--max-seconds", type=float, help="stop after the batch that passes this many seconds")
     ap.add_argument("--rule", choices=["hm2bp", "bptt"], default="hm2bp")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "gpu_epoch.json")
+    ap.add_argument("--profile", type=Path, help="write a torch.profiler table of 3 more steps to this file")
     args = ap.parse_args()
     dev = torch.device(args.device)
     torch.manual_seed(0)
@@ -75,6 +78,17 @@ def main() -> None:
               "capped": batches < planned}
     atomic_write_json(args.out, result)
     print(result)
+    if args.profile is not None:
+        cuda = dev.type == "cuda"
+        activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+        with torch.profiler.profile(activities=activities) as prof:
+            for _ in range(3):
+                step()
+            sync()
+        sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"  # kernels, not the ops around them
+        table = prof.key_averages().table(sort_by=sort, row_limit=40, max_name_column_width=70)
+        head = f"{args.rule}: 3 steps of batch {args.batch}, T {args.steps}, sorted by {sort}"
+        atomic_write_bytes(args.profile, f"{head}\n{table}\n".encode())
 
 
 if __name__ == "__main__":

@@ -96,3 +96,23 @@ def test_stabilize_is_the_authors():
     assert [(int(e["x"]), int(e["y"]), int(e["t"])) for e in out] == [
         (10, 5, 0), (8, 2, 52_500), (5, 6, 157_500), (32, 33, 300_000), (33, 33, 0)]
     assert out.dtype == dtype
+
+
+def test_event_split_rasters_each_sample_in_its_own_row():
+    """``spikes`` (CPU) and the ``events`` a GPU rasters against the literal definition, samples picked out of
+    order: row r holds exactly sample idx[r]'s (time, channel) events."""
+    from hm2bp.data.events import EventSplit, raster
+
+    rng = np.random.default_rng(0)
+    steps, n = 9, 7
+    samples = []
+    for count in (5, 0, 12, 3):  # an empty sample too
+        key = rng.choice(steps * n, count, replace=False)
+        samples.append(((key // n).astype(np.int32), (key % n).astype(np.int32)))
+    split = EventSplit.from_samples(samples, [1, 2, 3, 4], steps, n)
+    idx = torch.tensor([2, 0, 1, 2, 3])
+    want = torch.zeros(len(idx), steps, n)
+    for r, k in enumerate(idx.tolist()):
+        want[r, samples[k][0], samples[k][1]] = 1.0
+    assert torch.equal(split.spikes(idx), want)
+    assert torch.equal(raster(split.events(idx), torch.full((steps, len(idx), n), 5.0)), want)  # every old value gone

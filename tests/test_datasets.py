@@ -121,11 +121,12 @@ def test_design_card_command_trains_the_emnist_row_on_fixture_files(tmp_path):
 
 @pytest.mark.parametrize("name, augment", [("digits", None), ("mnist", None), ("nmnist", None),
                                            ("digits", {"scale": 0.1, "rotation": 10.0})],
-                         ids=["digits", "mnist-bytes", "nmnist-bool", "digits-augmented"])
+                         ids=["digits", "mnist-bytes", "nmnist-events", "digits-augmented"])
 def test_device_encoding_gives_the_cpu_batches(tmp_path, name, augment):
-    """The loader sends pixels (bytes where exact) or bool rasters and the module-side encoding reproduces the
-    trains of the CPU path exactly, for training (shuffled, augmented) and test batches."""
+    """The loader sends pixels (bytes where exact) or events as (time, row, channel) triples and the module-side
+    encoding reproduces the trains of the CPU path exactly, for training (shuffled, augmented) and test batches."""
     from hm2bp.app.data import PixelBatch, SpikeData
+    from hm2bp.neuron import marked
 
     make_fixture(name, tmp_path)
     steps = 540 if name == "nmnist" else 60
@@ -135,9 +136,12 @@ def test_device_encoding_gives_the_cpu_batches(tmp_path, name, augment):
         data.setup()
     for loader in ("train_dataloader", "val_dataloader"):
         cpu, dev = (next(iter(getattr(d, loader)())) for d in both)
-        assert isinstance(dev, PixelBatch) and dev.inputs.dim() == 2 + (name == "nmnist")
+        assert isinstance(dev, PixelBatch) and dev.inputs.dim() == 2
         if name == "mnist":
             assert dev.inputs.dtype == torch.uint8
+        if name == "nmnist":  # one triple per event, not a raster
+            assert dev.inputs.dtype == torch.int32 and dev.inputs.shape == (3, int(cpu[0].sum()))
         encoded = both[1].on_after_batch_transfer(dev, 0)
         assert all(torch.equal(a, b) for a, b in zip(cpu, encoded, strict=True))
+        assert encoded[0].stride() == cpu[0].stride() and marked(encoded[0])  # time-major, known 0/1
         assert cpu[0].sum() > 0

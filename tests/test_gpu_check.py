@@ -87,6 +87,8 @@ def test_rehearsal_writes_every_result_with_the_image_packages_blocked(tmp_path)
         assert engine["ops_backend"] == "triton" and engine["rule"] == rule
         assert engine["samples"] > 0 and engine["epoch_seconds"] > 0
         assert engine["samples_per_second"] == pytest.approx(engine["samples"] / engine["epoch_seconds"])
+        profile = (out / f"{name}_profile.txt").read_text()  # where the step's time goes
+        assert profile.startswith(f"{rule}: 3 steps") and "Optimizer.step" in profile
     combined = json.loads((out / "gpu_app_epoch.json").read_text())
     assert list(combined["rows"]) == ROWS and combined["kernels"] == "triton"
     assert combined["run_id"] == summary["run_id"] and combined["total_gpu_hours"] > 0

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from hm2bp.augment import Augmentation
-from hm2bp.data.events import EventSplit
+from hm2bp.data.events import EventSplit, raster
 from hm2bp.data.order import SHUFFLES, sampler
 from hm2bp.data.registry import get_dataset
 from hm2bp.data.static import Encoder, StaticSplit
@@ -19,7 +19,7 @@ from hm2bp.data.static import Encoder, StaticSplit
 
 class PixelBatch(NamedTuple):
     """What the data loader sends when encoding happens on the device: a static split's pixels as bytes (an event
-    split's rasters as bool), labels, sample indices, and which split they come from."""
+    split's events as ``(time, row, channel)`` triples), labels, sample indices, and which split they come from."""
 
     inputs: torch.Tensor
     labels: torch.Tensor
@@ -38,9 +38,10 @@ class SpikeData(L.LightningDataModule):
     use, as the authors' CNN does; test images are never augmented.
 
     With ``device_encoding`` (a GPU run) the data loader sends :class:`PixelBatch` es instead: the pixels (as
-    uint8 where they are whole numbers; bool rasters for event datasets), about T times less than float trains,
+    uint8 where they are whole numbers; the events of event datasets), about T times less than float trains,
     and :meth:`on_after_batch_transfer` encodes them on the device with the same hash, so the spikes equal the CPU
-    path's. ``num_workers`` and ``pin_memory`` go to the data loaders. ``shuffle`` orders the training samples:
+    path's (an event split's ``(time, row, channel)`` triples, made into rasters there). ``num_workers`` and
+    ``pin_memory`` go to the data loaders. ``shuffle`` orders the training samples:
     ``"permutation"`` or the authors' ``"swaps"`` (:mod:`hm2bp.data.order`). ``url`` is where ``download`` fetches
     a dataset's files from instead of its default source (``dataset.url``: a mirror; mnist and emnist).
     ``splits``, when given, replaces the registered loader's files: what that loader returns (``(x_train,
@@ -113,7 +114,7 @@ class SpikeData(L.LightningDataModule):
                 if self._whole_pixels(split):  # bytes where that is exact (MNIST, EMNIST), else the float pixels
                     raw = raw.to(torch.uint8)
             else:
-                raw = split.spikes(idx, self._epoch()) > 0
+                raw = split.events(idx)
             return PixelBatch(raw, split.labels[idx], idx, train)
         return collate
 
@@ -133,7 +134,8 @@ class SpikeData(L.LightningDataModule):
         if isinstance(split, StaticSplit):
             spikes = split.encode(batch.inputs.to(dtype), batch.indices, self._epoch())
         else:
-            spikes = batch.inputs.to(dtype)
+            out = torch.empty(split.steps, len(batch.labels), split.n_inputs, dtype=dtype, device=batch.labels.device)
+            spikes = raster(batch.inputs, out)
         return spikes, batch.labels, batch.indices
 
     def _loader_options(self) -> dict:

@@ -32,11 +32,21 @@ class EventSplit:
     def spikes(self, idx: torch.Tensor, epoch: int = 0) -> torch.Tensor:
         """``(B, T, N)`` 0/1 trains (a view of time-major storage); the same in every epoch."""
         # a reused buffer: a fresh N-MNIST batch raster (hundreds of MB) pays more in page faults than the binning
-        out = _rasters.get((self.steps, len(idx), self.n_inputs), torch.empty(0)).zero_()
+        out = _rasters.get((self.steps, len(idx), self.n_inputs), torch.empty(0))
+        return raster(self.events(idx), out)
+
+    def events(self, idx: torch.Tensor) -> torch.Tensor:
+        """``(3, E)`` int32 ``(time, row, channel)`` of every event of samples ``idx`` (row r: sample ``idx[r]``):
+        what a data loader sends to a GPU, ~25 times fewer bytes than an N-MNIST bool raster."""
+        rows, times, channels = [], [], []
         for row, k in enumerate(idx.tolist()):
             lo, hi = int(self.offsets[k]), int(self.offsets[k + 1])
-            out[self.times[lo:hi], row, self.channels[lo:hi]] = 1.0
-        return mark_spikes(out.transpose(0, 1))
+            times.append(self.times[lo:hi])
+            channels.append(self.channels[lo:hi])
+            rows.append(torch.full((hi - lo,), row, dtype=torch.int64))
+        if not rows:
+            return torch.zeros(3, 0, dtype=torch.int32)
+        return torch.stack([torch.cat(times), torch.cat(rows), torch.cat(channels)]).to(torch.int32)
 
     def save(self, path: Path) -> None:
         """Write the split atomically as an ``.npz`` cache file."""
@@ -57,3 +67,11 @@ class EventSplit:
         offsets = np.cumsum([0] + [len(t) for t, _ in samples])
         cat = [np.concatenate([s[k] for s in samples]) if samples else np.zeros(0, np.int32) for k in (0, 1)]
         return cls(cat[0], cat[1], offsets, np.asarray(labels), steps, n_inputs)
+
+
+def raster(events: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """The ``(B, T, N)`` 0/1 trains of ``events`` (:meth:`EventSplit.events`), written into the time-major
+    ``out (T, B, N)`` on any device: ``out[t, r, c] = 1`` at each event, 0 elsewhere. Returns a view of ``out``."""
+    out.zero_()
+    out[tuple(events.to(device=out.device, dtype=torch.int64))] = 1.0
+    return mark_spikes(out.transpose(0, 1))

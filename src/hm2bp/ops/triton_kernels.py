@@ -29,6 +29,11 @@ import triton.language as tl
 # vectorised CPU kernels fuse them. Compiled kernels use the hardware FMA.
 _INTERPRETED = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")
 
+# Compile options beyond the warps, per kernel of KERNELS (the launch and compile_for both read them). No fused
+# multiply-add in the TF32 split: fused, ``v − hi`` became fma(y, coef, −hi), which skips the rounding of
+# ``v = y·coef`` that hi was cut from, so lo differed from tf32_parts(y·coef) (seen on the first GPU run).
+_OPTIONS: dict[str, dict] = {"scaled_tf32_parts": {"enable_fp_fusion": False}}
+
 SCAN_BLOCK = 128  # neurons per program of the scan (all of them when lateral inhibition couples a sample's neurons)
 ENCODE_BLOCK = 256  # inputs per program of the encoder
 
@@ -50,9 +55,11 @@ def _fma(a, b, c):
 @triton.jit
 def _column_block(B, N, BLOCK: tl.constexpr):
     """This program's neurons ``[pid_n·BLOCK, …)`` of sample ``pid_b``: their mask, their offsets ``b·N + n`` in a
-    ``(…, B, N)`` time-major tensor, and its per-step stride ``B·N``, both int64 so that ``t·B·N`` cannot wrap."""
+    ``(…, B, N)`` time-major tensor, and its per-step stride ``B·N``, both int64 so that ``t·B·N`` cannot wrap.
+    ``tl.cast``, not ``B.to``: the JIT passes an integer argument equal to 1 as a plain int (``compile_for``'s
+    ``ones``)."""
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    return offs < N, tl.program_id(0).to(tl.int64) * N + offs, B.to(tl.int64) * N
+    return offs < N, tl.program_id(0).to(tl.int64) * N + offs, tl.cast(B, tl.int64) * N
 
 
 @triton.jit
@@ -185,7 +192,8 @@ def _bernoulli_kernel(index_ptr, salt, q_ptr, out_ptr, B, N, BLOCK: tl.constexpr
     pid_t = tl.program_id(2)
     offs = pid_n * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
-    key = _hash32(_hash32(tl.load(index_ptr + pid_b.to(tl.int64)).to(tl.uint32) ^ salt.to(tl.uint32)))
+    salt32 = tl.cast(salt, tl.uint32)  # not salt.to: salt 1 comes as a plain int
+    key = _hash32(_hash32(tl.load(index_ptr + pid_b.to(tl.int64)).to(tl.uint32) ^ salt32))
     cell = (pid_t * N + offs).to(tl.uint32)  # t·N + i modulo 2³², as the CPU encoder's int32 cells
     h = _hash32(key + cell).to(tl.int64)
     q = tl.load(q_ptr + (pid_b.to(tl.int64) * N + offs), mask=mask, other=0.0)
@@ -674,7 +682,7 @@ def scaled_tf32_parts(y: torch.Tensor, coef: torch.Tensor) -> tuple[torch.Tensor
     hi, lo = torch.empty_like(y), torch.empty_like(y)
     if y.numel():
         _scaled_tf32_parts_kernel[(triton.cdiv(y.numel(), ELEMENTWISE_BLOCK),)](
-            y, coef, hi, lo, y.numel(), coef.numel(), BLOCK=ELEMENTWISE_BLOCK)
+            y, coef, hi, lo, y.numel(), coef.numel(), BLOCK=ELEMENTWISE_BLOCK, **_OPTIONS["scaled_tf32_parts"])
     return hi, lo
 
 
@@ -684,9 +692,12 @@ KERNELS = {"lif_scan": _lif_scan_kernel, "bptt_backward": _bptt_backward_kernel,
            "scaled_tf32_parts": _scaled_tf32_parts_kernel, "post_side": _post_side_kernel}
 
 
-def compile_for(name: str, capability: int) -> object:
+def compile_for(name: str, capability: int, ones: bool = False) -> object:
     """Compile kernel ``name`` of :data:`KERNELS` for NVIDIA compute capability ``capability`` (e.g. 90, 80)
-    without a GPU; raises on any compile error. Returns Triton's compiled kernel (``.asm`` holds PTX and cubin)."""
+    without a GPU; raises on any compile error. Returns Triton's compiled kernel (``.asm`` holds PTX and cubin).
+
+    ``ones``: every integer argument equal to 1 (a batch of one, one neuron, salt 1), which Triton's JIT passes as a
+    constexpr (a Python int in the kernel, with no ``.to``); the interpreter never does, so only this sees it."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
@@ -732,5 +743,8 @@ def compile_for(name: str, capability: int) -> object:
                      "coef_ptr": "*fp32", "B": "i32", "N": "i32", "T": "constexpr", "T_REF": "constexpr",
                      "SPLIT": "constexpr", "WINDOW": "constexpr", "BLOCK": "constexpr"}
         constexprs = {"T": 400, "T_REF": 2, "SPLIT": True, "WINDOW": 256, "BLOCK": SCAN_BLOCK}
+    if ones:
+        for arg in [a for a, kind in signature.items() if kind in ("i32", "i64")]:
+            signature[arg], constexprs[arg] = "constexpr", 1
     return triton.compile(ASTSource(fn, signature, constexprs=constexprs), target=GPUTarget("cuda", capability, 32),
-                          options={"num_warps": warps or _warps(constexprs["BLOCK"])})
+                          options={"num_warps": warps or _warps(constexprs["BLOCK"]), **_OPTIONS.get(name, {})})
