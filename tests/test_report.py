@@ -69,7 +69,7 @@ def test_curves_and_readme_block(tmp_path, capsys):
     assert set(PAPER) <= set(PROTOCOL) and set(PROTOCOL) | {"digits_mlp"} == set(rows) - {"experiment"}
     # ours: 2 seeds, best 80 ± 14.14, final 80 ± 14.14; measured 60 s of training; 5 seeds × 3 epochs × 100
     # samples at 10–13 ms/sample = 15–19.5 s
-    assert "| digits_mlp | — | — | 2 | 80.00 ± 14.14 | 80.00 ± 14.14 | 0.02 h CPU, 2 seeds × 3 epochs | " \
+    assert "| digits_mlp | — | — | 2 | 80.00 ± 14.14 | 80.00 ± 14.14 | 60 s CPU, 2 seeds × 3 epochs | " \
            "3 × 100 | 0.00–0.01 |" in rows["digits_mlp"]
     assert "| mnist_mlp | 98.84 ± 0.02 | 98.93 | not run here |" in rows["mnist_mlp"]
     assert rows["mnist_mlp"].endswith("| 200 × 60,000 | 167–217 |")  # 6·10⁷ samples × 10–13 ms

@@ -247,6 +247,13 @@ def _hours(seconds: float) -> str:
     return f"{hours:.2f}" if hours < 10 else f"{hours:,.0f}"
 
 
+def _duration(seconds: float) -> str:
+    """A measured time in the unit that shows it: seconds, minutes, then hours (never "0.00 h")."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:,.1f} h"
+
+
 def gpu_timing(path: Path) -> tuple[str, dict[str, float]]:
     """``(GPU name, seconds per sample by row)`` from the JSON of ``bench/gpu_app_epoch.py``: its per-row estimate,
     plus ``"mlp"``/``"cnn"`` (the MNIST rows' speed) for experiments outside the paper's table. Refuses a file
@@ -289,7 +296,7 @@ def readme_table(summary: dict[str, dict], seeds: int = 5,
         else:
             ours = [str(s["n_seeds"]), _pm(s["best_mean"], s["best_std"], s["n_seeds"]),
                     _pm(s["final_mean"], s["final_std"], s["n_seeds"]),
-                    f"{_hours(s['train_seconds_total'])} h CPU, {s['n_seeds']} seeds × {max(s['epochs'])} epochs"]
+                    f"{_duration(s['train_seconds_total'])} CPU, {s['n_seeds']} seeds × {max(s['epochs'])} epochs"]
         if experiment in PROTOCOL:
             row = PROTOCOL[experiment]
             epochs, n_train, arch = row.epochs, row.n_train, row.arch
@@ -301,7 +308,8 @@ def readme_table(summary: dict[str, dict], seeds: int = 5,
             lo, hi = TITAN_XP_SECONDS_PER_SAMPLE[arch]
             estimate = f"{_hours(work * lo)}–{_hours(work * hi)}"
         else:
-            estimate = _hours(work * gpu[1].get(experiment, gpu[1][arch]))
+            seconds = work * gpu[1].get(experiment, gpu[1][arch])
+            estimate = _hours(seconds) if seconds >= 18 else "< 0.01"  # 18 s: what rounds to 0.01 h
         lines.append(f"| {name} | {paper_mean} | {paper_best} | {' | '.join(ours)} | {epochs} × {n_train:,} | "
                      f"{estimate} |")
     return "\n".join(lines) + "\n"
