@@ -55,11 +55,13 @@ def kernel_build() -> float:
 
 def suite() -> float:
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=ROOT,
-                          capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=25"],
+                          cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"the test suite failed, no timing written:\n{proc.stdout[-4000:]}")
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    print(proc.stdout[proc.stdout.find("slowest"):])  # which tests to mark slow when the suite outgrows CI's budget
+    return seconds
 
 
 def describe(job: dict) -> str:
