@@ -47,9 +47,9 @@ def main(cfg: DictConfig) -> float:
         metrics = run(cfg, run_dir)
     if not metrics:  # a DDP process other than the first: that one reports
         return float("nan")
+    last10 = f", mean of last 10 {metrics['last10_test_acc']:.4f}" if metrics["epochs"] >= 10 else ""
     print(f"{cfg.experiment_name} seed {cfg.seed}: final test acc {metrics['test_acc']:.4f}, "
-          f"best {metrics['best_test_acc']:.4f} (epoch {metrics['best_epoch']}), "
-          f"mean of last 10 {metrics['last10_test_acc']:.4f}", flush=True)
+          f"best {metrics['best_test_acc']:.4f} (epoch {metrics['best_epoch']}){last10}", flush=True)
     print(where_the_files_are(run_dir), flush=True)
     return float(metrics["test_acc"])
 

@@ -106,6 +106,9 @@ def test_device_availability_lines_are_silenced_and_other_lightning_lines_show()
     try:
         for line in ("GPU available: False, used: False", "GPU available: True (cuda), used: True",
                      "TPU available: False, using: 0 TPU cores", "HPU available: False, using: 0 HPUs",
+                     "You are using a CUDA device ('NVIDIA H200') that has Tensor Cores. To properly utilize them, "
+                     "you should set `torch.set_float32_matmul_precision('medium' | 'high')` which will trade-off "
+                     "precision for performance.",  # Lightning 2.6's words, as the first GPU run printed them
                      "`Trainer.fit` stopped: `max_epochs=1` reached."):
             rank_zero_info(line)
     finally:
@@ -136,6 +139,7 @@ def test_a_resumed_run_continues_its_wandb_run_and_says_nothing_false_or_useless
     runs = sorted((folder / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and {r.name.rsplit("-", 1)[-1] for r in runs} == {run_id}
     assert f"upload them together with: wandb sync {runs[0]} {runs[1]}" in resumed.stdout
+    assert "final test acc" in resumed.stdout and "mean of last 10" not in resumed.stdout  # 2 epochs: no such mean
     for log in (stdout + stderr, resumed.stdout + resumed.stderr):
         for noise in (FALSE_RESUME_WARNING, "GPU available", "TPU available"):
             assert noise not in log, noise

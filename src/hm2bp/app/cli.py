@@ -95,9 +95,11 @@ class Preflight(Callback):
 class _DropLightningNoise(logging.Filter):
     """Drops Lightning's litlogger advertisement and its device-availability lines ("GPU available: False, used:
     False", "TPU available: …", "HPU available: …"): the run's device is the one trainer.accelerator names. Its
-    warnings ("GPU available but not used") pass."""
+    warnings ("GPU available but not used") pass. Also its advice to lower the float32 matmul precision on GPUs
+    with tensor cores: hm2bp uses TF32 itself where it stays exact (split TF32, docs/gpu.md#precision), and
+    following the advice would change the spikes."""
 
-    NOISE = re.compile(r"litlogger|^[A-Z]PU available: ")
+    NOISE = re.compile(r"litlogger|^[A-Z]PU available: |that has Tensor Cores\. To properly utilize them")
 
     def filter(self, record: logging.LogRecord) -> bool:
         return self.NOISE.search(record.getMessage()) is None
@@ -105,7 +107,8 @@ class _DropLightningNoise(logging.Filter):
 
 def quiet_library_noise() -> None:
     """Silence, narrowly, messages of libraries that tell a user nothing about the run (idempotent): Lightning
-    2.6's litlogger advertisement, its device-availability lines, its own use of torch's deprecated ``LeafSpec``,
+    2.6's litlogger advertisement, its device-availability lines and tensor-core advice, its own use of torch's
+    deprecated ``LeafSpec``,
     and its false warning about resuming a mid-epoch checkpoint."""
     logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if not any(isinstance(f, _DropLightningNoise) for f in logger.filters):

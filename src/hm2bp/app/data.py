@@ -89,8 +89,12 @@ class SpikeData(L.LightningDataModule):
         # fixed_trains is about training trains: test trains are always drawn once, so every epoch's test accuracy
         # is measured on the same inputs.
         train_encoder = Encoder(self.steps, seed=self.seed, fixed=self.fixed_trains)
-        self.train = StaticSplit(x_tr, y_tr, train_encoder, augment=self.augment, image_shape=self.info.shape)
-        self.test = StaticSplit(x_te, y_te, Encoder(self.steps, seed=self.seed), key_offset=len(x_tr))
+        # Encoding on the device: the loader sends pixels, so no trains are drawn here (a cached split's would be,
+        # on the CPU: the first GPU run compiled the CPU kernels for its test split's).
+        cache = {"cache_bytes": 0} if self.device_encoding else {}
+        self.train = StaticSplit(x_tr, y_tr, train_encoder, augment=self.augment, image_shape=self.info.shape,
+                                 **cache)
+        self.test = StaticSplit(x_te, y_te, Encoder(self.steps, seed=self.seed), key_offset=len(x_tr), **cache)
 
     @property
     def n_train(self) -> int:
