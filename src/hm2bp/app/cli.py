@@ -108,8 +108,7 @@ class _DropLightningNoise(logging.Filter):
 def quiet_library_noise() -> None:
     """Silence, narrowly, messages of libraries that tell a user nothing about the run (idempotent): Lightning
     2.6's litlogger advertisement, its device-availability lines and tensor-core advice, its own use of torch's
-    deprecated ``LeafSpec``,
-    and its false warning about resuming a mid-epoch checkpoint."""
+    deprecated ``LeafSpec``, and its false warning about resuming a mid-epoch checkpoint."""
     logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if not any(isinstance(f, _DropLightningNoise) for f in logger.filters):
         logger.addFilter(_DropLightningNoise())
