@@ -40,7 +40,7 @@ $(STAMP): $(RUN_STAMP) pyproject.toml
 	@$(call install_with,-e ".[dev]")
 	@touch $@
 
-.PHONY: install run test test-slow lint gpu-wheels docs
+.PHONY: install run test test-slow lint gpu-wheels gpu-user-kit docs
 install: $(STAMP)
 
 run: $(RUN_STAMP)
@@ -60,6 +60,23 @@ lint: $(STAMP)
 gpu-wheels: $(STAMP)
 	$(BIN)/pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 -d bench/wheels -r bench/wheels.txt
 	du -sh bench/wheels
+
+# What bench/gpu_user_run.sh carries to the GPU machine in .whl/ (git-ignored): Hydra, which the GPU image lacks,
+# copied from this venv (pure Python; antlr4 4.9.3 has no wheel to download), matplotlib's wheels for Python 3.12
+# (installed there only where the image lacks it), and the 5,000 real MNIST digits as IDX files (4,000 train).
+gpu-user-kit: $(STAMP)
+	rm -rf .whl && mkdir -p .whl/site .whl/mpl
+	S=$$($(BIN)/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") && \
+	cp -r $$S/hydra $$S/omegaconf $$S/antlr4 $$S/hydra_core-*.dist-info $$S/omegaconf-*.dist-info \
+	$$S/antlr4_python3_runtime-*.dist-info .whl/site/ && find .whl/site -name __pycache__ -prune -exec rm -rf {} +
+	$(BIN)/pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	-d .whl/mpl matplotlib==3.11.2 contourpy kiwisolver pillow fonttools cycler pyparsing python-dateutil six
+	$(BIN)/python -c "from hm2bp.data.idx import write_idx; from hm2bp.data.mnist5k import load_mnist5k_split; \
+	x, y, xt, yt = load_mnist5k_split(); \
+	[write_idx(f'.whl/data/mnist/{s}-{k}-idx{d}-ubyte', a, True) for s, i, l in (('train', x, y), ('t10k', xt, yt)) \
+	for k, d, a in (('images', 3, i.reshape(-1, 28, 28).byte().numpy()), ('labels', 1, l.numpy()))]"
+	du -sh .whl
 
 # The documentation site (mkdocs.yml over docs/) into site/: the docs extra (MkDocs Material, mkdocstrings,
 # markdown-exec) on top of what training needs, since the tutorials train during the build. --strict: a broken link

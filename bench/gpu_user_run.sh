@@ -2,22 +2,8 @@
 # The user's command on a GPU machine: `python src/run.py trainer=gpu dataset=mnist` on the 5,000 real MNIST digits
 # (4,000 train, 1,000 test, written as IDX files), twice into two folders with the same seed (are the metrics
 # equal?), then the first command again (it must skip: finished). Run on the device as `bash bench/gpu_user_run.sh`
-# with carry [".whl"]. The GPU image has no Hydra, so .whl/ (git-ignored) brings it; prepare it here first:
-#   mkdir -p .whl/site .whl/mpl
-#   S=$(.venv/bin/python -c "import sysconfig; print(sysconfig.get_paths()[\"purelib\"])")
-#   cp -r $S/{hydra,omegaconf,antlr4,hydra_core-*.dist-info,omegaconf-*.dist-info,antlr4_python3_runtime-*.dist-info} .whl/site/
-#   .venv/bin/pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-#       -d .whl/mpl matplotlib==3.11.2 contourpy kiwisolver pillow fonttools cycler pyparsing python-dateutil six
-#   .venv/bin/python - <<'PY'
-#   from hm2bp.data.idx import write_idx
-#   from hm2bp.data.mnist5k import load_mnist5k_split
-#   x, y, xt, yt = load_mnist5k_split()
-#   for split, images, labels in (("train", x, y), ("t10k", xt, yt)):
-#       write_idx(f".whl/data/mnist/{split}-images-idx3-ubyte", images.reshape(-1, 28, 28).byte().numpy(), True)
-#       write_idx(f".whl/data/mnist/{split}-labels-idx1-ubyte", labels.numpy(), True)
-#   PY
-# (matplotlib is installed there only where the image lacks it). Its figures are in docs/gpu.md.
+# with carry [".whl"], after `make gpu-user-kit` here: .whl/ (git-ignored) brings Hydra, which the GPU image lacks,
+# matplotlib's wheels (installed there only where the image lacks it) and the digits. Its figures are in docs/gpu.md.
 export PYTHONUNBUFFERED=1 WANDB_MODE=disabled
 R=${OUT:-/tmp/out}; mkdir -p "$R" /tmp/site
 cp -r .whl/site/* /tmp/site/
